@@ -1,0 +1,74 @@
+//! Where the agent listens and keeps its state: fixed guest defaults when it runs as
+//! PID 1 in the VM, command-line flags when it runs on a host (tests, development).
+
+use std::path::PathBuf;
+
+use hull_protocols::AGENT_VSOCK_PORT;
+
+/// Whether the agent owns the machine (guest PID 1) or is a guest on someone else's host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// PID 1 in the pod VM: mounts the base filesystems, may set the hostname and
+    /// powers the VM off on DestroySandbox.
+    Guest,
+    /// An ordinary process on a host: touches nothing outside its state and shared dirs.
+    Host,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub mode: Mode,
+    /// ttrpc listen address: `vsock://-1:1024` or `unix:///path`.
+    pub listen: String,
+    /// Container rootfs and bind-mount sources must lie under this directory.
+    pub shared_dir: PathBuf,
+    /// Bundles, libcontainer state, console sockets and sandbox namespaces.
+    pub state_dir: PathBuf,
+    /// tracing filter, e.g. `info` or `hull_agent=debug`.
+    pub log: String,
+}
+
+impl AgentConfig {
+    pub fn guest(kernel_cmdline: &str) -> Self {
+        let log = kernel_cmdline
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("hull.log="))
+            .unwrap_or("info")
+            .to_string();
+        AgentConfig {
+            mode: Mode::Guest,
+            listen: format!("vsock://-1:{AGENT_VSOCK_PORT}"),
+            shared_dir: PathBuf::from("/run/hull/shared"),
+            state_dir: PathBuf::from("/run/hull/state"),
+            log,
+        }
+    }
+
+    /// libcontainer's state root.
+    pub fn runtime_root(&self) -> PathBuf {
+        self.state_dir.join("runtime")
+    }
+
+    /// Per-container files the agent writes (config.json, process specs, sockets).
+    pub fn bundles_dir(&self) -> PathBuf {
+        self.state_dir.join("bundles")
+    }
+
+    /// Bind mounts that keep the pod's shared IPC and UTS namespaces alive.
+    pub fn sandbox_ns_dir(&self) -> PathBuf {
+        self.state_dir.join("sandbox-ns")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_log_level_comes_from_cmdline() {
+        let c = AgentConfig::guest("console=ttyS0 hull.log=debug quiet");
+        assert_eq!(c.log, "debug");
+        assert_eq!(c.listen, "vsock://-1:1024");
+        assert_eq!(AgentConfig::guest("console=ttyS0").log, "info");
+    }
+}

@@ -1,0 +1,63 @@
+//! Builds the agent's services and serves them over ttrpc until DestroySandbox (or, on a
+//! host, SIGTERM/SIGINT), then tears everything down.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hull_protocols::{agent_ttrpc, health_ttrpc};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Mutex, Notify};
+
+use crate::cgroups::OomWatcher;
+use crate::config::AgentConfig;
+use crate::container::Containers;
+use crate::reaper::Reaper;
+use crate::rpc::agent::AgentService;
+use crate::rpc::health::HealthService;
+use crate::sandbox::Sandbox;
+
+pub async fn serve(cfg: AgentConfig) -> anyhow::Result<()> {
+    let reaper = Reaper::start().context("installing the SIGCHLD handler")?;
+    std::fs::create_dir_all(&cfg.state_dir).with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+    std::fs::create_dir_all(&cfg.shared_dir).with_context(|| format!("creating {}", cfg.shared_dir.display()))?;
+    let sandbox = Arc::new(Sandbox::new(cfg.clone()));
+    let (oom, oom_events) = OomWatcher::start();
+    let containers = Arc::new(Containers::new(cfg.clone(), reaper, sandbox.clone(), oom)?);
+    let shutdown = Arc::new(Notify::new());
+    let agent = Arc::new(AgentService {
+        containers: containers.clone(),
+        sandbox: sandbox.clone(),
+        oom_events: Mutex::new(oom_events),
+        shutdown: shutdown.clone(),
+    });
+
+    if let Some(path) = cfg.listen.strip_prefix("unix://") {
+        let _ = std::fs::remove_file(path);
+    }
+    let mut server = ttrpc::r#async::Server::new()
+        .bind(&cfg.listen)
+        .with_context(|| format!("binding {}", cfg.listen))?
+        .register_service(agent_ttrpc::create_agent_service(agent))
+        .register_service(health_ttrpc::create_health(Arc::new(HealthService)));
+    server.start().await.context("starting the ttrpc server")?;
+    tracing::info!(listen = %cfg.listen, mode = ?cfg.mode, "hull-agent ready");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = shutdown.notified() => {
+            // Let the DestroySandbox reply reach the shim before the listener goes.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    containers.remove_all().await;
+    sandbox.destroy();
+    let _ = tokio::time::timeout(Duration::from_secs(2), server.shutdown()).await;
+    if let Some(path) = cfg.listen.strip_prefix("unix://") {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs every Debian package and cargo tool that hull's build, demo and tests need.
+# Idempotent: packages already present and tools already at the pinned version are skipped.
+set -euo pipefail
+
+APT_PACKAGES=(
+  # guest kernel build (guest-kernel-config/build.sh)
+  linux-source-6.12 build-essential bc bison flex libelf-dev libssl-dev dwarves xz-utils zstd
+  # initrd (rootfs/build.sh) and the busybox test image
+  cpio busybox-static
+  # static agent with seccomp (libseccomp.a), virtiofsd's C libraries
+  libseccomp-dev libcap-ng-dev pkg-config
+  # hypervisor, containerd path
+  qemu-system-x86 containerd runc
+  # test tooling
+  python3 python3-venv jq iproute2 procps util-linux socat
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Cargo tools, pinned. They live in ~/.cargo/bin, outside the repo, and survive between runs.
+cargo_tool() { # name version binary
+  local name=$1 version=$2 bin=$3
+  if "$HOME/.cargo/bin/$bin" --version 2>/dev/null | grep -q "$version"; then return; fi
+  echo "setup: cargo install $name@$version"
+  cargo install --locked --quiet "$name" --version "$version"
+}
+cargo_tool vhost-device-vsock 0.3.0 vhost-device-vsock
+cargo_tool virtiofsd 1.14.0 virtiofsd
+
+echo "setup: done"
