@@ -27,17 +27,28 @@ fn manager(path: &Path, id: &str) -> anyhow::Result<libcgroups::common::AnyCgrou
 }
 
 pub fn update(path: &Path, id: &str, resources: &LinuxResources) -> anyhow::Result<()> {
-    let opt = ControllerOpt { resources, disable_oom_killer: false, oom_score_adj: None, freezer_state: None };
-    manager(path, id)?.apply(&opt).map_err(|e| anyhow!("applying resources: {e}"))
+    let opt = ControllerOpt {
+        resources,
+        disable_oom_killer: false,
+        oom_score_adj: None,
+        freezer_state: None,
+    };
+    manager(path, id)?
+        .apply(&opt)
+        .map_err(|e| anyhow!("applying resources: {e}"))
 }
 
 pub fn pids(path: &Path, id: &str) -> anyhow::Result<Vec<i32>> {
-    let pids = manager(path, id)?.get_all_pids().map_err(|e| anyhow!("listing pids: {e}"))?;
+    let pids = manager(path, id)?
+        .get_all_pids()
+        .map_err(|e| anyhow!("listing pids: {e}"))?;
     Ok(pids.into_iter().map(|p| p.as_raw()).collect())
 }
 
 pub fn stats(path: &Path, id: &str) -> anyhow::Result<pb::StatsContainerResponse> {
-    let s = manager(path, id)?.stats().map_err(|e| anyhow!("reading stats: {e}"))?;
+    let s = manager(path, id)?
+        .stats()
+        .map_err(|e| anyhow!("reading stats: {e}"))?;
     let mut out = pb::StatsContainerResponse::new();
 
     let mut cpu = pb::CpuStats::new();
@@ -53,9 +64,23 @@ pub fn stats(path: &Path, id: &str) -> anyhow::Result<pb::StatsContainerResponse
     let mut mem = pb::MemoryStats::new();
     mem.usage = s.memory.memory.usage;
     mem.limit = no_limit_as_zero(s.memory.memory.limit);
-    mem.anon = *s.memory.stats.get("anon").or(s.memory.stats.get("rss")).unwrap_or(&0);
-    mem.file = *s.memory.stats.get("file").or(s.memory.stats.get("cache")).unwrap_or(&0);
-    mem.kernel = *s.memory.stats.get("kernel").unwrap_or(&s.memory.kernel.usage);
+    mem.anon = *s
+        .memory
+        .stats
+        .get("anon")
+        .or(s.memory.stats.get("rss"))
+        .unwrap_or(&0);
+    mem.file = *s
+        .memory
+        .stats
+        .get("file")
+        .or(s.memory.stats.get("cache"))
+        .unwrap_or(&0);
+    mem.kernel = *s
+        .memory
+        .stats
+        .get("kernel")
+        .unwrap_or(&s.memory.kernel.usage);
     mem.max_events = s.memory.memory.fail_count;
     let events = memory_events(&Path::new(CGROUP_ROOT).join(rel(path)).join("memory.events"));
     mem.oom_events = *events.get("oom").unwrap_or(&0);
@@ -92,7 +117,11 @@ pub fn stats(path: &Path, id: &str) -> anyhow::Result<pb::StatsContainerResponse
 }
 
 fn no_limit_as_zero(v: u64) -> u64 {
-    if v == u64::MAX || v >= i64::MAX as u64 { 0 } else { v }
+    if v == u64::MAX || v >= i64::MAX as u64 {
+        0
+    } else {
+        v
+    }
 }
 
 fn rel(path: &Path) -> &Path {
@@ -151,8 +180,12 @@ impl OomWatcher {
             let watches = watches.clone();
             tokio::spawn(async move {
                 loop {
-                    let Ok(mut guard) = fd.readable().await else { return };
-                    let events = match guard.try_io(|i| i.get_ref().0.read_events().map_err(std::io::Error::from)) {
+                    let Ok(mut guard) = fd.readable().await else {
+                        return;
+                    };
+                    let events = match guard
+                        .try_io(|i| i.get_ref().0.read_events().map_err(std::io::Error::from))
+                    {
                         Ok(Ok(ev)) => ev,
                         Ok(Err(_)) => return,
                         Err(_would_block) => continue,
@@ -175,22 +208,33 @@ impl OomWatcher {
     }
 
     pub fn watch(&self, id: &str, cgroup: &Path) -> anyhow::Result<()> {
-        let Some(inotify) = &self.inotify else { return Ok(()) };
-        let file = Path::new(CGROUP_ROOT).join(rel(cgroup)).join("memory.events");
+        let Some(inotify) = &self.inotify else {
+            return Ok(());
+        };
+        let file = Path::new(CGROUP_ROOT)
+            .join(rel(cgroup))
+            .join("memory.events");
         let seen = *memory_events(&file).get("oom_kill").unwrap_or(&0);
         let wd = inotify
             .get_ref()
             .0
             .add_watch(&file, AddWatchFlags::IN_MODIFY)
             .with_context(|| format!("watching {}", file.display()))?;
-        self.watches.lock().expect("oom lock").insert(wd, (id.to_string(), file, seen));
+        self.watches
+            .lock()
+            .expect("oom lock")
+            .insert(wd, (id.to_string(), file, seen));
         Ok(())
     }
 
     pub fn unwatch(&self, id: &str) {
         let Some(inotify) = &self.inotify else { return };
         let mut w = self.watches.lock().expect("oom lock");
-        let wds: Vec<_> = w.iter().filter(|(_, (i, _, _))| i == id).map(|(wd, _)| *wd).collect();
+        let wds: Vec<_> = w
+            .iter()
+            .filter(|(_, (i, _, _))| i == id)
+            .map(|(wd, _)| *wd)
+            .collect();
         for wd in wds {
             let _ = inotify.get_ref().0.rm_watch(wd);
             w.remove(&wd);

@@ -33,7 +33,7 @@ impl AgentConfig {
         let log = kernel_cmdline
             .split_whitespace()
             .find_map(|w| w.strip_prefix("hull.log="))
-            .unwrap_or("info")
+            .unwrap_or("warn")
             .to_string();
         AgentConfig {
             mode: Mode::Guest,
@@ -69,6 +69,6 @@ mod tests {
         let c = AgentConfig::guest("console=ttyS0 hull.log=debug quiet");
         assert_eq!(c.log, "debug");
         assert_eq!(c.listen, "vsock://-1:1024");
-        assert_eq!(AgentConfig::guest("console=ttyS0").log, "info");
+        assert_eq!(AgentConfig::guest("console=ttyS0").log, "warn");
     }
 }

@@ -90,7 +90,10 @@ fn create(c: &Common, bundle: &Path) -> anyhow::Result<i32> {
         .with_detach(true)
         .build()
         .map_err(|e| anyhow!("{e}"))?;
-    container.pid().map(|p| p.as_raw()).context("created container has no pid")
+    container
+        .pid()
+        .map(|p| p.as_raw())
+        .context("created container has no pid")
 }
 
 fn exec(c: &Common, process: &Path) -> anyhow::Result<i32> {

@@ -1,7 +1,7 @@
 //! What the agent does as PID 1 of the pod VM before it serves: move off the initramfs
 //! (pivot_root can't leave rootfs, and every container needs pivot_root), mount the
 //! kernel filesystems, enable cgroup v2 controllers, bring up loopback; and, at the end,
-//! power the VM off so it never hangs.
+//! end the VM so it never hangs.
 
 use std::ffi::CString;
 use std::path::Path;
@@ -19,18 +19,29 @@ pub fn switch_root_once() -> anyhow::Result<()> {
     }
     let new_root = Path::new("/newroot");
     std::fs::create_dir_all(new_root)?;
-    mount(Some("rootfs"), new_root, Some("tmpfs"), MsFlags::MS_NOSUID, Some("mode=0755")).context("mounting the new root")?;
-    let exe = std::env::current_exe().context("locating the agent")?;
-    std::fs::copy(&exe, new_root.join("init")).context("copying the agent to the new root")?;
+    mount(
+        Some("rootfs"),
+        new_root,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )
+    .context("mounting the new root")?;
+    // The kernel started us as /init; /proc (and so current_exe) isn't mounted yet.
+    let exe = Path::new("/init");
+    std::fs::copy(exe, new_root.join("init")).context("copying the agent to the new root")?;
     // Free the initramfs copy; the running image stays mapped until exec.
-    let _ = std::fs::remove_file(&exe);
+    let _ = std::fs::remove_file(exe);
     std::env::set_current_dir(new_root)?;
-    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).context("moving the new root to /")?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .context("moving the new root to /")?;
     nix::unistd::chroot(".").context("chroot to the new root")?;
     std::env::set_current_dir("/")?;
 
     let path = CString::new("/init")?;
-    let args: Vec<CString> = std::env::args().map(|a| CString::new(a).expect("argv has no NUL")).collect();
+    let args: Vec<CString> = std::env::args()
+        .map(|a| CString::new(a).expect("argv has no NUL"))
+        .collect();
     let mut env: Vec<CString> = std::env::vars()
         .map(|(k, v)| CString::new(format!("{k}={v}")).expect("env has no NUL"))
         .collect();
@@ -44,21 +55,62 @@ pub fn mount_base_filesystems() -> anyhow::Result<()> {
     let mounts: [(&str, &str, &str, MsFlags, Option<&str>); 8] = [
         ("proc", "/proc", "proc", nosuid_noexec_nodev, None),
         ("sysfs", "/sys", "sysfs", nosuid_noexec_nodev, None),
-        ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755")),
-        ("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620")),
-        ("shm", "/dev/shm", "tmpfs", nosuid_noexec_nodev, Some("mode=1777")),
-        ("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid_noexec_nodev, Some("nsdelegate")),
-        ("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755")),
-        ("tmpfs", "/tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777")),
+        (
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            MsFlags::MS_NOSUID,
+            Some("mode=0755"),
+        ),
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620"),
+        ),
+        (
+            "shm",
+            "/dev/shm",
+            "tmpfs",
+            nosuid_noexec_nodev,
+            Some("mode=1777"),
+        ),
+        (
+            "cgroup2",
+            "/sys/fs/cgroup",
+            "cgroup2",
+            nosuid_noexec_nodev,
+            Some("nsdelegate"),
+        ),
+        (
+            "tmpfs",
+            "/run",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        ),
+        (
+            "tmpfs",
+            "/tmp",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=1777"),
+        ),
     ];
     for (src, target, fstype, flags, data) in mounts {
         std::fs::create_dir_all(target).with_context(|| format!("creating {target}"))?;
-        mount(Some(src), target, Some(fstype), flags, data).with_context(|| format!("mounting {fstype} on {target}"))?;
+        mount(Some(src), target, Some(fstype), flags, data)
+            .with_context(|| format!("mounting {fstype} on {target}"))?;
     }
     let _ = std::fs::remove_file("/dev/ptmx");
     std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx").context("linking /dev/ptmx")?;
     std::fs::create_dir_all("/etc")?;
-    for (file, text) in [("/etc/hostname", "hull\n"), ("/etc/resolv.conf", ""), ("/etc/hosts", "127.0.0.1 localhost\n")] {
+    for (file, text) in [
+        ("/etc/hostname", "hull\n"),
+        ("/etc/resolv.conf", ""),
+        ("/etc/hosts", "127.0.0.1 localhost\n"),
+    ] {
         if !Path::new(file).exists() {
             std::fs::write(file, text)?;
         }
@@ -71,8 +123,12 @@ pub fn mount_base_filesystems() -> anyhow::Result<()> {
 pub fn enable_cgroup_controllers() -> anyhow::Result<()> {
     let root = Path::new("/sys/fs/cgroup");
     let controllers = std::fs::read_to_string(root.join("cgroup.controllers"))?;
-    let enable: Vec<String> = controllers.split_whitespace().map(|c| format!("+{c}")).collect();
-    std::fs::write(root.join("cgroup.subtree_control"), enable.join(" ")).context("enabling cgroup controllers")?;
+    let enable: Vec<String> = controllers
+        .split_whitespace()
+        .map(|c| format!("+{c}"))
+        .collect();
+    std::fs::write(root.join("cgroup.subtree_control"), enable.join(" "))
+        .context("enabling cgroup controllers")?;
     Ok(())
 }
 
@@ -102,10 +158,14 @@ pub fn loopback_up() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Flushes and powers the VM off. PID 1 must never just exit: that panics the kernel.
-pub fn power_off() -> ! {
+/// Flushes and ends the VM. PID 1 must never just exit: that panics the kernel.
+///
+/// A reset is the end of a hull VM (Firecracker's model): hull-vmm exits on the guest's
+/// i8042 reset and QEMU runs with `-no-reboot`. It needs no ACPI, which QEMU's microvm
+/// tables don't give this kernel.
+pub fn end_vm() -> ! {
     nix::unistd::sync();
-    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
     loop {
         std::thread::sleep(std::time::Duration::from_secs(1));
     }

@@ -17,6 +17,7 @@ mod server;
 mod stdio;
 mod storage;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -81,11 +82,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// PID 1: any failure or panic powers the VM off rather than leaving it hung.
+/// PID 1: any failure or panic ends the VM rather than leaving it hung.
 fn guest_main() -> ! {
+    // Not eprintln!: it panics when the write fails, and a panic in here aborts.
     std::panic::set_hook(Box::new(|info| {
-        eprintln!("hull-agent: panic: {info}");
-        init::power_off();
+        let _ = writeln!(std::io::stderr(), "hull-agent: panic: {info}");
+        init::end_vm();
     }));
     let outcome = (|| -> anyhow::Result<()> {
         init::switch_root_once()?;
@@ -102,9 +104,9 @@ fn guest_main() -> ! {
         run(cfg)
     })();
     if let Err(e) = outcome {
-        eprintln!("hull-agent: fatal: {e:#}");
+        let _ = writeln!(std::io::stderr(), "hull-agent: fatal: {e:#}");
     }
-    init::power_off()
+    init::end_vm()
 }
 
 fn run(cfg: AgentConfig) -> anyhow::Result<()> {

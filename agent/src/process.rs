@@ -11,7 +11,11 @@ use crate::stdio::{self, FdStream};
 
 /// The agent's side of a process's stdio.
 pub enum Stdio {
-    Pipes { stdin: FdStream, stdout: FdStream, stderr: FdStream },
+    Pipes {
+        stdin: FdStream,
+        stdout: FdStream,
+        stderr: FdStream,
+    },
     /// stdin and stdout share the pty; there is no separate stderr.
     Tty { master: FdStream, input: FdStream },
 }
@@ -31,7 +35,11 @@ pub struct Process {
 impl Process {
     pub fn new(exec_id: &str, stdio: Stdio) -> Process {
         let (terminal, stdin, stdout, stderr, pty_fd) = match stdio {
-            Stdio::Pipes { stdin, stdout, stderr } => (false, stdin, stdout, Some(Mutex::new(stderr)), None),
+            Stdio::Pipes {
+                stdin,
+                stdout,
+                stderr,
+            } => (false, stdin, stdout, Some(Mutex::new(stderr)), None),
             Stdio::Tty { master, input } => {
                 let fd = master.raw_fd();
                 (true, input, master, None, Some(fd))
@@ -67,7 +75,10 @@ impl Process {
 
     pub async fn wait(&self) -> Exit {
         let mut rx = self.exit.subscribe();
-        let exit = rx.wait_for(|e| e.is_some()).await.expect("sender lives in self");
+        let exit = rx
+            .wait_for(|e| e.is_some())
+            .await
+            .expect("sender lives in self");
         exit.expect("waited for Some")
     }
 
@@ -81,8 +92,13 @@ impl Process {
 
     pub async fn write_stdin(&self, data: &[u8]) -> Result<usize> {
         let stdin = self.stdin.lock().await;
-        let stdin = stdin.as_ref().ok_or_else(|| precondition("stdin is closed"))?;
-        stdin.write_all(data).await.map_err(|e| AgentError::Internal(anyhow::Error::new(e).context("writing stdin")))
+        let stdin = stdin
+            .as_ref()
+            .ok_or_else(|| precondition("stdin is closed"))?;
+        stdin
+            .write_all(data)
+            .await
+            .map_err(|e| AgentError::Internal(anyhow::Error::new(e).context("writing stdin")))
     }
 
     /// Closes stdin: the pipe's write end, or an end-of-file character on a tty.
@@ -90,7 +106,10 @@ impl Process {
         let mut stdin = self.stdin.lock().await;
         if self.terminal {
             if let Some(input) = stdin.as_ref() {
-                input.write_all(&[4]).await.map_err(|e| AgentError::Internal(e.into()))?;
+                input
+                    .write_all(&[4])
+                    .await
+                    .map_err(|e| AgentError::Internal(e.into()))?;
             }
         }
         stdin.take();
@@ -98,13 +117,19 @@ impl Process {
     }
 
     pub fn resize(&self, rows: u16, cols: u16) -> Result<()> {
-        let fd = self.pty_fd.ok_or_else(|| precondition("the process has no terminal"))?;
-        stdio::resize_pty(fd, rows, cols).map_err(|e| AgentError::Internal(anyhow::Error::new(e).context("resizing the pty")))
+        let fd = self
+            .pty_fd
+            .ok_or_else(|| precondition("the process has no terminal"))?;
+        stdio::resize_pty(fd, rows, cols)
+            .map_err(|e| AgentError::Internal(anyhow::Error::new(e).context("resizing the pty")))
     }
 }
 
 async fn read(stream: Option<&Mutex<FdStream>>, max: usize, what: &str) -> Result<Vec<u8>> {
     let stream = stream.ok_or_else(|| precondition(format!("no {what}")))?;
     let stream = stream.lock().await;
-    stream.read(max).await.map_err(|e| AgentError::Internal(anyhow::Error::new(e).context("reading output")))
+    stream
+        .read(max)
+        .await
+        .map_err(|e| AgentError::Internal(anyhow::Error::new(e).context("reading output")))
 }

@@ -83,14 +83,19 @@ impl Reaper {
     }
 
     fn deliver(&self, pid: i32, code: i32) {
-        let exit = Exit { code, at: SystemTime::now() };
+        let exit = Exit {
+            code,
+            at: SystemTime::now(),
+        };
         let mut inner = self.inner.lock().expect("reaper lock");
         if let Some(tx) = inner.waiters.remove(&pid) {
             let _ = tx.send(exit);
             return;
         }
         let now = Instant::now();
-        inner.unclaimed.retain(|_, (_, t)| now.duration_since(*t) < UNCLAIMED_TTL);
+        inner
+            .unclaimed
+            .retain(|_, (_, t)| now.duration_since(*t) < UNCLAIMED_TTL);
         inner.unclaimed.insert(pid, (exit, now));
     }
 }

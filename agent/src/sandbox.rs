@@ -27,11 +27,18 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new(cfg: AgentConfig) -> Self {
-        Sandbox { cfg, state: Mutex::new(None) }
+        Sandbox {
+            cfg,
+            state: Mutex::new(None),
+        }
     }
 
     pub fn id(&self) -> Option<String> {
-        self.state.lock().expect("sandbox lock").as_ref().map(|s| s.id.clone())
+        self.state
+            .lock()
+            .expect("sandbox lock")
+            .as_ref()
+            .map(|s| s.id.clone())
     }
 
     /// The ipc and uts namespace files, once the sandbox exists.
@@ -48,7 +55,10 @@ impl Sandbox {
     pub fn create(&self, req: &CreateSandboxRequest) -> Result<()> {
         let mut state = self.state.lock().expect("sandbox lock");
         if let Some(s) = state.as_ref() {
-            return Err(AgentError::AlreadyExists(format!("sandbox {} already exists", s.id)));
+            return Err(AgentError::AlreadyExists(format!(
+                "sandbox {} already exists",
+                s.id
+            )));
         }
         validate_id("sandbox", &req.sandbox_id)?;
         validate_hostname(&req.hostname)?;
@@ -82,11 +92,16 @@ impl Sandbox {
                 nix::unistd::sethostname(&req.hostname).context("setting the guest hostname")?;
             }
             if !req.dns.is_empty() {
-                std::fs::write("/etc/resolv.conf", req.dns.join("\n") + "\n").context("writing /etc/resolv.conf")?;
+                std::fs::write("/etc/resolv.conf", req.dns.join("\n") + "\n")
+                    .context("writing /etc/resolv.conf")?;
             }
         }
         tracing::info!(sandbox = %req.sandbox_id, hostname = %req.hostname, "sandbox created");
-        *state = Some(State { id: req.sandbox_id.clone(), ns_files, storages });
+        *state = Some(State {
+            id: req.sandbox_id.clone(),
+            ns_files,
+            storages,
+        });
         Ok(())
     }
 
@@ -104,7 +119,11 @@ impl Sandbox {
 }
 
 fn validate_hostname(h: &str) -> Result<()> {
-    if h.len() > 64 || !h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
+    if h.len() > 64
+        || !h
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    {
         return Err(invalid(format!("hostname {h:?} is not a valid host name")));
     }
     Ok(())
@@ -117,7 +136,8 @@ fn create_pod_namespaces(dir: &Path, hostname: &str) -> anyhow::Result<Vec<PathB
     let dir = dir.to_path_buf();
     let hostname = hostname.to_string();
     std::thread::spawn(move || -> anyhow::Result<Vec<PathBuf>> {
-        unshare(CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS).context("unsharing ipc and uts")?;
+        unshare(CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS)
+            .context("unsharing ipc and uts")?;
         if !hostname.is_empty() {
             nix::unistd::sethostname(&hostname).context("setting the pod hostname")?;
         }
@@ -125,13 +145,22 @@ fn create_pod_namespaces(dir: &Path, hostname: &str) -> anyhow::Result<Vec<PathB
         let mut made = Vec::new();
         for ns in ["ipc", "uts"] {
             let target = dir.join(ns);
-            std::fs::File::create(&target).with_context(|| format!("creating {}", target.display()))?;
+            std::fs::File::create(&target)
+                .with_context(|| format!("creating {}", target.display()))?;
             let src = format!("/proc/self/task/{tid}/ns/{ns}");
-            if let Err(e) = mount(Some(src.as_str()), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>) {
+            if let Err(e) = mount(
+                Some(src.as_str()),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            ) {
                 for m in &made {
                     let _ = umount2(m, MntFlags::MNT_DETACH);
                 }
-                return Err(anyhow::Error::new(e).context(format!("bind-mounting the pod {ns} namespace")));
+                return Err(
+                    anyhow::Error::new(e).context(format!("bind-mounting the pod {ns} namespace"))
+                );
             }
             made.push(target);
         }

@@ -19,8 +19,10 @@ use crate::sandbox::Sandbox;
 
 pub async fn serve(cfg: AgentConfig) -> anyhow::Result<()> {
     let reaper = Reaper::start().context("installing the SIGCHLD handler")?;
-    std::fs::create_dir_all(&cfg.state_dir).with_context(|| format!("creating {}", cfg.state_dir.display()))?;
-    std::fs::create_dir_all(&cfg.shared_dir).with_context(|| format!("creating {}", cfg.shared_dir.display()))?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+    std::fs::create_dir_all(&cfg.shared_dir)
+        .with_context(|| format!("creating {}", cfg.shared_dir.display()))?;
     let sandbox = Arc::new(Sandbox::new(cfg.clone()));
     let (oom, oom_events) = OomWatcher::start();
     let containers = Arc::new(Containers::new(cfg.clone(), reaper, sandbox.clone(), oom)?);

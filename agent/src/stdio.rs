@@ -40,7 +40,9 @@ impl FdStream {
         let mut buf = vec![0u8; max.max(1)];
         loop {
             let mut guard = self.fd.readable().await?;
-            match guard.try_io(|fd| nix::unistd::read(fd.as_raw_fd(), &mut buf).map_err(io::Error::from)) {
+            match guard
+                .try_io(|fd| nix::unistd::read(fd.as_raw_fd(), &mut buf).map_err(io::Error::from))
+            {
                 Ok(Ok(n)) => {
                     buf.truncate(n);
                     return Ok(buf);
@@ -57,7 +59,9 @@ impl FdStream {
         let total = data.len();
         while !data.is_empty() {
             let mut guard = self.fd.writable().await?;
-            match guard.try_io(|fd| nix::unistd::write(fd.get_ref().as_fd(), data).map_err(io::Error::from)) {
+            match guard.try_io(|fd| {
+                nix::unistd::write(fd.get_ref().as_fd(), data).map_err(io::Error::from)
+            }) {
                 Ok(Ok(n)) => data = &data[n..],
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => continue,
@@ -74,7 +78,10 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Waits for the container init to connect to `listener` and send its pty master.
-pub async fn receive_pty_master(listener: UnixListener, timeout: Duration) -> anyhow::Result<OwnedFd> {
+pub async fn receive_pty_master(
+    listener: UnixListener,
+    timeout: Duration,
+) -> anyhow::Result<OwnedFd> {
     let (stream, _) = tokio::time::timeout(timeout, listener.accept())
         .await
         .context("timed out waiting for the container's pty")?
@@ -89,8 +96,13 @@ fn recv_fd(stream: &UnixStream) -> anyhow::Result<OwnedFd> {
     let mut name = [0u8; 4096];
     let mut iov = [io::IoSliceMut::new(&mut name)];
     let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-    let msg = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
-        .context("receiving the pty master")?;
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .context("receiving the pty master")?;
     for c in msg.cmsgs()? {
         if let ControlMessageOwned::ScmRights(fds) = c {
             if let Some(&fd) = fds.first() {
@@ -100,16 +112,27 @@ fn recv_fd(stream: &UnixStream) -> anyhow::Result<OwnedFd> {
             }
         }
     }
-    Err(anyhow!("the console socket message carried no file descriptor"))
+    Err(anyhow!(
+        "the console socket message carried no file descriptor"
+    ))
 }
 
 /// Sets the window size of the pty whose master is `fd`.
 pub fn resize_pty(fd: RawFd, rows: u16, cols: u16) -> io::Result<()> {
-    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCSWINSZ reads one winsize struct from the pointer, which is valid for
     // the duration of the call; a non-pty fd makes the ioctl fail, not misbehave.
     let rc = unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// A unix listener for a console socket, replacing any stale socket file.

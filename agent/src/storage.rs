@@ -40,19 +40,31 @@ pub fn parse_options(options: &[String]) -> (MsFlags, String) {
 pub fn mount_storage(s: &Storage, allowed: &[&Path]) -> Result<PathBuf> {
     let target = PathBuf::from(&s.mount_point);
     if !target.is_absolute() || s.mount_point.contains("..") {
-        return Err(invalid(format!("storage mount point {:?} must be an absolute path without '..'", s.mount_point)));
+        return Err(invalid(format!(
+            "storage mount point {:?} must be an absolute path without '..'",
+            s.mount_point
+        )));
     }
     if !allowed.iter().any(|a| target.starts_with(a)) {
-        return Err(invalid(format!("storage mount point {} is outside the agent's directories", target.display())));
+        return Err(invalid(format!(
+            "storage mount point {} is outside the agent's directories",
+            target.display()
+        )));
     }
     let (mut flags, data) = parse_options(&s.options);
     let (source, fstype): (&str, Option<&str>) = match s.driver.as_str() {
         "virtiofs" => (s.source.as_str(), Some("virtiofs")),
         "tmpfs" => ("tmpfs", Some("tmpfs")),
-        "blk" => (s.source.as_str(), Some(s.fstype.as_str()).filter(|t| !t.is_empty())),
+        "blk" => (
+            s.source.as_str(),
+            Some(s.fstype.as_str()).filter(|t| !t.is_empty()),
+        ),
         "bind" => {
             if !allowed.iter().any(|a| Path::new(&s.source).starts_with(a)) {
-                return Err(invalid(format!("bind storage source {} is outside the agent's directories", s.source)));
+                return Err(invalid(format!(
+                    "bind storage source {} is outside the agent's directories",
+                    s.source
+                )));
             }
             flags |= MsFlags::MS_BIND;
             (s.source.as_str(), None)
@@ -69,9 +81,15 @@ pub fn mount_storage(s: &Storage, allowed: &[&Path]) -> Result<PathBuf> {
         .map_err(AgentError::Internal)?;
     if flags.contains(MsFlags::MS_BIND) && flags.contains(MsFlags::MS_RDONLY) {
         // A bind mount ignores MS_RDONLY until remounted.
-        mount(None::<&str>, &target, None::<&str>, flags | MsFlags::MS_REMOUNT, None::<&str>)
-            .context("remounting bind read-only")
-            .map_err(AgentError::Internal)?;
+        mount(
+            None::<&str>,
+            &target,
+            None::<&str>,
+            flags | MsFlags::MS_REMOUNT,
+            None::<&str>,
+        )
+        .context("remounting bind read-only")
+        .map_err(AgentError::Internal)?;
     }
     tracing::debug!(driver = %s.driver, source, target = %target.display(), "mounted storage");
     Ok(target)
@@ -92,7 +110,12 @@ mod tests {
 
     #[test]
     fn options_split_into_flags_and_data() {
-        let (f, d) = parse_options(&["ro".into(), "nosuid".into(), "size=64m".into(), "mode=755".into()]);
+        let (f, d) = parse_options(&[
+            "ro".into(),
+            "nosuid".into(),
+            "size=64m".into(),
+            "mode=755".into(),
+        ]);
         assert!(f.contains(MsFlags::MS_RDONLY | MsFlags::MS_NOSUID));
         assert_eq!(d, "size=64m,mode=755");
     }
@@ -107,6 +130,11 @@ mod tests {
         assert!(mount_storage(&s, &[Path::new("/run/hull")]).is_err());
         s.mount_point = "/run/hull/x".into();
         s.driver = "nfs".into();
-        assert!(mount_storage(&s, &[Path::new("/run/hull")]).unwrap_err().to_string().contains("unknown storage driver"));
+        assert!(
+            mount_storage(&s, &[Path::new("/run/hull")])
+                .unwrap_err()
+                .to_string()
+                .contains("unknown storage driver")
+        );
     }
 }

@@ -36,9 +36,16 @@ pub enum Launch<'a> {
 impl RuntimeHelper {
     pub fn new(root: PathBuf, console_dir: PathBuf, reaper: Arc<Reaper>) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
-        std::fs::create_dir_all(&console_dir).with_context(|| format!("creating {}", console_dir.display()))?;
+        std::fs::create_dir_all(&console_dir)
+            .with_context(|| format!("creating {}", console_dir.display()))?;
         let exe = std::env::current_exe().context("locating the agent binary")?;
-        Ok(RuntimeHelper { exe, root, console_dir, reaper, seq: AtomicU64::new(0) })
+        Ok(RuntimeHelper {
+            exe,
+            root,
+            console_dir,
+            reaper,
+            seq: AtomicU64::new(0),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -46,7 +53,13 @@ impl RuntimeHelper {
     }
 
     /// Runs the helper; returns the new process's pid and the agent's ends of its stdio.
-    pub async fn launch(&self, id: &str, what: Launch<'_>, terminal: bool, scratch: &Path) -> Result<(i32, Stdio)> {
+    pub async fn launch(
+        &self,
+        id: &str,
+        what: Launch<'_>,
+        terminal: bool,
+        scratch: &Path,
+    ) -> Result<(i32, Stdio)> {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
         let result_file = scratch.join(format!("helper-{n}.json"));
         let mut args: Vec<OsString> = vec!["runtime".into()];
@@ -58,7 +71,12 @@ impl RuntimeHelper {
                 args.extend(["exec".into(), "--process".into(), process_json.into()]);
             }
         }
-        args.extend(["--root".into(), self.root.clone().into(), "--id".into(), id.into()]);
+        args.extend([
+            "--root".into(),
+            self.root.clone().into(),
+            "--id".into(),
+            id.into(),
+        ]);
         args.extend(["--result".into(), result_file.clone().into()]);
 
         let mut cmd = Command::new(&self.exe);
@@ -67,14 +85,18 @@ impl RuntimeHelper {
             let sock = self.console_dir.join(format!("{n}.sock"));
             let listener = stdio::console_listener(&sock).context("console socket")?;
             args.extend(["--console-socket".into(), sock.clone().into()]);
-            cmd.stdin(StdStdio::null()).stdout(StdStdio::null()).stderr(StdStdio::null());
+            cmd.stdin(StdStdio::null())
+                .stdout(StdStdio::null())
+                .stderr(StdStdio::null());
             let task = tokio::spawn(stdio::receive_pty_master(listener, PTY_TIMEOUT));
             (None, Some((task, sock)))
         } else {
             let (in_r, in_w) = stdio::pipe().context("stdin pipe")?;
             let (out_r, out_w) = stdio::pipe().context("stdout pipe")?;
             let (err_r, err_w) = stdio::pipe().context("stderr pipe")?;
-            cmd.stdin(StdStdio::from(in_r)).stdout(StdStdio::from(out_w)).stderr(StdStdio::from(err_w));
+            cmd.stdin(StdStdio::from(in_r))
+                .stdout(StdStdio::from(out_w))
+                .stderr(StdStdio::from(err_w));
             (Some((in_w, out_r, err_r)), None)
         };
         cmd.args(&args).env("HULL_HELPER", "1");
@@ -90,7 +112,12 @@ impl RuntimeHelper {
         let pid = match outcome {
             Some(HelperResult::Pid(pid)) if status.code == 0 => pid,
             Some(HelperResult::Error(msg)) => return Err(AgentError::FailedPrecondition(msg)),
-            _ => return Err(AgentError::Internal(anyhow::anyhow!("runtime helper exited with status {}", status.code))),
+            _ => {
+                return Err(AgentError::Internal(anyhow::anyhow!(
+                    "runtime helper exited with status {}",
+                    status.code
+                )));
+            }
         };
 
         let stdio = match (agent_side, pty) {
@@ -104,7 +131,10 @@ impl RuntimeHelper {
                 let _ = std::fs::remove_file(sock);
                 let master = master?;
                 let input = master.try_clone().context("duplicating the pty master")?;
-                Stdio::Tty { master: stream(master)?, input: stream(input)? }
+                Stdio::Tty {
+                    master: stream(master)?,
+                    input: stream(input)?,
+                }
             }
             (None, None) => unreachable!("either pipes or a pty"),
         };
@@ -113,7 +143,8 @@ impl RuntimeHelper {
 }
 
 fn stream(fd: OwnedFd) -> Result<FdStream> {
-    FdStream::new(fd).map_err(|e| AgentError::Internal(anyhow::Error::new(e).context("registering stdio")))
+    FdStream::new(fd)
+        .map_err(|e| AgentError::Internal(anyhow::Error::new(e).context("registering stdio")))
 }
 
 fn read_result(path: &Path) -> Option<HelperResult> {

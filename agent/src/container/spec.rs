@@ -10,8 +10,10 @@ use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType, Process, Spec};
 use crate::error::{Result, invalid};
 
 /// Annotations by which containerd's CRI plugin (and CRI-O) mark the pod's sandbox.
-const CONTAINER_TYPE_ANNOTATIONS: [&str; 2] =
-    ["io.kubernetes.cri.container-type", "io.kubernetes.cri-o.ContainerType"];
+const CONTAINER_TYPE_ANNOTATIONS: [&str; 2] = [
+    "io.kubernetes.cri.container-type",
+    "io.kubernetes.cri-o.ContainerType",
+];
 
 /// Container and exec ids become path components: keep them boring.
 pub fn validate_id(what: &str, id: &str) -> Result<()> {
@@ -19,10 +21,17 @@ pub fn validate_id(what: &str, id: &str) -> Result<()> {
         return Err(invalid(format!("{what} id must be 1 to 128 characters")));
     }
     if id.starts_with('.') || id.contains("..") || id.contains('/') {
-        return Err(invalid(format!("{what} id {id:?} must not contain '/' or '..' or start with '.'")));
+        return Err(invalid(format!(
+            "{what} id {id:?} must not contain '/' or '..' or start with '.'"
+        )));
     }
-    if !id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-        return Err(invalid(format!("{what} id {id:?} may hold only letters, digits, '-', '_' and '.'")));
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(invalid(format!(
+            "{what} id {id:?} may hold only letters, digits, '-', '_' and '.'"
+        )));
     }
     Ok(())
 }
@@ -40,7 +49,9 @@ pub struct PodNamespaces {
 /// Whether the spec describes the pod's sandbox (pause) container.
 pub fn is_sandbox_container(spec: &Spec) -> bool {
     spec.annotations().as_ref().is_some_and(|a| {
-        CONTAINER_TYPE_ANNOTATIONS.iter().any(|k| a.get(*k).map(String::as_str) == Some("sandbox"))
+        CONTAINER_TYPE_ANNOTATIONS
+            .iter()
+            .any(|k| a.get(*k).map(String::as_str) == Some("sandbox"))
     })
 }
 
@@ -49,7 +60,8 @@ pub fn parse_spec(raw: &[u8]) -> Result<Spec> {
 }
 
 pub fn parse_process(raw: &[u8]) -> Result<Process> {
-    let p: Process = serde_json::from_slice(raw).map_err(|e| invalid(format!("malformed OCI process: {e}")))?;
+    let p: Process =
+        serde_json::from_slice(raw).map_err(|e| invalid(format!("malformed OCI process: {e}")))?;
     check_args(&p)?;
     Ok(p)
 }
@@ -62,15 +74,29 @@ fn check_args(p: &Process) -> Result<()> {
 }
 
 /// Validates `spec` and rewrites it for the guest; returns the cgroup path it will use.
-pub fn prepare(spec: &mut Spec, id: &str, shared_dir: &Path, pod: &PodNamespaces) -> Result<PathBuf> {
-    let shared = shared_dir
-        .canonicalize()
-        .map_err(|e| invalid(format!("shared directory {} is not usable: {e}", shared_dir.display())))?;
+pub fn prepare(
+    spec: &mut Spec,
+    id: &str,
+    shared_dir: &Path,
+    pod: &PodNamespaces,
+) -> Result<PathBuf> {
+    let shared = shared_dir.canonicalize().map_err(|e| {
+        invalid(format!(
+            "shared directory {} is not usable: {e}",
+            shared_dir.display()
+        ))
+    })?;
 
-    let process = spec.process().as_ref().ok_or_else(|| invalid("spec has no process"))?;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| invalid("spec has no process"))?;
     check_args(process)?;
 
-    let root = spec.root().as_ref().ok_or_else(|| invalid("spec has no root"))?;
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| invalid("spec has no root"))?;
     let rootfs = inside_shared(root.path(), &shared, "rootfs")?;
     let mut root = root.clone();
     root.set_path(rootfs);
@@ -78,14 +104,25 @@ pub fn prepare(spec: &mut Spec, id: &str, shared_dir: &Path, pod: &PodNamespaces
 
     for m in spec.mounts().iter().flatten() {
         let is_bind = m.typ().as_deref() == Some("bind")
-            || m.options().iter().flatten().any(|o| o == "bind" || o == "rbind");
+            || m.options()
+                .iter()
+                .flatten()
+                .any(|o| o == "bind" || o == "rbind");
         if is_bind {
-            let src = m.source().as_ref().ok_or_else(|| invalid(format!("bind mount on {} has no source", m.destination().display())))?;
+            let src = m.source().as_ref().ok_or_else(|| {
+                invalid(format!(
+                    "bind mount on {} has no source",
+                    m.destination().display()
+                ))
+            })?;
             inside_shared(src, &shared, "bind mount source")?;
         }
     }
 
-    let linux = spec.linux().clone().ok_or_else(|| invalid("spec has no linux section"))?;
+    let linux = spec
+        .linux()
+        .clone()
+        .ok_or_else(|| invalid("spec has no linux section"))?;
     let mut linux = linux;
     // Host cgroup paths (and systemd "slice:prefix:name" triples) mean nothing in the guest.
     let cgroup = match linux.cgroups_path() {
@@ -102,9 +139,14 @@ pub fn prepare(spec: &mut Spec, id: &str, shared_dir: &Path, pod: &PodNamespaces
 
 fn inside_shared(path: &Path, shared: &Path, what: &str) -> Result<PathBuf> {
     if !path.is_absolute() {
-        return Err(invalid(format!("{what} {} must be an absolute path", path.display())));
+        return Err(invalid(format!(
+            "{what} {} must be an absolute path",
+            path.display()
+        )));
     }
-    let real = path.canonicalize().map_err(|e| invalid(format!("{what} {} does not exist: {e}", path.display())))?;
+    let real = path
+        .canonicalize()
+        .map_err(|e| invalid(format!("{what} {} does not exist: {e}", path.display())))?;
     if !real.starts_with(shared) {
         return Err(invalid(format!(
             "{what} {} is outside the shared directory {}",
@@ -125,13 +167,20 @@ fn map_namespaces(nss: &[LinuxNamespace], pod: &PodNamespaces) -> Result<Vec<Lin
         let joins = ns.path().is_some();
         match ns.typ() {
             LinuxNamespaceType::Ipc | LinuxNamespaceType::Uts => {
-                let pod_ns = if ns.typ() == LinuxNamespaceType::Ipc { &pod.ipc } else { &pod.uts };
+                let pod_ns = if ns.typ() == LinuxNamespaceType::Ipc {
+                    &pod.ipc
+                } else {
+                    &pod.uts
+                };
                 match (pod_ns, joins) {
                     (Some(p), _) => {
                         ns.set_path(Some(p.clone()));
                     }
                     (None, true) => {
-                        return Err(invalid(format!("{:?} namespace joins the pod's, but no sandbox exists", ns.typ())));
+                        return Err(invalid(format!(
+                            "{:?} namespace joins the pod's, but no sandbox exists",
+                            ns.typ()
+                        )));
                     }
                     (None, false) => {}
                 }
@@ -142,10 +191,16 @@ fn map_namespaces(nss: &[LinuxNamespace], pod: &PodNamespaces) -> Result<Vec<Lin
                 Some(pid) => {
                     ns.set_path(Some(PathBuf::from(format!("/proc/{pid}/ns/pid"))));
                 }
-                None => return Err(invalid("pid namespace joins the pod's, but the pod has no sandbox container")),
+                None => {
+                    return Err(invalid(
+                        "pid namespace joins the pod's, but the pod has no sandbox container",
+                    ));
+                }
             },
             t if joins => {
-                return Err(invalid(format!("joining a host {t:?} namespace by path is not supported in the VM")));
+                return Err(invalid(format!(
+                    "joining a host {t:?} namespace by path is not supported in the VM"
+                )));
             }
             _ => {}
         }
@@ -161,14 +216,28 @@ mod tests {
 
     fn spec_with_root(root: &Path) -> Spec {
         let mut s = Spec::default();
-        s.set_root(Some(RootBuilder::default().path(root).readonly(false).build().unwrap()));
+        s.set_root(Some(
+            RootBuilder::default()
+                .path(root)
+                .readonly(false)
+                .build()
+                .unwrap(),
+        ));
         s
     }
 
     #[test]
     fn ids() {
         assert!(validate_id("container", "abc-123_x.y").is_ok());
-        for bad in ["", "a/b", "..", "a..b", ".hidden", "sp ace", &"x".repeat(129)] {
+        for bad in [
+            "",
+            "a/b",
+            "..",
+            "a..b",
+            ".hidden",
+            "sp ace",
+            &"x".repeat(129),
+        ] {
             assert!(validate_id("container", bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -186,14 +255,24 @@ mod tests {
         assert_eq!(cg, PathBuf::from("/hull/c1"));
 
         let mut bad = spec_with_root(outside.path());
-        assert!(prepare(&mut bad, "c1", shared.path(), &pod).unwrap_err().to_string().contains("outside"));
+        assert!(
+            prepare(&mut bad, "c1", shared.path(), &pod)
+                .unwrap_err()
+                .to_string()
+                .contains("outside")
+        );
 
         let escape = shared.path().join("c1/../../");
         let mut bad = spec_with_root(&escape);
         assert!(prepare(&mut bad, "c1", shared.path(), &pod).is_err());
 
         let mut missing = spec_with_root(&shared.path().join("nope"));
-        assert!(prepare(&mut missing, "c1", shared.path(), &pod).unwrap_err().to_string().contains("does not exist"));
+        assert!(
+            prepare(&mut missing, "c1", shared.path(), &pod)
+                .unwrap_err()
+                .to_string()
+                .contains("does not exist")
+        );
     }
 
     #[test]
@@ -253,7 +332,10 @@ mod tests {
         assert_eq!(
             paths,
             vec![
-                (LinuxNamespaceType::Pid, Some(PathBuf::from("/proc/42/ns/pid"))),
+                (
+                    LinuxNamespaceType::Pid,
+                    Some(PathBuf::from("/proc/42/ns/pid"))
+                ),
                 (LinuxNamespaceType::Ipc, Some(PathBuf::from("/run/ns/ipc"))),
                 (LinuxNamespaceType::Uts, Some(PathBuf::from("/run/ns/uts"))),
                 (LinuxNamespaceType::Mount, None),
@@ -262,14 +344,22 @@ mod tests {
 
         let mut joins_mnt = spec_with_root(&rootfs);
         let mut linux = joins_mnt.linux().clone().unwrap();
-        linux.set_namespaces(Some(vec![ns(LinuxNamespaceType::Mount, Some("/proc/1/ns/mnt"))]));
+        linux.set_namespaces(Some(vec![ns(
+            LinuxNamespaceType::Mount,
+            Some("/proc/1/ns/mnt"),
+        )]));
         joins_mnt.set_linux(Some(linux));
         assert!(prepare(&mut joins_mnt, "c", shared.path(), &pod).is_err());
     }
 
     #[test]
     fn malformed_input() {
-        assert!(parse_spec(b"{not json").unwrap_err().to_string().contains("malformed OCI spec"));
+        assert!(
+            parse_spec(b"{not json")
+                .unwrap_err()
+                .to_string()
+                .contains("malformed OCI spec")
+        );
         assert!(parse_process(br#"{"cwd":"/","args":[]}"#).is_err());
         assert!(parse_process(br#"{"cwd":"/","args":["true"],"user":{"uid":0,"gid":0}}"#).is_ok());
     }

@@ -30,7 +30,11 @@ impl AgentService {
         tracing::info_span!("rpc", rpc, sandbox = %sandbox, container = %container, exec = %exec)
     }
 
-    async fn run<T>(&self, span: tracing::Span, fut: impl Future<Output = Result<T>>) -> ttrpc::Result<T> {
+    async fn run<T>(
+        &self,
+        span: tracing::Span,
+        fut: impl Future<Output = Result<T>>,
+    ) -> ttrpc::Result<T> {
         async {
             let r = fut.await;
             if let Err(e) = &r {
@@ -52,12 +56,21 @@ fn empty() -> Empty {
 
 #[async_trait]
 impl agent_ttrpc::AgentService for AgentService {
-    async fn create_sandbox(&self, _c: &TtrpcContext, req: CreateSandboxRequest) -> ttrpc::Result<Empty> {
+    async fn create_sandbox(
+        &self,
+        _c: &TtrpcContext,
+        req: CreateSandboxRequest,
+    ) -> ttrpc::Result<Empty> {
         let span = tracing::info_span!("rpc", rpc = "CreateSandbox", sandbox = %req.sandbox_id);
-        self.run(span, async { self.sandbox.create(&req).map(|_| empty()) }).await
+        self.run(span, async { self.sandbox.create(&req).map(|_| empty()) })
+            .await
     }
 
-    async fn destroy_sandbox(&self, _c: &TtrpcContext, _req: DestroySandboxRequest) -> ttrpc::Result<Empty> {
+    async fn destroy_sandbox(
+        &self,
+        _c: &TtrpcContext,
+        _req: DestroySandboxRequest,
+    ) -> ttrpc::Result<Empty> {
         self.run(self.span("DestroySandbox", "", ""), async {
             self.containers.remove_all().await;
             self.sandbox.destroy();
@@ -67,163 +80,272 @@ impl agent_ttrpc::AgentService for AgentService {
         .await
     }
 
-    async fn create_container(&self, _c: &TtrpcContext, req: CreateContainerRequest) -> ttrpc::Result<Empty> {
+    async fn create_container(
+        &self,
+        _c: &TtrpcContext,
+        req: CreateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
         self.run(self.span("CreateContainer", &req.container_id, ""), async {
             self.containers.create(&req).await.map(|_| empty())
         })
         .await
     }
 
-    async fn start_container(&self, _c: &TtrpcContext, req: StartContainerRequest) -> ttrpc::Result<Empty> {
+    async fn start_container(
+        &self,
+        _c: &TtrpcContext,
+        req: StartContainerRequest,
+    ) -> ttrpc::Result<Empty> {
         self.run(self.span("StartContainer", &req.container_id, ""), async {
-            self.containers.start(&req.container_id).await.map(|_| empty())
+            self.containers
+                .start(&req.container_id)
+                .await
+                .map(|_| empty())
         })
         .await
     }
 
-    async fn remove_container(&self, _c: &TtrpcContext, req: RemoveContainerRequest) -> ttrpc::Result<Empty> {
+    async fn remove_container(
+        &self,
+        _c: &TtrpcContext,
+        req: RemoveContainerRequest,
+    ) -> ttrpc::Result<Empty> {
         self.run(self.span("RemoveContainer", &req.container_id, ""), async {
             let t = container::remove_timeout(req.timeout);
-            self.containers.remove(&req.container_id, t).await.map(|_| empty())
+            self.containers
+                .remove(&req.container_id, t)
+                .await
+                .map(|_| empty())
         })
         .await
     }
 
-    async fn exec_process(&self, _c: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
-        self.run(self.span("ExecProcess", &req.container_id, &req.exec_id), async {
-            self.containers.exec(&req).await.map(|_| empty())
-        })
+    async fn exec_process(
+        &self,
+        _c: &TtrpcContext,
+        req: ExecProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.run(
+            self.span("ExecProcess", &req.container_id, &req.exec_id),
+            async { self.containers.exec(&req).await.map(|_| empty()) },
+        )
         .await
     }
 
-    async fn signal_process(&self, _c: &TtrpcContext, req: SignalProcessRequest) -> ttrpc::Result<Empty> {
-        self.run(self.span("SignalProcess", &req.container_id, &req.exec_id), async {
-            self.containers.signal(&req).await.map(|_| empty())
-        })
+    async fn signal_process(
+        &self,
+        _c: &TtrpcContext,
+        req: SignalProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.run(
+            self.span("SignalProcess", &req.container_id, &req.exec_id),
+            async { self.containers.signal(&req).await.map(|_| empty()) },
+        )
         .await
     }
 
-    async fn wait_process(&self, _c: &TtrpcContext, req: WaitProcessRequest) -> ttrpc::Result<WaitProcessResponse> {
-        self.run(self.span("WaitProcess", &req.container_id, &req.exec_id), async {
-            let p = self.containers.process(&req.container_id, &req.exec_id)?;
-            let exit = p.wait().await;
-            let mut r = WaitProcessResponse::new();
-            r.status = exit.code;
-            r.exited_at_ns = exit.at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
-            Ok(r)
-        })
+    async fn wait_process(
+        &self,
+        _c: &TtrpcContext,
+        req: WaitProcessRequest,
+    ) -> ttrpc::Result<WaitProcessResponse> {
+        self.run(
+            self.span("WaitProcess", &req.container_id, &req.exec_id),
+            async {
+                let p = self.containers.process(&req.container_id, &req.exec_id)?;
+                let exit = p.wait().await;
+                let mut r = WaitProcessResponse::new();
+                r.status = exit.code;
+                r.exited_at_ns = exit
+                    .at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as i64)
+                    .unwrap_or(0);
+                Ok(r)
+            },
+        )
         .await
     }
 
-    async fn list_processes(&self, _c: &TtrpcContext, req: ListProcessesRequest) -> ttrpc::Result<ListProcessesResponse> {
+    async fn list_processes(
+        &self,
+        _c: &TtrpcContext,
+        req: ListProcessesRequest,
+    ) -> ttrpc::Result<ListProcessesResponse> {
         self.run(self.span("ListProcesses", &req.container_id, ""), async {
             self.containers.list_processes(&req.container_id).await
         })
         .await
     }
 
-    async fn container_state(&self, _c: &TtrpcContext, req: ContainerStateRequest) -> ttrpc::Result<ContainerStateResponse> {
-        self.run(self.span("ContainerState", &req.container_id, &req.exec_id), async {
-            use container_state_response::Status as S;
-            let c = self.containers.get(&req.container_id)?;
-            let p = c.process(&req.exec_id)?;
-            let mut r = ContainerStateResponse::new();
-            let exit = p.exit();
-            r.status = match (exit, c.status()) {
-                (Some(_), _) => S::STOPPED,
-                (None, Status::Created) if req.exec_id.is_empty() => S::CREATED,
-                (None, Status::Paused) => S::PAUSED,
-                (None, Status::Stopped) => S::STOPPED,
-                (None, _) => S::RUNNING,
-            }
-            .into();
-            r.pid = p.pid().unwrap_or(0) as u32;
-            r.exit_status = exit.map(|e| e.code).unwrap_or(0);
-            r.terminal = p.terminal;
-            Ok(r)
-        })
+    async fn container_state(
+        &self,
+        _c: &TtrpcContext,
+        req: ContainerStateRequest,
+    ) -> ttrpc::Result<ContainerStateResponse> {
+        self.run(
+            self.span("ContainerState", &req.container_id, &req.exec_id),
+            async {
+                use container_state_response::Status as S;
+                let c = self.containers.get(&req.container_id)?;
+                let p = c.process(&req.exec_id)?;
+                let mut r = ContainerStateResponse::new();
+                let exit = p.exit();
+                r.status = match (exit, c.status()) {
+                    (Some(_), _) => S::STOPPED,
+                    (None, Status::Created) if req.exec_id.is_empty() => S::CREATED,
+                    (None, Status::Paused) => S::PAUSED,
+                    (None, Status::Stopped) => S::STOPPED,
+                    (None, _) => S::RUNNING,
+                }
+                .into();
+                r.pid = p.pid().unwrap_or(0) as u32;
+                r.exit_status = exit.map(|e| e.code).unwrap_or(0);
+                r.terminal = p.terminal;
+                Ok(r)
+            },
+        )
         .await
     }
 
-    async fn read_stdout(&self, _c: &TtrpcContext, req: ReadStreamRequest) -> ttrpc::Result<ReadStreamResponse> {
-        self.run(self.span("ReadStdout", &req.container_id, &req.exec_id), async {
-            let p = self.containers.process(&req.container_id, &req.exec_id)?;
-            let mut r = ReadStreamResponse::new();
-            r.data = p.read_stdout((req.len as usize).clamp(1, MAX_READ)).await?;
-            Ok(r)
-        })
+    async fn read_stdout(
+        &self,
+        _c: &TtrpcContext,
+        req: ReadStreamRequest,
+    ) -> ttrpc::Result<ReadStreamResponse> {
+        self.run(
+            self.span("ReadStdout", &req.container_id, &req.exec_id),
+            async {
+                let p = self.containers.process(&req.container_id, &req.exec_id)?;
+                let mut r = ReadStreamResponse::new();
+                r.data = p.read_stdout((req.len as usize).clamp(1, MAX_READ)).await?;
+                Ok(r)
+            },
+        )
         .await
     }
 
-    async fn read_stderr(&self, _c: &TtrpcContext, req: ReadStreamRequest) -> ttrpc::Result<ReadStreamResponse> {
-        self.run(self.span("ReadStderr", &req.container_id, &req.exec_id), async {
-            let p = self.containers.process(&req.container_id, &req.exec_id)?;
-            let mut r = ReadStreamResponse::new();
-            r.data = p.read_stderr((req.len as usize).clamp(1, MAX_READ)).await?;
-            Ok(r)
-        })
+    async fn read_stderr(
+        &self,
+        _c: &TtrpcContext,
+        req: ReadStreamRequest,
+    ) -> ttrpc::Result<ReadStreamResponse> {
+        self.run(
+            self.span("ReadStderr", &req.container_id, &req.exec_id),
+            async {
+                let p = self.containers.process(&req.container_id, &req.exec_id)?;
+                let mut r = ReadStreamResponse::new();
+                r.data = p.read_stderr((req.len as usize).clamp(1, MAX_READ)).await?;
+                Ok(r)
+            },
+        )
         .await
     }
 
-    async fn write_stdin(&self, _c: &TtrpcContext, req: WriteStreamRequest) -> ttrpc::Result<WriteStreamResponse> {
-        self.run(self.span("WriteStdin", &req.container_id, &req.exec_id), async {
-            let p = self.containers.process(&req.container_id, &req.exec_id)?;
-            let mut r = WriteStreamResponse::new();
-            r.len = p.write_stdin(&req.data).await? as u32;
-            Ok(r)
-        })
+    async fn write_stdin(
+        &self,
+        _c: &TtrpcContext,
+        req: WriteStreamRequest,
+    ) -> ttrpc::Result<WriteStreamResponse> {
+        self.run(
+            self.span("WriteStdin", &req.container_id, &req.exec_id),
+            async {
+                let p = self.containers.process(&req.container_id, &req.exec_id)?;
+                let mut r = WriteStreamResponse::new();
+                r.len = p.write_stdin(&req.data).await? as u32;
+                Ok(r)
+            },
+        )
         .await
     }
 
     async fn close_stdin(&self, _c: &TtrpcContext, req: CloseStdinRequest) -> ttrpc::Result<Empty> {
-        self.run(self.span("CloseStdin", &req.container_id, &req.exec_id), async {
-            let p = self.containers.process(&req.container_id, &req.exec_id)?;
-            p.close_stdin().await.map(|_| empty())
-        })
+        self.run(
+            self.span("CloseStdin", &req.container_id, &req.exec_id),
+            async {
+                let p = self.containers.process(&req.container_id, &req.exec_id)?;
+                p.close_stdin().await.map(|_| empty())
+            },
+        )
         .await
     }
 
-    async fn tty_win_resize(&self, _c: &TtrpcContext, req: TtyWinResizeRequest) -> ttrpc::Result<Empty> {
-        self.run(self.span("TtyWinResize", &req.container_id, &req.exec_id), async {
-            let p = self.containers.process(&req.container_id, &req.exec_id)?;
-            let clamp = |v: u32| v.min(u16::MAX as u32) as u16;
-            p.resize(clamp(req.rows), clamp(req.columns)).map(|_| empty())
-        })
+    async fn tty_win_resize(
+        &self,
+        _c: &TtrpcContext,
+        req: TtyWinResizeRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.run(
+            self.span("TtyWinResize", &req.container_id, &req.exec_id),
+            async {
+                let p = self.containers.process(&req.container_id, &req.exec_id)?;
+                let clamp = |v: u32| v.min(u16::MAX as u32) as u16;
+                p.resize(clamp(req.rows), clamp(req.columns))
+                    .map(|_| empty())
+            },
+        )
         .await
     }
 
-    async fn update_container(&self, _c: &TtrpcContext, req: UpdateContainerRequest) -> ttrpc::Result<Empty> {
+    async fn update_container(
+        &self,
+        _c: &TtrpcContext,
+        req: UpdateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
         self.run(self.span("UpdateContainer", &req.container_id, ""), async {
             self.containers.update(&req).await.map(|_| empty())
         })
         .await
     }
 
-    async fn stats_container(&self, _c: &TtrpcContext, req: StatsContainerRequest) -> ttrpc::Result<StatsContainerResponse> {
+    async fn stats_container(
+        &self,
+        _c: &TtrpcContext,
+        req: StatsContainerRequest,
+    ) -> ttrpc::Result<StatsContainerResponse> {
         self.run(self.span("StatsContainer", &req.container_id, ""), async {
             self.containers.stats(&req.container_id).await
         })
         .await
     }
 
-    async fn pause_container(&self, _c: &TtrpcContext, req: PauseContainerRequest) -> ttrpc::Result<Empty> {
+    async fn pause_container(
+        &self,
+        _c: &TtrpcContext,
+        req: PauseContainerRequest,
+    ) -> ttrpc::Result<Empty> {
         self.run(self.span("PauseContainer", &req.container_id, ""), async {
-            self.containers.pause(&req.container_id).await.map(|_| empty())
+            self.containers
+                .pause(&req.container_id)
+                .await
+                .map(|_| empty())
         })
         .await
     }
 
-    async fn resume_container(&self, _c: &TtrpcContext, req: ResumeContainerRequest) -> ttrpc::Result<Empty> {
+    async fn resume_container(
+        &self,
+        _c: &TtrpcContext,
+        req: ResumeContainerRequest,
+    ) -> ttrpc::Result<Empty> {
         self.run(self.span("ResumeContainer", &req.container_id, ""), async {
-            self.containers.resume(&req.container_id).await.map(|_| empty())
+            self.containers
+                .resume(&req.container_id)
+                .await
+                .map(|_| empty())
         })
         .await
     }
 
-    async fn get_oom_event(&self, _c: &TtrpcContext, _req: GetOOMEventRequest) -> ttrpc::Result<OOMEvent> {
+    async fn get_oom_event(
+        &self,
+        _c: &TtrpcContext,
+        _req: GetOOMEventRequest,
+    ) -> ttrpc::Result<OOMEvent> {
         self.run(self.span("GetOOMEvent", "", ""), async {
             let id = self.oom_events.lock().await.recv().await;
-            let id = id.ok_or_else(|| AgentError::Internal(anyhow::anyhow!("OOM watcher stopped")))?;
+            let id =
+                id.ok_or_else(|| AgentError::Internal(anyhow::anyhow!("OOM watcher stopped")))?;
             let mut ev = OOMEvent::new();
             ev.container_id = id;
             Ok(ev)
@@ -231,21 +353,37 @@ impl agent_ttrpc::AgentService for AgentService {
         .await
     }
 
-    async fn update_interface(&self, _c: &TtrpcContext, _req: UpdateInterfaceRequest) -> ttrpc::Result<Interface> {
+    async fn update_interface(
+        &self,
+        _c: &TtrpcContext,
+        _req: UpdateInterfaceRequest,
+    ) -> ttrpc::Result<Interface> {
         self.run(self.span("UpdateInterface", "", ""), async {
-            Err(AgentError::Unimplemented("pod networking is not connected yet: the guest has loopback only".into()))
+            Err(AgentError::Unimplemented(
+                "pod networking is not connected yet: the guest has loopback only".into(),
+            ))
         })
         .await
     }
 
-    async fn update_routes(&self, _c: &TtrpcContext, _req: UpdateRoutesRequest) -> ttrpc::Result<Routes> {
+    async fn update_routes(
+        &self,
+        _c: &TtrpcContext,
+        _req: UpdateRoutesRequest,
+    ) -> ttrpc::Result<Routes> {
         self.run(self.span("UpdateRoutes", "", ""), async {
-            Err(AgentError::Unimplemented("pod networking is not connected yet: the guest has loopback only".into()))
+            Err(AgentError::Unimplemented(
+                "pod networking is not connected yet: the guest has loopback only".into(),
+            ))
         })
         .await
     }
 
-    async fn get_guest_details(&self, _c: &TtrpcContext, _req: GetGuestDetailsRequest) -> ttrpc::Result<GuestDetailsResponse> {
+    async fn get_guest_details(
+        &self,
+        _c: &TtrpcContext,
+        _req: GetGuestDetailsRequest,
+    ) -> ttrpc::Result<GuestDetailsResponse> {
         self.run(self.span("GetGuestDetails", "", ""), async {
             let mut r = GuestDetailsResponse::new();
             r.kernel_release = nix::sys::utsname::uname()
@@ -260,7 +398,9 @@ impl agent_ttrpc::AgentService for AgentService {
                 })
                 .unwrap_or(0)
                 * 1024;
-            r.online_cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+            r.online_cpus = std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1);
             r.agent_version = env!("CARGO_PKG_VERSION").to_string();
             r.api_version = hull_protocols::API_VERSION.to_string();
             Ok(r)

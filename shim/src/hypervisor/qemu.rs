@@ -1,0 +1,272 @@
+//! Boots a pod VM with QEMU: `-M microvm`, memfd-backed guest RAM (shared with the
+//! vhost-user daemons), the guest kernel (PVH vmlinux) and initrd, serial console to a
+//! log, vsock through vhost-device-vsock (hybrid unix socket on the host) and the pod's
+//! share directory through virtiofsd as virtio-fs tag `hullShared`.
+//! The three processes live and die together: dropping the VM kills and reaps them all.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use super::accel::{Accel, host_tsc_khz};
+use crate::daemon::Daemon;
+
+/// virtio-fs tag of the pod's share directory; the agent mounts it at its shared dir.
+pub const SHARED_FS_TAG: &str = "hullShared";
+/// The guest's vsock context id (any value ≥ 3; each VM has its own vsock device).
+pub const GUEST_CID: u32 = 3;
+
+const DAEMON_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    pub qemu: PathBuf,
+    pub vhost_vsock: PathBuf,
+    pub virtiofsd: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// Appended to hull's own kernel parameters.
+    pub cmdline_extra: String,
+    pub accel: Accel,
+    /// Sockets and logs of this VM; must exist.
+    pub run_dir: PathBuf,
+    /// Exported to the guest over virtio-fs, if set.
+    pub shared_dir: Option<PathBuf>,
+}
+
+impl QemuConfig {
+    /// Defaults for the tools' locations (`PATH`, then ~/.cargo/bin) and a 1-vCPU,
+    /// 256 MiB VM on the best accelerator this host offers.
+    pub fn new(kernel: PathBuf, initrd: PathBuf, run_dir: PathBuf) -> QemuConfig {
+        QemuConfig {
+            qemu: find_tool("qemu-system-x86_64"),
+            vhost_vsock: find_tool("vhost-device-vsock"),
+            virtiofsd: find_tool("virtiofsd"),
+            kernel,
+            initrd,
+            vcpus: 1,
+            memory_mib: 256,
+            cmdline_extra: String::new(),
+            accel: Accel::detect().0,
+            run_dir,
+            shared_dir: None,
+        }
+    }
+
+    pub fn vsock_uds(&self) -> PathBuf {
+        self.run_dir.join("vm.vsock")
+    }
+
+    pub fn serial_log(&self) -> PathBuf {
+        self.run_dir.join("console.log")
+    }
+
+    /// hull's kernel command line for this VM.
+    pub fn kernel_cmdline(&self) -> String {
+        // reboot=t: microvm has no i8042; a triple fault resets at once, and the reset
+        // ends QEMU (-no-reboot).
+        let mut c = String::from("console=ttyS0 reboot=t panic=-1 quiet");
+        if self.accel == Accel::Tcg {
+            if let Some(khz) = host_tsc_khz() {
+                c.push_str(&format!(" tsc_early_khz={khz}"));
+            }
+        }
+        if !self.cmdline_extra.is_empty() {
+            c.push(' ');
+            c.push_str(&self.cmdline_extra);
+        }
+        c
+    }
+
+    pub fn qemu_args(&self) -> Vec<String> {
+        let mem = format!("{}M", self.memory_mib);
+        let cpu = match self.accel {
+            Accel::Kvm => "host",
+            Accel::Tcg => "max",
+        };
+        let mut a: Vec<String> = [
+            // acpi=off: this kernel can't load microvm's ACPI tables; without ACPI QEMU
+            // lists the virtio-mmio devices on the kernel cmdline instead.
+            "-M",
+            "microvm,memory-backend=mem,rtc=on,acpi=off",
+            "-accel",
+            self.accel.qemu_name(),
+            "-cpu",
+            cpu,
+            "-smp",
+            &self.vcpus.to_string(),
+            "-m",
+            &mem,
+            "-object",
+            &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+            "-serial",
+            &format!("file:{}", self.serial_log().display()),
+            "-kernel",
+            &self.kernel.to_string_lossy(),
+            "-initrd",
+            &self.initrd.to_string_lossy(),
+            "-append",
+            &self.kernel_cmdline(),
+            // vhost-user devices on microvm need modern virtio-mmio.
+            "-global",
+            "virtio-mmio.force-legacy=off",
+            "-chardev",
+            &format!(
+                "socket,id=vsock,path={}",
+                self.run_dir.join("vsock.vhost").display()
+            ),
+            "-device",
+            "vhost-user-vsock-device,chardev=vsock",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if self.shared_dir.is_some() {
+            a.extend([
+                "-chardev".to_string(),
+                format!(
+                    "socket,id=fs,path={}",
+                    self.run_dir.join("fs.vhost").display()
+                ),
+                "-device".to_string(),
+                format!("vhost-user-fs-device,chardev=fs,tag={SHARED_FS_TAG}"),
+            ]);
+        }
+        a
+    }
+}
+
+fn find_tool(name: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&home).join(".cargo/bin"));
+    }
+    dirs.into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+pub struct QemuVm {
+    pub config: QemuConfig,
+    // Field order is drop order: QEMU goes first, then its backends.
+    qemu: Daemon,
+    _fs: Option<Daemon>,
+    _vsock: Daemon,
+}
+
+impl QemuVm {
+    pub fn start(config: QemuConfig) -> anyhow::Result<QemuVm> {
+        for (what, p) in [("kernel", &config.kernel), ("initrd", &config.initrd)] {
+            if !p.is_file() {
+                bail!("{what} {} does not exist (run `make guest`)", p.display());
+            }
+        }
+        let run = &config.run_dir;
+        let vhost_vsock = run.join("vsock.vhost");
+        let mut vsock_cmd = Command::new(&config.vhost_vsock);
+        vsock_cmd
+            .arg("--guest-cid")
+            .arg(GUEST_CID.to_string())
+            .arg("--socket")
+            .arg(&vhost_vsock)
+            .arg("--uds-path")
+            .arg(config.vsock_uds());
+        let mut vsock = Daemon::spawn(
+            "vhost-device-vsock",
+            vsock_cmd,
+            &run.join("vhost-device-vsock.log"),
+        )?;
+        vsock.wait_for_socket(&vhost_vsock, DAEMON_SOCKET_TIMEOUT)?;
+
+        let fs = match &config.shared_dir {
+            Some(dir) => {
+                let sock = run.join("fs.vhost");
+                let mut cmd = Command::new(&config.virtiofsd);
+                cmd.arg("--socket-path")
+                    .arg(&sock)
+                    .arg("--shared-dir")
+                    .arg(dir)
+                    .args([
+                        "--cache",
+                        "never",
+                        "--announce-submounts",
+                        "--log-level",
+                        "error",
+                    ]);
+                let mut d = Daemon::spawn("virtiofsd", cmd, &run.join("virtiofsd.log"))?;
+                d.wait_for_socket(&sock, DAEMON_SOCKET_TIMEOUT)?;
+                Some(d)
+            }
+            None => None,
+        };
+
+        let mut cmd = Command::new(&config.qemu);
+        cmd.args(config.qemu_args());
+        let qemu = Daemon::spawn("qemu", cmd, &run.join("qemu.log")).context("starting the VM")?;
+        tracing::info!(accel = ?config.accel, pid = qemu.pid(), "pod VM started");
+        Ok(QemuVm {
+            config,
+            qemu,
+            _fs: fs,
+            _vsock: vsock,
+        })
+    }
+
+    pub fn vsock_uds(&self) -> PathBuf {
+        self.config.vsock_uds()
+    }
+
+    pub fn qemu_pid(&self) -> Option<u32> {
+        self.qemu.pid()
+    }
+
+    /// Waits for the guest to power off (QEMU exits by itself).
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
+        self.qemu.wait_timeout(timeout)
+    }
+
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(self.config.serial_log()).unwrap_or_default()
+    }
+
+    pub fn qemu_log(&self) -> String {
+        self.qemu.log_tail()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcg_cmdline_and_shared_fs_args() {
+        let mut c = QemuConfig::new("/k".into(), "/i".into(), "/run/x".into());
+        c.accel = Accel::Tcg;
+        c.cmdline_extra = "hull.log=debug".into();
+        c.shared_dir = Some("/srv/share".into());
+        let cmdline = c.kernel_cmdline();
+        assert!(cmdline.starts_with("console=ttyS0"));
+        assert!(cmdline.ends_with("hull.log=debug"));
+        let args = c.qemu_args();
+        assert!(
+            args.iter()
+                .any(|a| a == "vhost-user-fs-device,chardev=fs,tag=hullShared")
+        );
+        assert!(args.windows(2).any(|w| w[0] == "-accel" && w[1] == "tcg"));
+        assert!(
+            args.iter()
+                .any(|a| a.starts_with("memory-backend-memfd") && a.ends_with("share=on"))
+        );
+    }
+}
