@@ -142,6 +142,9 @@ fn parse_flat_keyed(text: &str) -> HashMap<String, u64> {
         .collect()
 }
 
+/// A watched `memory.events`: container id, file, and the oom_kill count last seen.
+type Watched = (String, PathBuf, u64);
+
 /// nix's Inotify exposes `AsFd`; tokio's AsyncFd wants `AsRawFd`.
 struct InotifyFd(Inotify);
 
@@ -154,7 +157,7 @@ impl AsRawFd for InotifyFd {
 /// Turns cgroup v2 `oom_kill` increments into container ids on a channel.
 pub struct OomWatcher {
     inotify: Option<Arc<AsyncFd<InotifyFd>>>,
-    watches: Arc<Mutex<HashMap<WatchDescriptor, (String, PathBuf, u64)>>>,
+    watches: Arc<Mutex<HashMap<WatchDescriptor, Watched>>>,
 }
 
 impl OomWatcher {
@@ -162,7 +165,7 @@ impl OomWatcher {
     /// host) it watches nothing.
     pub fn start() -> (OomWatcher, mpsc::UnboundedReceiver<String>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let watches: Arc<Mutex<HashMap<WatchDescriptor, (String, PathBuf, u64)>>> = Arc::default();
+        let watches: Arc<Mutex<HashMap<WatchDescriptor, Watched>>> = Arc::default();
         let v2 = Path::new(CGROUP_ROOT).join("cgroup.controllers").exists();
         let inotify = if v2 {
             Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)

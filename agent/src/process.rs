@@ -104,13 +104,13 @@ impl Process {
     /// Closes stdin: the pipe's write end, or an end-of-file character on a tty.
     pub async fn close_stdin(&self) -> Result<()> {
         let mut stdin = self.stdin.lock().await;
-        if self.terminal {
-            if let Some(input) = stdin.as_ref() {
-                input
-                    .write_all(&[4])
-                    .await
-                    .map_err(|e| AgentError::Internal(e.into()))?;
-            }
+        if self.terminal
+            && let Some(input) = stdin.as_ref()
+        {
+            input
+                .write_all(&[4])
+                .await
+                .map_err(|e| AgentError::Internal(e.into()))?;
         }
         stdin.take();
         Ok(())

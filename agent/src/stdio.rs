@@ -104,12 +104,12 @@ fn recv_fd(stream: &UnixStream) -> anyhow::Result<OwnedFd> {
     )
     .context("receiving the pty master")?;
     for c in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            if let Some(&fd) = fds.first() {
-                // SAFETY: the kernel just installed `fd` in our table for this message and
-                // nothing else owns it.
-                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-            }
+        if let ControlMessageOwned::ScmRights(fds) = c
+            && let Some(&fd) = fds.first()
+        {
+            // SAFETY: the kernel just installed `fd` in our table for this message and
+            // nothing else owns it.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
         }
     }
     Err(anyhow!(

@@ -48,11 +48,17 @@ fn parse_ok(line: &[u8]) -> anyhow::Result<u32> {
     Ok(port.trim().parse()?)
 }
 
+/// How long one CONNECT may wait for its answer.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Retries `connect` until the guest listens or `timeout` passes (a booting VM).
 pub async fn connect_retry(uds: &Path, port: u32, timeout: Duration) -> anyhow::Result<UnixStream> {
     let deadline = Instant::now() + timeout;
     loop {
-        match connect(uds, port).await {
+        let attempt = tokio::time::timeout(ATTEMPT_TIMEOUT, connect(uds, port)).await;
+        match attempt
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("vsock port {port}: no answer to CONNECT")))
+        {
             Ok(s) => return Ok(s),
             Err(e) if Instant::now() >= deadline => {
                 return Err(e.context(format!("gave up after {timeout:?}")));

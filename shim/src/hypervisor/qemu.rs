@@ -70,10 +70,10 @@ impl QemuConfig {
         // reboot=t: microvm has no i8042; a triple fault resets at once, and the reset
         // ends QEMU (-no-reboot).
         let mut c = String::from("console=ttyS0 reboot=t panic=-1 quiet");
-        if self.accel == Accel::Tcg {
-            if let Some(khz) = host_tsc_khz() {
-                c.push_str(&format!(" tsc_early_khz={khz}"));
-            }
+        if self.accel == Accel::Tcg
+            && let Some(khz) = host_tsc_khz()
+        {
+            c.push_str(&format!(" tsc_early_khz={khz}"));
         }
         if !self.cmdline_extra.is_empty() {
             c.push(' ');

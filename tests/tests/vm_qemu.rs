@@ -1,0 +1,117 @@
+//! Tier 3: the real guest (build/vmlinux + build/initrd.img) under QEMU TCG; the agent
+//! answers over hybrid vsock (vhost-device-vsock) and runs busybox containers whose
+//! rootfs comes from the host through virtiofsd.
+
+use std::time::Duration;
+
+use hull_protocols::agent::*;
+use hull_protocols::health::CheckRequest;
+use hull_protocols::health::health_check_response::ServingStatus;
+use hull_tests::agent_ops::*;
+use hull_tests::bundle::{rootfs_in, spec};
+use hull_tests::vm::TestVm;
+use oci_spec::runtime::{LinuxMemoryBuilder, LinuxResourcesBuilder};
+
+#[tokio::test]
+async fn guest_runs_containers_over_vsock_and_virtiofs() {
+    let mut t = TestVm::boot(256).await.expect("booting the pod VM");
+    eprintln!("guest boot to agent answering: {:?} (TCG)", t.boot_time);
+    let a = &t.client.agent;
+
+    let health = t
+        .client
+        .health
+        .check(ctx(), &CheckRequest::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        health.status.enum_value_or_default(),
+        ServingStatus::SERVING
+    );
+    let details = a
+        .get_guest_details(ctx(), &GetGuestDetailsRequest::new())
+        .await
+        .unwrap();
+    let host_release = nix::sys::utsname::uname()
+        .unwrap()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        details.kernel_release.starts_with("6.12."),
+        "{}",
+        details.kernel_release
+    );
+    assert_ne!(details.kernel_release, host_release);
+
+    t.create_sandbox("pod-vm", "vm-pod").await.unwrap();
+    let rootfs = rootfs_in(&t.shared(), "c1");
+    let guest_rootfs = t.guest_path(&rootfs);
+
+    // A container: output, guest kernel, pod hostname, exit code.
+    let r = run(
+        a,
+        "hello",
+        &spec(
+            &guest_rootfs,
+            &[
+                "sh",
+                "-c",
+                "echo hello from $(uname -r) on $(hostname); exit 3",
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(
+        r.stdout,
+        format!("hello from {} on vm-pod\n", details.kernel_release),
+        "{}",
+        t.vm.console()
+    );
+    assert_eq!(r.status, 3);
+    remove(a, "hello").await.unwrap();
+
+    // The memory limit is enforced in the guest's cgroup v2 and its OOM kill is reported.
+    let mut s = spec(&guest_rootfs, &["tail", "/dev/zero"]);
+    let mem = LinuxMemoryBuilder::default()
+        .limit(32 * 1024 * 1024i64)
+        .build()
+        .unwrap();
+    let mut linux = s.linux().clone().unwrap();
+    linux.set_resources(Some(
+        LinuxResourcesBuilder::default()
+            .memory(mem)
+            .build()
+            .unwrap(),
+    ));
+    s.set_linux(Some(linux));
+    create(a, "hog", &s).await.unwrap();
+    start(a, "hog").await.unwrap();
+    let oom = tokio::time::timeout(
+        Duration::from_secs(120),
+        a.get_oom_event(ctx(), &GetOOMEventRequest::new()),
+    )
+    .await
+    .expect("no OOM event within 120 s")
+    .unwrap();
+    assert_eq!(oom.container_id, "hog");
+    assert_eq!(wait(a, "hog", "").await, 137);
+    let mut sr = StatsContainerRequest::new();
+    sr.container_id = "hog".into();
+    let stats = a.stats_container(ctx(), &sr).await.unwrap();
+    assert_eq!(stats.memory.limit, 32 * 1024 * 1024);
+    assert!(stats.memory.oom_kill >= 1);
+    remove(a, "hog").await.unwrap();
+
+    // DestroySandbox ends the VM: QEMU exits by itself, cleanly.
+    let left = spec(&guest_rootfs, &["sleep", "600"]);
+    create(a, "left", &left).await.unwrap();
+    start(a, "left").await.unwrap();
+    a.destroy_sandbox(ctx(), &DestroySandboxRequest::new())
+        .await
+        .unwrap();
+    let status = t.vm.wait_exit(Duration::from_secs(60)).unwrap();
+    let status = status
+        .unwrap_or_else(|| panic!("VM still running after DestroySandbox\n{}", t.vm.console()));
+    assert!(status.success(), "qemu exited with {status}");
+}
