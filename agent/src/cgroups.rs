@@ -45,7 +45,15 @@ pub fn pids(path: &Path, id: &str) -> anyhow::Result<Vec<i32>> {
     Ok(pids.into_iter().map(|p| p.as_raw()).collect())
 }
 
+fn is_v2() -> bool {
+    Path::new(CGROUP_ROOT).join("cgroup.controllers").exists()
+}
+
 pub fn stats(path: &Path, id: &str) -> anyhow::Result<pb::StatsContainerResponse> {
+    if is_v2() {
+        // Read directly: libcgroups' v2 stats fail unless hugetlb and PSI files all exist.
+        return Ok(stats_v2(&Path::new(CGROUP_ROOT).join(rel(path))));
+    }
     let s = manager(path, id)?
         .stats()
         .map_err(|e| anyhow!("reading stats: {e}"))?;
@@ -116,6 +124,72 @@ pub fn stats(path: &Path, id: &str) -> anyhow::Result<pb::StatsContainerResponse
     Ok(out)
 }
 
+/// cgroup v2 figures from the files of the cgroup directory `dir`; a missing
+/// controller reads as zeros.
+pub fn stats_v2(dir: &Path) -> pb::StatsContainerResponse {
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    let single = |f: &str| read(f).trim().parse::<u64>().unwrap_or(0);
+    let mut out = pb::StatsContainerResponse::new();
+
+    let cpu = parse_flat_keyed(&read("cpu.stat"));
+    let get = |m: &HashMap<String, u64>, k: &str| *m.get(k).unwrap_or(&0);
+    let mut c = pb::CpuStats::new();
+    c.usage_usec = get(&cpu, "usage_usec");
+    c.user_usec = get(&cpu, "user_usec");
+    c.system_usec = get(&cpu, "system_usec");
+    c.nr_periods = get(&cpu, "nr_periods");
+    c.nr_throttled = get(&cpu, "nr_throttled");
+    c.throttled_usec = get(&cpu, "throttled_usec");
+    out.cpu = Some(c).into();
+
+    let stat = parse_flat_keyed(&read("memory.stat"));
+    let events = parse_flat_keyed(&read("memory.events"));
+    let mut m = pb::MemoryStats::new();
+    m.usage = single("memory.current");
+    m.limit = single("memory.max"); // "max" parses as 0: no limit
+    m.anon = get(&stat, "anon");
+    m.file = get(&stat, "file");
+    m.kernel = get(&stat, "kernel");
+    m.oom_events = get(&events, "oom");
+    m.oom_kill = get(&events, "oom_kill");
+    m.max_events = get(&events, "max");
+    m.stat = stat.into_iter().collect();
+    out.memory = Some(m).into();
+
+    let mut p = pb::PidsStats::new();
+    p.current = single("pids.current");
+    p.limit = single("pids.max");
+    out.pids = Some(p).into();
+
+    out.io = parse_io_stat(&read("io.stat"));
+    out
+}
+
+/// `io.stat` lines: `MAJ:MIN rbytes=N wbytes=N rios=N wios=N dbytes=N dios=N`.
+fn parse_io_stat(text: &str) -> Vec<pb::IoEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            let (maj, min) = words.next()?.split_once(':')?;
+            let mut e = pb::IoEntry::new();
+            e.major = maj.parse().ok()?;
+            e.minor = min.parse().ok()?;
+            for w in words {
+                let (k, v) = w.split_once('=')?;
+                let v = v.parse().unwrap_or(0);
+                match k {
+                    "rbytes" => e.rbytes = v,
+                    "wbytes" => e.wbytes = v,
+                    "rios" => e.rios = v,
+                    "wios" => e.wios = v,
+                    _ => {}
+                }
+            }
+            Some(e)
+        })
+        .collect()
+}
+
 fn no_limit_as_zero(v: u64) -> u64 {
     if v == u64::MAX || v >= i64::MAX as u64 {
         0
@@ -166,8 +240,7 @@ impl OomWatcher {
     pub fn start() -> (OomWatcher, mpsc::UnboundedReceiver<String>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let watches: Arc<Mutex<HashMap<WatchDescriptor, Watched>>> = Arc::default();
-        let v2 = Path::new(CGROUP_ROOT).join("cgroup.controllers").exists();
-        let inotify = if v2 {
+        let inotify = if is_v2() {
             Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
                 .ok()
                 .and_then(|i| {
@@ -255,6 +328,45 @@ mod tests {
         assert_eq!(m["oom_kill"], 1);
         assert_eq!(m["max"], 12);
         assert!(memory_events(Path::new("/nonexistent/memory.events")).is_empty());
+    }
+
+    #[test]
+    fn v2_stats_from_files() {
+        let d = tempfile::tempdir().unwrap();
+        let w = |f: &str, t: &str| std::fs::write(d.path().join(f), t).unwrap();
+        w(
+            "cpu.stat",
+            "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\nnr_periods 4\nnr_throttled 1\nthrottled_usec 20\n",
+        );
+        w("memory.current", "4096\n");
+        w("memory.max", "max\n");
+        w("memory.stat", "anon 1024\nfile 2048\nkernel 512\n");
+        w("memory.events", "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n");
+        w("pids.current", "2\n");
+        w("pids.max", "64\n");
+        w(
+            "io.stat",
+            "254:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n",
+        );
+        let s = stats_v2(d.path());
+        assert_eq!((s.cpu.usage_usec, s.cpu.nr_throttled), (1500, 1));
+        assert_eq!(
+            (
+                s.memory.usage,
+                s.memory.limit,
+                s.memory.anon,
+                s.memory.oom_kill
+            ),
+            (4096, 0, 1024, 1)
+        );
+        assert_eq!((s.pids.current, s.pids.limit), (2, 64));
+        assert_eq!(
+            (s.io[0].major, s.io[0].wbytes, s.io[0].wios),
+            (254, 8192, 2)
+        );
+        // An empty directory (no controllers) is all zeros, not an error.
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(stats_v2(empty.path()).memory.usage, 0);
     }
 
     #[test]

@@ -85,3 +85,30 @@ pub fn rootfs_in(shared: &Path, name: &str) -> PathBuf {
     busybox_rootfs(&rootfs).expect("building the busybox rootfs");
     rootfs
 }
+
+/// A seccomp profile that allows everything but makes `mkdir`/`mkdirat` fail with EPERM.
+pub fn seccomp_denying_mkdir() -> oci_spec::runtime::LinuxSeccomp {
+    serde_json::from_value(serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+    }))
+    .expect("seccomp profile")
+}
+
+/// Cgroup directories named `id` under any hierarchy (v1 controllers or v2).
+pub fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut found = Vec::new();
+    let mut roots = vec![root.to_path_buf()];
+    if let Ok(entries) = std::fs::read_dir(root) {
+        roots.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    for r in roots {
+        let p = r.join("hull").join(id);
+        if p.exists() {
+            found.push(p);
+        }
+    }
+    found
+}

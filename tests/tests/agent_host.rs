@@ -8,7 +8,7 @@ use hull_protocols::health::CheckRequest;
 use hull_protocols::health::health_check_response::ServingStatus;
 use hull_tests::agent::HostAgent;
 use hull_tests::agent_ops::*;
-use hull_tests::bundle::{rootfs_in, spec};
+use hull_tests::bundle::{cgroup_dirs, rootfs_in, seccomp_denying_mkdir, spec};
 use oci_spec::runtime::{LinuxPidsBuilder, LinuxResourcesBuilder};
 use ttrpc::Code;
 
@@ -74,6 +74,11 @@ async fn sigkill_reports_137_and_cleans_up() {
         "libcontainer state left behind"
     );
     assert!(!a.state().join("bundles/k").exists(), "bundle left behind");
+    assert_eq!(
+        cgroup_dirs("k"),
+        Vec::<std::path::PathBuf>::new(),
+        "cgroup left behind"
+    );
     assert_eq!(code(remove(&a.agent, "k").await), Code::NOT_FOUND);
 }
 
@@ -406,4 +411,88 @@ async fn sandbox_shares_uts_and_destroy_stops_the_agent() {
             .is_none(),
         "containers left"
     );
+}
+
+#[tokio::test]
+async fn process_and_security_fields_of_the_spec() {
+    use oci_spec::runtime::{LinuxCapabilities, PosixRlimitBuilder, PosixRlimitType};
+    let a = HostAgent::start().await;
+    let rootfs = rootfs_in(&a.shared(), "c");
+    std::fs::create_dir_all(rootfs.join("work")).unwrap();
+    let script = "id -u; id -g; id -G; echo env=$GREETING; pwd; umask; ulimit -n; \
+                  grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; cat /proc/self/oom_score_adj; \
+                  wc -c < /proc/cmdline; echo 1 > /proc/sys/kernel/domainname 2>/dev/null || echo ro-sys; \
+                  cat /proc/sys/net/ipv4/ip_unprivileged_port_start; \
+                  mkdir /tmp/x 2>&1 || echo mkdir-denied";
+    let mut s = spec(&rootfs, &["sh", "-c", script]);
+    let mut p = s.process().clone().unwrap();
+    let mut user = p.user().clone();
+    user.set_uid(1000);
+    user.set_gid(1001);
+    user.set_additional_gids(Some(vec![2000, 2001]));
+    user.set_umask(Some(0o027));
+    p.set_user(user);
+    p.set_env(Some(vec!["PATH=/bin".into(), "GREETING=hi".into()]));
+    p.set_cwd("/work".into());
+    p.set_no_new_privileges(Some(true));
+    p.set_oom_score_adj(Some(123));
+    p.set_rlimits(Some(vec![
+        PosixRlimitBuilder::default()
+            .typ(PosixRlimitType::RlimitNofile)
+            .hard(512u64)
+            .soft(256u64)
+            .build()
+            .unwrap(),
+    ]));
+    // Only CAP_CHOWN (bit 0) in the effective set.
+    let caps: std::collections::HashSet<_> =
+        [oci_spec::runtime::Capability::Chown].into_iter().collect();
+    let mut lc = LinuxCapabilities::default();
+    lc.set_bounding(Some(caps.clone()));
+    lc.set_effective(Some(caps.clone()));
+    lc.set_permitted(Some(caps.clone()));
+    lc.set_inheritable(Some(caps.clone()));
+    lc.set_ambient(Some(caps));
+    p.set_capabilities(Some(lc));
+    s.set_process(Some(p));
+    let mut linux = s.linux().clone().unwrap();
+    linux.set_seccomp(Some(seccomp_denying_mkdir()));
+    let mut masked = linux.masked_paths().clone().unwrap_or_default();
+    masked.push("/proc/cmdline".into());
+    linux.set_masked_paths(Some(masked));
+    linux.set_sysctl(Some(
+        [(
+            "net.ipv4.ip_unprivileged_port_start".to_string(),
+            "80".to_string(),
+        )]
+        .into(),
+    ));
+    s.set_linux(Some(linux));
+
+    let r = run(&a.agent, "fields", &s).await;
+    assert_eq!(r.status, 0, "stderr: {}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "1000",
+            "1001",
+            "1001 2000 2001",
+            "env=hi",
+            "/work",
+            "0027",
+            "256",
+            "CapEff:\t0000000000000001",
+            "NoNewPrivs:\t1",
+            "123",
+            "0",
+            "ro-sys",
+            "80",
+            "mkdir: can't create directory '/tmp/x': Operation not permitted",
+            "mkdir-denied",
+        ],
+        "stderr: {}",
+        r.stderr
+    );
+    remove(&a.agent, "fields").await.unwrap();
 }

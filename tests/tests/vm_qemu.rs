@@ -8,7 +8,7 @@ use hull_protocols::agent::*;
 use hull_protocols::health::CheckRequest;
 use hull_protocols::health::health_check_response::ServingStatus;
 use hull_tests::agent_ops::*;
-use hull_tests::bundle::{rootfs_in, spec};
+use hull_tests::bundle::{rootfs_in, seccomp_denying_mkdir, spec};
 use hull_tests::vm::TestVm;
 use oci_spec::runtime::{LinuxMemoryBuilder, LinuxResourcesBuilder};
 
@@ -70,6 +70,16 @@ async fn guest_runs_containers_over_vsock_and_virtiofs() {
     );
     assert_eq!(r.status, 3);
     remove(a, "hello").await.unwrap();
+
+    // Seccomp works in the guest (the agent links libseccomp statically).
+    let mut s = spec(&guest_rootfs, &["sh", "-c", "mkdir /tmp/d || echo denied"]);
+    let mut linux = s.linux().clone().unwrap();
+    linux.set_seccomp(Some(seccomp_denying_mkdir()));
+    s.set_linux(Some(linux));
+    let r = run(a, "seccomp", &s).await;
+    assert_eq!(r.stdout, "denied\n", "{}", r.stderr);
+    assert!(r.stderr.contains("Operation not permitted"), "{}", r.stderr);
+    remove(a, "seccomp").await.unwrap();
 
     // The memory limit is enforced in the guest's cgroup v2 and its OOM kill is reported.
     let mut s = spec(&guest_rootfs, &["tail", "/dev/zero"]);
