@@ -231,6 +231,18 @@ impl QemuVm {
         self.qemu.pid()
     }
 
+    /// Every process of this VM (QEMU and its vhost-user backends).
+    pub fn pids(&self) -> Vec<u32> {
+        [
+            self.qemu.pid(),
+            self._fs.as_ref().and_then(Daemon::pid),
+            self._vsock.pid(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
     /// Waits for the guest to power off (QEMU exits by itself).
     pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
         self.qemu.wait_timeout(timeout)

@@ -1,0 +1,106 @@
+//! `/etc/hull/config.toml` (or `$HULL_CONFIG`): what the shim boots and how. Every key is
+//! optional; `config/hull.toml` in the repository is the commented reference.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+pub const DEFAULT_PATH: &str = "/etc/hull/config.toml";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HypervisorKind {
+    /// hull-vmm where /dev/kvm runs a stock guest, QEMU otherwise (QEMU until hull-vmm lands).
+    Auto,
+    Qemu,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HullConfig {
+    pub hypervisor: HypervisorKind,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// Appended to hull's kernel command line.
+    pub kernel_params: String,
+    /// Empty: looked up on PATH (and ~/.cargo/bin).
+    pub qemu: PathBuf,
+    pub virtiofsd: PathBuf,
+    pub vhost_device_vsock: PathBuf,
+    /// tracing filter for the shim; the agent's comes from `kernel_params` (`hull.log=`).
+    pub log_level: String,
+    /// Seconds to wait for a new VM's agent to answer.
+    pub boot_timeout_s: u64,
+    /// Seconds DestroySandbox and the VM's exit may take before the VM is killed.
+    pub shutdown_timeout_s: u64,
+    /// Per-pod directories (sockets, logs, the virtio-fs share).
+    pub run_dir: PathBuf,
+}
+
+impl Default for HullConfig {
+    fn default() -> Self {
+        HullConfig {
+            hypervisor: HypervisorKind::Auto,
+            kernel: PathBuf::from("/usr/local/share/hull/vmlinux"),
+            initrd: PathBuf::from("/usr/local/share/hull/initrd.img"),
+            vcpus: 1,
+            memory_mib: 256,
+            kernel_params: String::new(),
+            qemu: PathBuf::new(),
+            virtiofsd: PathBuf::new(),
+            vhost_device_vsock: PathBuf::new(),
+            log_level: "info".into(),
+            boot_timeout_s: 60,
+            shutdown_timeout_s: 10,
+            run_dir: PathBuf::from("/run/hull"),
+        }
+    }
+}
+
+impl HullConfig {
+    /// `$HULL_CONFIG`, else `/etc/hull/config.toml`; a missing default file means defaults.
+    pub fn load() -> anyhow::Result<HullConfig> {
+        match std::env::var_os("HULL_CONFIG") {
+            Some(p) => Self::from_file(Path::new(&p)),
+            None if Path::new(DEFAULT_PATH).exists() => Self::from_file(Path::new(DEFAULT_PATH)),
+            None => Ok(HullConfig::default()),
+        }
+    }
+
+    pub fn from_file(path: &Path) -> anyhow::Result<HullConfig> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let c: HullConfig =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        if c.vcpus == 0 || c.memory_mib < 64 {
+            anyhow::bail!("{}: vcpus must be ≥ 1 and memory_mib ≥ 64", path.display());
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_config_parses_and_typos_are_refused() {
+        let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/hull.toml");
+        let c = HullConfig::from_file(&reference).unwrap();
+        assert_eq!(c.hypervisor, HypervisorKind::Auto);
+        let d = tempfile::tempdir().unwrap();
+        let bad = d.path().join("c.toml");
+        std::fs::write(&bad, "memroy_mib = 512\n").unwrap();
+        assert!(
+            HullConfig::from_file(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("parsing")
+        );
+        std::fs::write(&bad, "vcpus = 0\n").unwrap();
+        assert!(HullConfig::from_file(&bad).is_err());
+    }
+}

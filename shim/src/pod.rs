@@ -1,0 +1,233 @@
+//! One pod, one VM: booting it (QEMU, its daemons, the agent's sandbox), watching it die,
+//! shutting it down in order, and cleaning up what a killed shim left on disk.
+//!
+//! A pod's directory `<run_dir>/<namespace>/<sandbox id>` holds `vm/` (sockets, logs),
+//! `shared/` (the virtio-fs share) and `pids` (the VM's processes, for `shim delete`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::Context;
+use hull_protocols::agent::{CreateSandboxRequest, DestroySandboxRequest, Storage};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::sync::watch;
+
+use crate::agent_client::AgentClient;
+use crate::config::HullConfig;
+use crate::hypervisor::accel::Accel;
+use crate::hypervisor::qemu::{QemuConfig, QemuVm, SHARED_FS_TAG};
+use crate::share::{self, GUEST_SHARED};
+
+pub struct Pod {
+    pub id: String,
+    pub dir: PathBuf,
+    pub agent: AgentClient,
+    vm: Mutex<Option<QemuVm>>,
+    dead: watch::Receiver<bool>,
+}
+
+pub fn pod_dir(cfg: &HullConfig, namespace: &str, sandbox_id: &str) -> PathBuf {
+    cfg.run_dir.join(namespace).join(sandbox_id)
+}
+
+fn ctx(timeout: Duration) -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(timeout.as_nanos() as i64)
+}
+
+impl Pod {
+    pub fn share(&self) -> PathBuf {
+        self.dir.join("shared")
+    }
+
+    pub async fn boot(
+        cfg: &HullConfig,
+        namespace: &str,
+        id: &str,
+        hostname: &str,
+    ) -> anyhow::Result<std::sync::Arc<Pod>> {
+        let dir = pod_dir(cfg, namespace, id);
+        if dir.exists() {
+            tracing::warn!(dir = %dir.display(), "removing a stale pod directory");
+            cleanup_dir(&dir);
+        }
+        let run = dir.join("vm");
+        let shared = dir.join("shared");
+        std::fs::create_dir_all(&run).with_context(|| format!("creating {}", run.display()))?;
+        std::fs::create_dir_all(&shared)?;
+
+        let (accel, why) = Accel::detect();
+        if accel == Accel::Tcg {
+            tracing::info!(
+                reason = why,
+                "no usable KVM: pod VMs run under QEMU TCG (slow)"
+            );
+        }
+        let mut qc = QemuConfig::new(cfg.kernel.clone(), cfg.initrd.clone(), run);
+        for (slot, configured) in [
+            (&mut qc.qemu, &cfg.qemu),
+            (&mut qc.virtiofsd, &cfg.virtiofsd),
+            (&mut qc.vhost_vsock, &cfg.vhost_device_vsock),
+        ] {
+            if !configured.as_os_str().is_empty() {
+                *slot = configured.clone();
+            }
+        }
+        qc.accel = accel;
+        qc.vcpus = cfg.vcpus;
+        qc.memory_mib = cfg.memory_mib;
+        qc.cmdline_extra = cfg.kernel_params.clone();
+        qc.shared_dir = Some(shared);
+
+        let vm = match tokio::task::spawn_blocking(move || QemuVm::start(qc)).await? {
+            Ok(vm) => vm,
+            Err(e) => {
+                cleanup_dir(&dir);
+                return Err(e);
+            }
+        };
+        let pids: Vec<String> = vm.pids().iter().map(u32::to_string).collect();
+        std::fs::write(dir.join("pids"), pids.join("\n"))?;
+        let agent =
+            match AgentClient::connect(&vm.vsock_uds(), Duration::from_secs(cfg.boot_timeout_s))
+                .await
+            {
+                Ok(a) => a,
+                Err(e) => {
+                    let console = vm.console();
+                    drop(vm);
+                    cleanup_dir(&dir);
+                    let tail: Vec<&str> = console.lines().rev().take(15).collect();
+                    anyhow::bail!(
+                        "the pod VM's agent did not answer: {e:#}; console tail:\n{}",
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    );
+                }
+            };
+        let mut req = CreateSandboxRequest::new();
+        req.sandbox_id = id.to_string();
+        req.hostname = hostname.to_string();
+        let mut fs = Storage::new();
+        fs.driver = "virtiofs".into();
+        fs.source = SHARED_FS_TAG.into();
+        fs.fstype = "virtiofs".into();
+        fs.mount_point = GUEST_SHARED.into();
+        req.storages.push(fs);
+        if let Err(e) = agent
+            .agent
+            .create_sandbox(ctx(Duration::from_secs(30)), &req)
+            .await
+        {
+            drop(vm);
+            cleanup_dir(&dir);
+            anyhow::bail!("CreateSandbox: {e}");
+        }
+
+        let (dead_tx, dead) = watch::channel(false);
+        let pod = std::sync::Arc::new(Pod {
+            id: id.to_string(),
+            dir,
+            agent,
+            vm: Mutex::new(Some(vm)),
+            dead,
+        });
+        let watched = std::sync::Arc::downgrade(&pod);
+        std::thread::spawn(move || watch_vm(watched, dead_tx));
+        tracing::info!(sandbox = %id, "pod VM ready");
+        Ok(pod)
+    }
+
+    /// Resolves when the VM has died (or was shut down).
+    pub async fn died(&self) {
+        let mut rx = self.dead.clone();
+        let _ = rx.wait_for(|d| *d).await;
+    }
+
+    pub fn is_dead(&self) -> bool {
+        *self.dead.borrow()
+    }
+
+    /// Orderly: DestroySandbox, wait for the VM to end, then kill whatever remains and
+    /// remove the pod directory.
+    pub async fn shutdown(&self, timeout: Duration) {
+        if !self.is_dead() {
+            if let Err(e) = self
+                .agent
+                .agent
+                .destroy_sandbox(ctx(timeout), &DestroySandboxRequest::new())
+                .await
+            {
+                tracing::warn!(sandbox = %self.id, error = %e, "DestroySandbox failed; killing the VM");
+            }
+            let deadline = tokio::time::Instant::now() + timeout;
+            while !self.is_dead() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let vm = self.vm.lock().expect("vm lock").take();
+        drop(vm);
+        cleanup_dir(&self.dir);
+        tracing::info!(sandbox = %self.id, "pod VM gone");
+    }
+}
+
+/// Polls the VM's processes; when QEMU exits, the rest are killed and `dead` is set.
+fn watch_vm(pod: std::sync::Weak<Pod>, dead: watch::Sender<bool>) {
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let Some(pod) = pod.upgrade() else { return };
+        let mut guard = pod.vm.lock().expect("vm lock");
+        let exited = match guard.as_mut() {
+            None => true,
+            Some(vm) => !matches!(vm.wait_exit(Duration::ZERO), Ok(None)),
+        };
+        if exited {
+            if let Some(vm) = guard.take() {
+                tracing::warn!(sandbox = %pod.id, console = %vm.console().lines().rev().take(5).collect::<Vec<_>>().join(" | "), "pod VM exited");
+            }
+            let _ = dead.send(true);
+            return;
+        }
+    }
+}
+
+/// Kills the VM processes listed in `<dir>/pids` (only if they still belong to this pod),
+/// unmounts everything under `dir` and removes it. Safe to call on a half-made pod.
+pub fn cleanup_dir(dir: &Path) {
+    let marker = dir.to_string_lossy().into_owned();
+    for pid in std::fs::read_to_string(dir.join("pids"))
+        .unwrap_or_default()
+        .lines()
+    {
+        let Ok(pid) = pid.trim().parse::<i32>() else {
+            continue;
+        };
+        // A pid may have been reused since: kill only a process whose command line names this pod.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&marker) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            wait_gone(pid);
+        }
+    }
+    share::unmount_under(dir);
+    if let Err(e) = std::fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "removing the pod directory");
+    }
+}
+
+fn wait_gone(pid: i32) {
+    for _ in 0..200 {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return;
+        }
+        // Our own child: reap it; someone else's: wait for its parent to.
+        let _ = nix::sys::wait::waitpid(
+            Pid::from_raw(pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,96 @@
+//! The shim process's life: `start` (find or spawn the pod's shim: one per pod, grouped
+//! by sandbox id), serving the task API, and `delete` (clean up after a shim that died).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::publisher::RemotePublisher;
+use containerd_shim::asynchronous::{ExitSignal, Shim, spawn};
+use containerd_shim::{Config, Error, Flags, StartOpts};
+use containerd_shim_protos::api::DeleteResponse;
+use protobuf::well_known_types::timestamp::Timestamp;
+
+use crate::config::HullConfig;
+use crate::pod::{cleanup_dir, pod_dir};
+use crate::share::ContainerShare;
+use crate::task::{TaskService, bundle_spec};
+use crate::{is_sandbox_container, sandbox_id};
+
+pub const RUNTIME_ID: &str = "io.containerd.hull.v2";
+
+pub struct HullShim {
+    id: String,
+    namespace: String,
+    exit: Arc<ExitSignal>,
+    cfg: Result<HullConfig, String>,
+}
+
+/// The shim serves no requests until its configuration is right.
+fn config_error(e: &str) -> Error {
+    Error::InvalidArgument(format!("hull configuration: {e}"))
+}
+
+#[async_trait]
+impl Shim for HullShim {
+    type T = TaskService;
+
+    async fn new(_runtime_id: &str, args: &Flags, config: &mut Config) -> Self {
+        // The shim reaps its own children (QEMU and daemons) through their handles.
+        config.no_reaper = true;
+        config.no_sub_reaper = true;
+        config.no_setup_logger = true;
+        let cfg = HullConfig::load().map_err(|e| format!("{e:#}"));
+        crate::logging::init(
+            cfg.as_ref().map(|c| c.log_level.as_str()).unwrap_or("info"),
+            &args.namespace,
+            &args.id,
+        );
+        HullShim {
+            id: args.id.clone(),
+            namespace: args.namespace.clone(),
+            exit: Arc::new(ExitSignal::default()),
+            cfg,
+        }
+    }
+
+    async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
+        self.cfg.as_ref().map_err(|e| config_error(e))?;
+        // containerd runs `start` in the container's bundle.
+        let grouping = bundle_spec(Path::new("."))
+            .and_then(|s| sandbox_id(&s))
+            .unwrap_or_else(|| opts.id.clone());
+        let address = spawn(opts, &grouping, Vec::new()).await?;
+        Ok(address)
+    }
+
+    async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
+        let cfg = self.cfg.as_ref().map_err(|e| config_error(e))?;
+        let spec = bundle_spec(Path::new("."));
+        let sandbox = spec
+            .as_ref()
+            .and_then(sandbox_id)
+            .unwrap_or_else(|| self.id.clone());
+        let dir = pod_dir(cfg, &self.namespace, &sandbox);
+        let owns_pod = sandbox == self.id || spec.as_ref().is_some_and(is_sandbox_container);
+        if owns_pod {
+            tracing::warn!(sandbox = %sandbox, "cleaning up after a dead shim: VM, mounts, pod directory");
+            cleanup_dir(&dir);
+        } else {
+            ContainerShare::new(&dir.join("shared"), &self.id).remove();
+        }
+        let mut resp = DeleteResponse::new();
+        resp.exit_status = 128 + libc::SIGKILL as u32;
+        resp.exited_at = Some(Timestamp::now()).into();
+        Ok(resp)
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        let cfg = self.cfg.clone().unwrap_or_default();
+        TaskService::new(cfg, &self.namespace, publisher, self.exit.clone())
+    }
+}

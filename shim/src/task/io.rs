@@ -1,0 +1,189 @@
+//! Bridges one process's stdio between containerd's FIFOs and the agent: stdin FIFO →
+//! WriteStdin (CloseStdin at its end), ReadStdout/ReadStderr → stdout/stderr FIFOs until
+//! the agent reports end of stream. Output keeps flowing after the process exits until
+//! the agent's pipe is drained, so no tail is lost.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+
+use hull_protocols::agent::{CloseStdinRequest, ReadStreamRequest, WriteStreamRequest};
+use hull_protocols::agent_ttrpc::AgentServiceClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::task::JoinHandle;
+
+const CHUNK: u32 = 64 * 1024;
+
+#[derive(Debug, Clone, Default)]
+pub struct StdioPaths {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+/// The copy tasks of one process.
+pub struct Bridge {
+    stdin: Option<JoinHandle<()>>,
+    outputs: Vec<JoinHandle<()>>,
+}
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(0)
+}
+
+impl Bridge {
+    /// Starts copying; the agent must already know the process.
+    pub fn start(
+        agent: &AgentServiceClient,
+        cid: &str,
+        exec_id: &str,
+        paths: &StdioPaths,
+    ) -> Bridge {
+        let stdin = if paths.stdin.is_empty() {
+            let (a, c, e) = (agent.clone(), cid.to_string(), exec_id.to_string());
+            // Nothing will ever write: the process gets end of file at once.
+            tokio::spawn(async move { close_stdin(&a, &c, &e).await });
+            None
+        } else {
+            Some(tokio::spawn(copy_stdin(
+                agent.clone(),
+                cid.into(),
+                exec_id.into(),
+                paths.stdin.clone().into(),
+            )))
+        };
+        let mut outputs = vec![tokio::spawn(copy_out(
+            agent.clone(),
+            cid.into(),
+            exec_id.into(),
+            paths.stdout.clone(),
+            false,
+        ))];
+        if !paths.terminal {
+            outputs.push(tokio::spawn(copy_out(
+                agent.clone(),
+                cid.into(),
+                exec_id.into(),
+                paths.stderr.clone(),
+                true,
+            )));
+        }
+        Bridge { stdin, outputs }
+    }
+
+    /// Waits until stdout and stderr have reached end of stream.
+    pub async fn drained(&mut self) {
+        for h in self.outputs.drain(..) {
+            let _ = h.await;
+        }
+    }
+
+    /// Stops forwarding stdin (CloseIO); the agent closes the process's stdin.
+    pub async fn close_stdin(&mut self, agent: &AgentServiceClient, cid: &str, exec_id: &str) {
+        if let Some(h) = self.stdin.take() {
+            h.abort();
+        }
+        close_stdin(agent, cid, exec_id).await;
+    }
+
+    pub fn abort(&mut self) {
+        if let Some(h) = self.stdin.take() {
+            h.abort();
+        }
+        for h in self.outputs.drain(..) {
+            h.abort();
+        }
+    }
+}
+
+async fn close_stdin(agent: &AgentServiceClient, cid: &str, exec_id: &str) {
+    let mut req = CloseStdinRequest::new();
+    req.container_id = cid.to_string();
+    req.exec_id = exec_id.to_string();
+    if let Err(e) = agent.close_stdin(ctx(), &req).await {
+        tracing::debug!(container = cid, exec = exec_id, error = %e, "CloseStdin");
+    }
+}
+
+async fn copy_stdin(agent: AgentServiceClient, cid: String, exec_id: String, path: PathBuf) {
+    // Blocking open: returns once containerd has opened its (writing) end.
+    let opened =
+        tokio::task::spawn_blocking(move || OpenOptions::new().read(true).open(&path)).await;
+    let file = match opened {
+        Ok(Ok(f)) => f,
+        other => {
+            tracing::warn!(container = %cid, exec = %exec_id, result = ?other.map(|r| r.map(|_| ())), "opening the stdin FIFO");
+            return close_stdin(&agent, &cid, &exec_id).await;
+        }
+    };
+    let Ok(mut rx) = pipe::Receiver::from_file(file) else {
+        return close_stdin(&agent, &cid, &exec_id).await;
+    };
+    let mut buf = vec![0u8; CHUNK as usize];
+    loop {
+        let n = match rx.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut req = WriteStreamRequest::new();
+        req.container_id = cid.clone();
+        req.exec_id = exec_id.clone();
+        req.data = buf[..n].to_vec();
+        if agent.write_stdin(ctx(), &req).await.is_err() {
+            break;
+        }
+    }
+    close_stdin(&agent, &cid, &exec_id).await;
+}
+
+async fn copy_out(
+    agent: AgentServiceClient,
+    cid: String,
+    exec_id: String,
+    path: String,
+    stderr: bool,
+) {
+    // No FIFO (e.g. a detached task without output): still drain the agent's pipe, or
+    // the process blocks once it fills.
+    let mut tx = if path.is_empty() {
+        None
+    } else {
+        let p = PathBuf::from(&path);
+        let opened = tokio::task::spawn_blocking(move || {
+            OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(p)
+        })
+        .await;
+        match opened {
+            Ok(Ok(f)) => pipe::Sender::from_file(f).ok(),
+            _ => {
+                tracing::warn!(container = %cid, exec = %exec_id, path, "opening an output FIFO");
+                None
+            }
+        }
+    };
+    loop {
+        let mut req = ReadStreamRequest::new();
+        req.container_id = cid.clone();
+        req.exec_id = exec_id.clone();
+        req.len = CHUNK;
+        let r = if stderr {
+            agent.read_stderr(ctx(), &req).await
+        } else {
+            agent.read_stdout(ctx(), &req).await
+        };
+        let data = match r {
+            Ok(r) if !r.data.is_empty() => r.data,
+            _ => break,
+        };
+        if let Some(t) = tx.as_mut()
+            && t.write_all(&data).await.is_err()
+        {
+            tx = None;
+        }
+    }
+}
