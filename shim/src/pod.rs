@@ -29,7 +29,22 @@ pub struct Pod {
 }
 
 pub fn pod_dir(cfg: &HullConfig, namespace: &str, sandbox_id: &str) -> PathBuf {
-    cfg.run_dir.join(namespace).join(sandbox_id)
+    cfg.run_dir.join(namespace).join(dir_name(sandbox_id))
+}
+
+/// Unix socket paths (`<pod dir>/vm/vsock.vhost`) must stay under 108 bytes, and CRI ids
+/// are 64 characters: a long id becomes a prefix plus a hash of the whole id.
+fn dir_name(id: &str) -> String {
+    const MAX: usize = 32;
+    if id.len() <= MAX {
+        return id.to_string();
+    }
+    // FNV-1a: stable across builds, which a pod directory must be (shim delete finds it).
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let prefix: String = id.chars().take(MAX - 17).collect();
+    format!("{prefix}-{hash:016x}")
 }
 
 fn ctx(timeout: Duration) -> ttrpc::context::Context {
@@ -56,6 +71,10 @@ impl Pod {
         let shared = dir.join("shared");
         std::fs::create_dir_all(&run).with_context(|| format!("creating {}", run.display()))?;
         std::fs::create_dir_all(&shared)?;
+        if let Err(e) = share::make_shared_mount(&shared) {
+            cleanup_dir(&dir);
+            return Err(e);
+        }
 
         let (accel, why) = Accel::detect();
         if accel == Accel::Tcg {
@@ -98,7 +117,7 @@ impl Pod {
                     let console = vm.console();
                     drop(vm);
                     cleanup_dir(&dir);
-                    let tail: Vec<&str> = console.lines().rev().take(15).collect();
+                    let tail: Vec<&str> = console.lines().rev().take(40).collect();
                     anyhow::bail!(
                         "the pod VM's agent did not answer: {e:#}; console tail:\n{}",
                         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
@@ -215,6 +234,21 @@ pub fn cleanup_dir(dir: &Path) {
         && e.kind() != std::io::ErrorKind::NotFound
     {
         tracing::warn!(dir = %dir.display(), error = %e, "removing the pod directory");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_ids_get_short_stable_names() {
+        assert_eq!(dir_name("pod1"), "pod1");
+        let a = "a".repeat(64);
+        let b = format!("{}b", "a".repeat(63));
+        assert_eq!(dir_name(&a).len(), 32);
+        assert_eq!(dir_name(&a), dir_name(&a));
+        assert_ne!(dir_name(&a), dir_name(&b));
     }
 }
 

@@ -106,6 +106,22 @@ impl ContainerShare {
     }
 }
 
+/// Turns `dir` into a mount point with shared propagation, so that rootfs and bind mounts
+/// made under it later reach virtiofsd's own mount namespace.
+pub fn make_shared_mount(dir: &Path) -> anyhow::Result<()> {
+    mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .with_context(|| format!("bind-mounting {}", dir.display()))?;
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .with_context(|| format!("making {} shared", dir.display()))?;
+    Ok(())
+}
+
 fn bind(src: &Path, target: &Path, readonly: bool) -> anyhow::Result<()> {
     mount(
         Some(src),

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod agent_ops;
 pub mod bundle;
+pub mod containerd;
 pub mod vm;
 
 use std::path::PathBuf;

@@ -3,8 +3,6 @@
 //! the agent reports end of stream. Output keeps flowing after the process exits until
 //! the agent's pipe is drained, so no tail is lost.
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use hull_protocols::agent::{CloseStdinRequest, ReadStreamRequest, WriteStreamRequest};
@@ -108,18 +106,15 @@ async fn close_stdin(agent: &AgentServiceClient, cid: &str, exec_id: &str) {
 }
 
 async fn copy_stdin(agent: AgentServiceClient, cid: String, exec_id: String, path: PathBuf) {
-    // Blocking open: returns once containerd has opened its (writing) end.
-    let opened =
-        tokio::task::spawn_blocking(move || OpenOptions::new().read(true).open(&path)).await;
-    let file = match opened {
-        Ok(Ok(f)) => f,
-        other => {
-            tracing::warn!(container = %cid, exec = %exec_id, result = ?other.map(|r| r.map(|_| ())), "opening the stdin FIFO");
+    // Non-blocking read-only open: it never waits for a writer, and epoll reports nothing
+    // on a FIFO that never had one, so this waits for data, or for EOF once a writer has
+    // come and gone. (A blocking open would hang forever for a client that never attaches.)
+    let mut rx = match pipe::OpenOptions::new().open_receiver(&path) {
+        Ok(rx) => rx,
+        Err(e) => {
+            tracing::warn!(container = %cid, exec = %exec_id, path = %path.display(), error = %e, "opening the stdin FIFO");
             return close_stdin(&agent, &cid, &exec_id).await;
         }
-    };
-    let Ok(mut rx) = pipe::Receiver::from_file(file) else {
-        return close_stdin(&agent, &cid, &exec_id).await;
     };
     let mut buf = vec![0u8; CHUNK as usize];
     loop {
@@ -147,21 +142,15 @@ async fn copy_out(
 ) {
     // No FIFO (e.g. a detached task without output): still drain the agent's pipe, or
     // the process blocks once it fills.
+    // Read-write: the open never waits for a reader (a detached `ctr run -d` is gone by
+    // now) and writes never fail with EPIPE; the reader sees EOF when we close.
     let mut tx = if path.is_empty() {
         None
     } else {
-        let p = PathBuf::from(&path);
-        let opened = tokio::task::spawn_blocking(move || {
-            OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_CLOEXEC)
-                .open(p)
-        })
-        .await;
-        match opened {
-            Ok(Ok(f)) => pipe::Sender::from_file(f).ok(),
-            _ => {
-                tracing::warn!(container = %cid, exec = %exec_id, path, "opening an output FIFO");
+        match pipe::OpenOptions::new().read_write(true).open_sender(&path) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(container = %cid, exec = %exec_id, path, error = %e, "opening an output FIFO");
                 None
             }
         }

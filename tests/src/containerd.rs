@@ -1,0 +1,232 @@
+//! A private containerd 1.6 for tests: its own root, state, sockets and config in a
+//! temporary directory, with hull's shim on its PATH and a hull config that boots
+//! `build/vmlinux` + `build/initrd.img`. The busybox test image is imported at start.
+//! Dropping it stops containerd and anything of the test still running (by pid, found by
+//! the test's own directory in its command line), and unmounts what is left.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+pub const IMAGE: &str = "docker.io/hull/busybox:test";
+pub const NAMESPACE: &str = "hull-test";
+
+pub struct Containerd {
+    pub dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Containerd {
+    /// `cri`: also enable containerd's CRI plugin with the `hull` runtime handler.
+    pub fn start(cri: bool) -> Containerd {
+        crate::require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("hull-ctrd")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let d = dir.path();
+        let build = crate::repo_root().join("build");
+        let hull_toml = d.join("hull.toml");
+        std::fs::write(
+            &hull_toml,
+            format!(
+                "kernel = \"{}\"\ninitrd = \"{}\"\nrun_dir = \"{}\"\nlog_level = \"debug\"\nboot_timeout_s = 90\n",
+                build.join("vmlinux").display(),
+                build.join("initrd.img").display(),
+                d.join("run").display()
+            ),
+        )
+        .unwrap();
+        let cri_section = if cri {
+            "[plugins.\"io.containerd.grpc.v1.cri\"]\n  restrict_oom_score_adj = true\n  \
+             [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.hull]\n    runtime_type = \"io.containerd.hull.v2\"\n"
+                .to_string()
+        } else {
+            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n".to_string()
+        };
+        let config = format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n{cri_section}\n[grpc]\n  address = \"{sock}\"\n\
+             [ttrpc]\n  address = \"{sock}.ttrpc\"\n[debug]\n  level = \"info\"\n",
+            root = d.join("root").display(),
+            state = d.join("state").display(),
+            sock = d.join("containerd.sock").display(),
+        );
+        std::fs::write(d.join("config.toml"), config).unwrap();
+        let path = format!(
+            "{}:{}",
+            crate::target_bin_dir().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .env("PATH", path)
+            .env("HULL_CONFIG", &hull_toml)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting containerd");
+        let c = Containerd {
+            dir,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !c.socket().exists() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not start:\n{}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let image = crate::repo_root().join("tests/images/busybox-oci.sh");
+        let out = Command::new(&image)
+            .output()
+            .expect("building the busybox image");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tar = String::from_utf8(out.stdout).unwrap();
+        c.ctr_ok(&["images", "import", tar.trim()]);
+        c
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// The hull run directory (pod directories live under `<run>/<namespace>/`).
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    pub fn ctr_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("timeout");
+        cmd.arg("180")
+            .arg("ctr")
+            .arg("--address")
+            .arg(self.socket())
+            .arg("-n")
+            .arg(NAMESPACE)
+            .args(args);
+        cmd
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_cmd(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running ctr")
+    }
+
+    /// Runs ctr and returns its stdout; fails the test (with containerd's log) otherwise.
+    pub fn ctr_ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?} failed ({}):\nstdout: {}\nstderr: {}\n--- containerd log ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.tail_log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn tail_log(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    /// Processes (other than containerd) whose command line names this test's directory:
+    /// shims, QEMU, virtiofsd, vhost-device-vsock.
+    pub fn leftover_processes(&self) -> Vec<(i32, String)> {
+        let marker = self.dir.path().to_string_lossy().into_owned();
+        let containerd = self.child.as_ref().map(|c| c.id() as i32);
+        let mut found = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if Some(pid) == containerd || pid == std::process::id() as i32 {
+                continue;
+            }
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(&marker)
+                && !cmd.starts_with("timeout ")
+                && !cmd.contains(" ctr ")
+                && !cmd.starts_with("ctr ")
+            {
+                found.push((pid, cmd));
+            }
+        }
+        found
+    }
+
+    /// Fails unless no VM, daemon, mount or pod directory of this test is left.
+    pub fn assert_clean(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let procs = self.leftover_processes();
+            let mounts = crate::agent::mounts_under(&self.run_dir());
+            let pods: Vec<PathBuf> = std::fs::read_dir(self.run_dir().join(NAMESPACE))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            if procs.is_empty() && mounts.is_empty() && pods.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "left behind: processes {procs:?}, mounts {mounts:?}, pod dirs {pods:?}\n{}",
+                self.tail_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+fn stop(pid: i32, grace: Duration) {
+    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && Path::new(&format!("/proc/{pid}")).exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop(child.id() as i32, Duration::from_secs(5));
+            let _ = child.wait();
+        }
+        for (pid, _) in self.leftover_processes() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        for m in crate::agent::mounts_under(self.dir.path()) {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
