@@ -237,6 +237,20 @@ pub fn cleanup_dir(dir: &Path) {
     }
 }
 
+fn wait_gone(pid: i32) {
+    for _ in 0..200 {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return;
+        }
+        // Our own child: reap it; someone else's: wait for its parent to.
+        let _ = nix::sys::wait::waitpid(
+            Pid::from_raw(pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,19 +263,5 @@ mod tests {
         assert_eq!(dir_name(&a).len(), 32);
         assert_eq!(dir_name(&a), dir_name(&a));
         assert_ne!(dir_name(&a), dir_name(&b));
-    }
-}
-
-fn wait_gone(pid: i32) {
-    for _ in 0..200 {
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            return;
-        }
-        // Our own child: reap it; someone else's: wait for its parent to.
-        let _ = nix::sys::wait::waitpid(
-            Pid::from_raw(pid),
-            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-        );
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
