@@ -139,3 +139,111 @@ fn detached_exec_kill_metrics_pause_delete() {
     c.ctr_ok(&["containers", "rm", "svc"]);
     c.assert_clean();
 }
+
+#[test]
+fn tty_run() {
+    let c = Containerd::start(false);
+    // ctr -t needs a terminal on its own stdin: give it one with script(1). `timeout
+    // --foreground` keeps ctr in the terminal's foreground process group.
+    let line = format!(
+        "timeout --foreground 120 ctr --address {} -n {} run --rm -t --runtime {RUNTIME} {IMAGE} tty1 sh -c 'tty; stty size; echo tty-ok'",
+        c.socket().display(),
+        hull_tests::containerd::NAMESPACE
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", c.tail_log());
+    assert!(text.contains("/dev/pts/0"), "{text}");
+    assert!(text.contains("tty-ok"), "{text}");
+    c.assert_clean();
+}
+
+/// Processes of this test whose command line contains `needle`.
+fn pids_matching(c: &Containerd, needle: &str) -> Vec<i32> {
+    c.leftover_processes()
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains(needle))
+        .map(|(p, _)| p)
+        .collect()
+}
+
+#[test]
+fn killed_shim_is_cleaned_up() {
+    let c = Containerd::start(false);
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "victim",
+        "sleep",
+        "600",
+    ]);
+    let shims = pids_matching(&c, "containerd-shim-hull-v2");
+    assert_eq!(shims.len(), 1, "{:?}", c.leftover_processes());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // containerd notices, runs `containerd-shim-hull-v2 delete`, and the task is gone.
+    let mut gone = false;
+    for _ in 0..100 {
+        if !c.ctr_ok(&["task", "ls"]).contains("victim") {
+            gone = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(gone, "task still listed after its shim died");
+    c.ctr_ok(&["containers", "rm", "victim"]);
+    c.assert_clean();
+}
+
+#[test]
+fn dead_vm_ends_its_tasks() {
+    let c = Containerd::start(false);
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "doomed",
+        "sleep",
+        "600",
+    ]);
+    let qemu = pids_matching(&c, "qemu-system-x86_64");
+    assert_eq!(qemu.len(), 1, "{:?}", c.leftover_processes());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(qemu[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mut stopped = false;
+    for _ in 0..100 {
+        if c.ctr_ok(&["task", "ls"]).contains("STOPPED") {
+            stopped = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        stopped,
+        "task not stopped after its VM died:\n{}",
+        c.tail_log()
+    );
+    let del = c.ctr(&["task", "delete", "doomed"]);
+    assert!(
+        String::from_utf8_lossy(&del.stderr).contains("exit code 255"),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
+    );
+    c.ctr_ok(&["containers", "rm", "doomed"]);
+    c.assert_clean();
+}
