@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds an OCI image archive (for `ctr images import`) holding Debian's busybox-static,
-# named docker.io/hull/busybox:test. Reproducible; cached in $HULL_CACHE/images (default
+# as two images on one layer: docker.io/hull/busybox:test (runs `sh`) and
+# docker.io/hull/pause:test (sleeps; the CRI sandbox image for tests). Reproducible; cached in $HULL_CACHE/images (default
 # ~/.cache/hull) under a hash of this script and the busybox-static version.
 # Prints the archive's path.
 set -euo pipefail
@@ -33,17 +34,20 @@ add_blob() { # file -> prints "digest size"
   echo "$d $s"
 }
 read -r layer layer_size < <(add_blob "$work/layer.tar")
-cat >"$work/config.json" <<JSON
-{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":["sh"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:$layer"]}}
-JSON
-read -r config config_size < <(add_blob "$work/config.json")
-cat >"$work/manifest.json" <<JSON
-{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:$config","size":$config_size},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:$layer","size":$layer_size}]}
-JSON
-read -r manifest manifest_size < <(add_blob "$work/manifest.json")
-cat >"$work/oci/index.json" <<JSON
-{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:$manifest","size":$manifest_size,"annotations":{"io.containerd.image.name":"docker.io/hull/busybox:test","org.opencontainers.image.ref.name":"test"},"platform":{"architecture":"amd64","os":"linux"}}]}
-JSON
+manifest_for() { # cmd-json -> prints "digest size" of a manifest for that Cmd
+  local cfg=$work/config-$RANDOM.json man=$work/manifest-$RANDOM.json config config_size
+  printf '{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"],"Cmd":%s,"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' "$1" "$layer" >"$cfg"
+  read -r config config_size < <(add_blob "$cfg")
+  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' \
+    "$config" "$config_size" "$layer" "$layer_size" >"$man"
+  add_blob "$man"
+}
+entry() { # name digest size
+  printf '{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"io.containerd.image.name":"docker.io/hull/%s:test","org.opencontainers.image.ref.name":"%s"},"platform":{"architecture":"amd64","os":"linux"}}' "$2" "$3" "$1" "$1"
+}
+read -r busybox busybox_size < <(manifest_for '["sh"]')
+read -r pause pause_size < <(manifest_for '["sleep","2147483647"]')
+printf '{"schemaVersion":2,"manifests":[%s,%s]}' "$(entry busybox "$busybox" "$busybox_size")" "$(entry pause "$pause" "$pause_size")" >"$work/oci/index.json"
 echo '{"imageLayoutVersion":"1.0.0"}' >"$work/oci/oci-layout"
 mkdir -p "$(dirname "$out")"
 tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$work/oci" -cf "$out.tmp.$$" .

@@ -14,6 +14,8 @@ use tempfile::TempDir;
 
 pub const IMAGE: &str = "docker.io/hull/busybox:test";
 pub const NAMESPACE: &str = "hull-test";
+/// containerd's namespace for CRI (kubelet) resources.
+pub const CRI_NAMESPACE: &str = "k8s.io";
 
 pub struct Containerd {
     pub dir: TempDir,
@@ -43,6 +45,8 @@ impl Containerd {
         .unwrap();
         let cri_section = if cri {
             "[plugins.\"io.containerd.grpc.v1.cri\"]\n  restrict_oom_score_adj = true\n  \
+             sandbox_image = \"docker.io/hull/pause:test\"\n  \
+             [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n    runtime_type = \"io.containerd.runc.v2\"\n  \
              [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.hull]\n    runtime_type = \"io.containerd.hull.v2\"\n"
                 .to_string()
         } else {
@@ -96,6 +100,17 @@ impl Containerd {
         );
         let tar = String::from_utf8(out.stdout).unwrap();
         c.ctr_ok(&["images", "import", tar.trim()]);
+        if cri {
+            let out = c
+                .ctr_cmd_in(CRI_NAMESPACE, &["images", "import", tar.trim()])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "importing into {CRI_NAMESPACE}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         c
     }
 
@@ -113,13 +128,17 @@ impl Containerd {
     }
 
     pub fn ctr_cmd(&self, args: &[&str]) -> Command {
+        self.ctr_cmd_in(NAMESPACE, args)
+    }
+
+    pub fn ctr_cmd_in(&self, namespace: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new("timeout");
         cmd.arg("180")
             .arg("ctr")
             .arg("--address")
             .arg(self.socket())
             .arg("-n")
-            .arg(NAMESPACE)
+            .arg(namespace)
             .args(args);
         cmd
     }
@@ -183,10 +202,14 @@ impl Containerd {
         loop {
             let procs = self.leftover_processes();
             let mounts = crate::agent::mounts_under(&self.run_dir());
-            let pods: Vec<PathBuf> = std::fs::read_dir(self.run_dir().join(NAMESPACE))
-                .into_iter()
-                .flatten()
-                .flatten()
+            let pods: Vec<PathBuf> = [NAMESPACE, CRI_NAMESPACE]
+                .iter()
+                .flat_map(|ns| {
+                    std::fs::read_dir(self.run_dir().join(ns))
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                })
                 .map(|e| e.path())
                 .collect();
             if procs.is_empty() && mounts.is_empty() && pods.is_empty() {

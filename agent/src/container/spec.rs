@@ -133,6 +133,17 @@ pub fn prepare(
     if let Some(nss) = linux.namespaces() {
         linux.set_namespaces(Some(map_namespaces(nss, pod)?));
     }
+    // No UTS namespace of its own (a host-network pod): the container shares the VM's,
+    // whose hostname is the pod's (CreateSandbox); the spec's copy can't be applied.
+    let own_uts = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|n| n.typ() == LinuxNamespaceType::Uts);
+    if !own_uts {
+        spec.set_hostname(None);
+        spec.set_domainname(None);
+    }
     spec.set_linux(Some(linux));
     Ok(cgroup)
 }
@@ -350,6 +361,27 @@ mod tests {
         )]));
         joins_mnt.set_linux(Some(linux));
         assert!(prepare(&mut joins_mnt, "c", shared.path(), &pod).is_err());
+    }
+
+    #[test]
+    fn hostname_without_uts_namespace_is_dropped() {
+        let shared = tempfile::tempdir().unwrap();
+        let rootfs = shared.path().join("rootfs");
+        std::fs::create_dir_all(&rootfs).unwrap();
+        let mut s = spec_with_root(&rootfs);
+        s.set_hostname(Some("pod".into()));
+        let mut linux = s.linux().clone().unwrap();
+        let nss: Vec<_> = linux
+            .namespaces()
+            .clone()
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.typ() != LinuxNamespaceType::Uts)
+            .collect();
+        linux.set_namespaces(Some(nss));
+        s.set_linux(Some(linux));
+        prepare(&mut s, "c", shared.path(), &PodNamespaces::default()).unwrap();
+        assert_eq!(s.hostname(), &None);
     }
 
     #[test]
