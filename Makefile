@@ -7,7 +7,10 @@ AGENT_STATIC := target/$(TARGET)/release/hull-agent
 STATIC_ENV   := RUSTFLAGS="-C target-feature=+crt-static" \
                 LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu
 
-.PHONY: all setup kernel agent-static initrd guest build lint unit-test test demo clean
+PREFIX       ?= /usr/local
+DESTDIR      ?=
+
+.PHONY: all setup kernel agent-static initrd guest build release lint test demo bench install clean
 
 all: build guest
 
@@ -40,9 +43,30 @@ lint:
 test: setup guest build lint
 	$(CARGO) test --locked --workspace
 
-## boots the guest under QEMU and runs one busybox container through the agent
+release:
+	$(CARGO) build --release --locked -p hull-shim
+
+## a private containerd runs a busybox container in a hull microVM and shows its output
 demo: setup guest build
-	target/debug/hull-demo
+	scripts/demo.sh
+
+## pod start time (vs runc) and per-pod memory, printed
+bench: setup guest release
+	benches/pod-start.sh
+
+## the shim and its helpers on PATH, kernel + initrd in $(PREFIX)/share/hull, config in /etc/hull
+install: guest release
+	install -D -m 0755 target/release/containerd-shim-hull-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-hull-v2
+	install -D -m 0755 $$(command -v vhost-device-vsock || echo $$HOME/.cargo/bin/vhost-device-vsock) $(DESTDIR)$(PREFIX)/bin/vhost-device-vsock
+	install -D -m 0755 $$(command -v virtiofsd || echo $$HOME/.cargo/bin/virtiofsd) $(DESTDIR)$(PREFIX)/bin/virtiofsd
+	install -D -m 0644 build/vmlinux $(DESTDIR)$(PREFIX)/share/hull/vmlinux
+	install -D -m 0644 build/initrd.img $(DESTDIR)$(PREFIX)/share/hull/initrd.img
+	@if [ -e $(DESTDIR)/etc/hull/config.toml ]; then \
+	  echo "keeping existing $(DESTDIR)/etc/hull/config.toml"; \
+	else \
+	  install -d $(DESTDIR)/etc/hull && \
+	  sed 's|/usr/local/share/hull|$(PREFIX)/share/hull|' config/hull.toml > $(DESTDIR)/etc/hull/config.toml; \
+	fi
 
 clean:
 	rm -rf build
