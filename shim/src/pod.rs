@@ -114,14 +114,10 @@ impl Pod {
             {
                 Ok(a) => a,
                 Err(e) => {
-                    let console = vm.console();
+                    let report = vm.diagnostics();
                     drop(vm);
                     cleanup_dir(&dir);
-                    let tail: Vec<&str> = console.lines().rev().take(40).collect();
-                    anyhow::bail!(
-                        "the pod VM's agent did not answer: {e:#}; console tail:\n{}",
-                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                    );
+                    anyhow::bail!("the pod VM's agent did not answer: {e:#}\n{report}");
                 }
             };
         let mut req = CreateSandboxRequest::new();

@@ -44,11 +44,7 @@ impl TestVm {
         let vm = QemuVm::start(cfg)?;
         let client = match AgentClient::connect(&vm.vsock_uds(), AGENT_TIMEOUT).await {
             Ok(c) => c,
-            Err(e) => anyhow::bail!(
-                "{e:#}\n--- guest console ---\n{}\n--- qemu ---\n{}",
-                vm.console(),
-                vm.qemu_log()
-            ),
+            Err(e) => anyhow::bail!("{e:#}\n{}", vm.diagnostics()),
         };
         Ok(TestVm {
             vm,

@@ -255,6 +255,19 @@ impl QemuVm {
     pub fn qemu_log(&self) -> String {
         self.qemu.log_tail()
     }
+
+    /// The last lines of the console and of every process's log, for a failure report.
+    pub fn diagnostics(&self) -> String {
+        let console = self.console();
+        let lines: Vec<&str> = console.lines().collect();
+        format!(
+            "--- console ---\n{}\n--- qemu ---\n{}\n--- vhost-device-vsock ---\n{}\n--- virtiofsd ---\n{}",
+            lines[lines.len().saturating_sub(40)..].join("\n"),
+            self.qemu.log_tail(),
+            self._vsock.log_tail(),
+            self._fs.as_ref().map(Daemon::log_tail).unwrap_or_default()
+        )
+    }
 }
 
 #[cfg(test)]
