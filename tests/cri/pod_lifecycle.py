@@ -1,6 +1,7 @@
 """Drives containerd's CRI API as the kubelet does: a pod with runtime handler `hull` and
 two containers. Checks that both run in one VM, share the pod's IPC and UTS namespaces,
-log in the CRI format, and answer ExecSync; then stops and removes everything.
+log in the CRI format, answer ExecSync, take resource updates and report stats; then stops
+and removes everything.
 
 usage: pod_lifecycle.py CONTAINERD_SOCKET LOG_DIR TEST_DIR
 Exits non-zero with a message on the first failed check.
@@ -77,6 +78,18 @@ def main():
     check(seen[0] == seen[1], f"containers see different hostname/ipc/uts: {seen}")
     r = rt.ExecSync(api.ExecSyncRequest(container_id=sleeper, cmd=["sh", "-c", "echo out; exit 7"], timeout=60))
     check((r.exit_code, r.stdout) == (7, b"out\n"), f"ExecSync exit code/output: {r.exit_code} {r.stdout!r}")
+
+    # UpdateContainerResources reaches the container's cgroup in the guest.
+    limit = 64 * 1024 * 1024
+    rt.UpdateContainerResources(api.UpdateContainerResourcesRequest(
+        container_id=sleeper, linux=api.LinuxContainerResources(memory_limit_in_bytes=limit)))
+    r = rt.ExecSync(api.ExecSyncRequest(
+        container_id=sleeper, cmd=["sh", "-c", "cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/memory.max"], timeout=60))
+    check(r.stdout.decode().strip() == str(limit), f"memory.max after update: {r.stdout!r} {r.stderr!r}")
+
+    # Container stats come from the guest's cgroup.
+    stats = rt.ContainerStats(api.ContainerStatsRequest(container_id=sleeper)).stats
+    check(stats.memory.working_set_bytes.value > 0 or stats.memory.usage_bytes.value > 0, f"stats: {stats}")
 
     log = os.path.join(log_dir, "writer.log")
     lines = []
