@@ -11,7 +11,7 @@ APT_PACKAGES=(
   # static agent with seccomp (libseccomp.a), virtiofsd's C libraries
   libseccomp-dev libcap-ng-dev pkg-config
   # hypervisor, containerd path
-  qemu-system-x86 containerd runc
+  qemu-system-x86 containerd runc containernetworking-plugins
   # test tooling
   python3 python3-venv jq iproute2 procps util-linux socat
 )

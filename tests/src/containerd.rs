@@ -25,6 +25,16 @@ pub struct Containerd {
 impl Containerd {
     /// `cri`: also enable containerd's CRI plugin with the `hull` runtime handler.
     pub fn start(cri: bool) -> Containerd {
+        Self::start_with(cri, false)
+    }
+
+    /// CRI plus a CNI network (Debian's ptp plugin: a veth per pod, addresses from the
+    /// 198.18.0.0/15 benchmarking range, IPAM state in the test directory).
+    pub fn start_with_cni() -> Containerd {
+        Self::start_with(true, true)
+    }
+
+    fn start_with(cri: bool, cni: bool) -> Containerd {
         crate::require_root();
         let dir = tempfile::Builder::new()
             .prefix("hull-ctrd")
@@ -43,12 +53,30 @@ impl Containerd {
             ),
         )
         .unwrap();
+        let cni_section = if cni {
+            let conf_dir = d.join("cni");
+            std::fs::create_dir_all(&conf_dir).unwrap();
+            let conflist = format!(
+                r#"{{"cniVersion":"0.4.0","name":"hull-test-{pid}","plugins":[{{"type":"ptp","ipMasq":false,"ipam":{{"type":"host-local","subnet":"198.18.{net}.0/24","dataDir":"{ipam}"}}}}]}}"#,
+                pid = std::process::id(),
+                net = std::process::id() % 250,
+                ipam = d.join("cni-ipam").display()
+            );
+            std::fs::write(conf_dir.join("10-hull-test.conflist"), conflist).unwrap();
+            format!(
+                "  [plugins.\"io.containerd.grpc.v1.cri\".cni]\n    bin_dir = \"/usr/lib/cni\"\n    conf_dir = \"{}\"\n",
+                conf_dir.display()
+            )
+        } else {
+            String::new()
+        };
         let cri_section = if cri {
             "[plugins.\"io.containerd.grpc.v1.cri\"]\n  restrict_oom_score_adj = true\n  \
              sandbox_image = \"docker.io/hull/pause:test\"\n  \
              [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n    runtime_type = \"io.containerd.runc.v2\"\n  \
              [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.hull]\n    runtime_type = \"io.containerd.hull.v2\"\n"
                 .to_string()
+                + &cni_section
         } else {
             "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n".to_string()
         };
