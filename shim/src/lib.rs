@@ -10,6 +10,7 @@ pub mod logging;
 pub mod pod;
 pub mod share;
 pub mod shim;
+pub mod sizing;
 pub mod task;
 
 use oci_spec::runtime::Spec;

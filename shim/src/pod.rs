@@ -19,6 +19,7 @@ use crate::config::HullConfig;
 use crate::hypervisor::accel::Accel;
 use crate::hypervisor::qemu::{QemuConfig, QemuVm, SHARED_FS_TAG};
 use crate::share::{self, GUEST_SHARED};
+use crate::sizing::PodSize;
 
 pub struct Pod {
     pub id: String,
@@ -61,6 +62,7 @@ impl Pod {
         namespace: &str,
         id: &str,
         hostname: &str,
+        size: PodSize,
     ) -> anyhow::Result<std::sync::Arc<Pod>> {
         let dir = pod_dir(cfg, namespace, id);
         if dir.exists() {
@@ -94,8 +96,8 @@ impl Pod {
             }
         }
         qc.accel = accel;
-        qc.vcpus = cfg.vcpus;
-        qc.memory_mib = cfg.memory_mib;
+        qc.vcpus = size.vcpus;
+        qc.memory_mib = size.memory_mib;
         qc.cmdline_extra = cfg.kernel_params.clone();
         qc.shared_dir = Some(shared);
 

@@ -47,7 +47,12 @@ def main():
         metadata=api.PodSandboxMetadata(name="hull-pod", uid="uid-hull-1", namespace="default"),
         hostname="hull-pod",
         log_directory=log_dir,
-        linux=api.LinuxPodSandboxConfig(security_context=api.LinuxSandboxSecurityContext(namespace_options=ns)),
+        linux=api.LinuxPodSandboxConfig(
+            security_context=api.LinuxSandboxSecurityContext(namespace_options=ns),
+            # Pod-level limits: containerd passes them on as sandbox annotations, and the
+            # VM is sized as the default (256 MiB) plus these.
+            resources=api.LinuxContainerResources(memory_limit_in_bytes=128 * 1024 * 1024),
+        ),
     )
     started = time.time()
     pod = rt.RunPodSandbox(api.RunPodSandboxRequest(config=pod_cfg, runtime_handler="hull")).pod_sandbox_id
@@ -76,6 +81,9 @@ def main():
         check(r.exit_code == 0, f"ExecSync exit {r.exit_code}: {r.stderr!r}")
         seen.append(r.stdout.decode().split())
     check(seen[0] == seen[1], f"containers see different hostname/ipc/uts: {seen}")
+    r = rt.ExecSync(api.ExecSyncRequest(container_id=sleeper, cmd=["sh", "-c", "grep MemTotal /proc/meminfo"], timeout=60))
+    mem_kib = int(r.stdout.split()[1])
+    check(mem_kib > 300 * 1024, f"VM not sized from the pod's limits: MemTotal {mem_kib} KiB")
     r = rt.ExecSync(api.ExecSyncRequest(container_id=sleeper, cmd=["sh", "-c", "echo out; exit 7"], timeout=60))
     check((r.exit_code, r.stdout) == (7, b"out\n"), f"ExecSync exit code/output: {r.exit_code} {r.stdout!r}")
 

@@ -119,7 +119,7 @@ impl TaskService {
     }
 
     /// The pod VM, booted by the first container of the pod.
-    async fn ensure_pod(&self, sandbox: &str, hostname: &str) -> TResult<Arc<Pod>> {
+    async fn ensure_pod(&self, sandbox: &str, spec: &Spec) -> TResult<Arc<Pod>> {
         let mut slot = self.pod.lock().await;
         if let Some(p) = slot.as_ref() {
             if p.is_dead() {
@@ -127,7 +127,18 @@ impl TaskService {
             }
             return Ok(p.clone());
         }
-        let pod = Pod::boot(&self.cfg, &self.namespace, sandbox, hostname)
+        let hostname = spec.hostname().clone().unwrap_or_default();
+        let cpus = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
+        let size = crate::sizing::pod_size(&self.cfg, spec.annotations().as_ref(), cpus);
+        tracing::info!(
+            sandbox,
+            vcpus = size.vcpus,
+            memory_mib = size.memory_mib,
+            "booting the pod VM"
+        );
+        let pod = Pod::boot(&self.cfg, &self.namespace, sandbox, &hostname, size)
             .await
             .map_err(|e| internal(format!("{e:#}")))?;
         self.spawn_oom_forwarder(pod.clone());
@@ -238,8 +249,7 @@ impl TaskService {
         let mut spec = Spec::load(bundle.join("config.json"))
             .map_err(|e| err(Code::INVALID_ARGUMENT, format!("reading the OCI spec: {e}")))?;
         let sandbox = sandbox_id(&spec).unwrap_or_else(|| req.id.clone());
-        let hostname = spec.hostname().clone().unwrap_or_default();
-        let pod = self.ensure_pod(&sandbox, &hostname).await?;
+        let pod = self.ensure_pod(&sandbox, &spec).await?;
 
         let share = ContainerShare::new(&pod.share(), &req.id);
         let prepared = share
