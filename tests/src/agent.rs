@@ -89,14 +89,8 @@ impl HostAgent {
 }
 
 /// Mount points under `dir` in this mount namespace.
-pub fn mounts_under(dir: &Path) -> Vec<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let prefix = dir.to_string_lossy().to_string();
-    info.lines()
-        .filter_map(|l| l.split_whitespace().nth(4))
-        .filter(|m| m.starts_with(&prefix))
-        .map(str::to_string)
-        .collect()
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    hull_shim::share::mounts_under(dir)
 }
 
 impl Drop for HostAgent {
@@ -116,7 +110,7 @@ impl Drop for HostAgent {
         let left = mounts_under(self.dir.path());
         if !left.is_empty() {
             for m in &left {
-                let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+                let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
             }
             if !std::thread::panicking() {
                 panic!("agent left mounts behind: {left:?}");

@@ -277,7 +277,7 @@ impl Drop for Containerd {
         }
         std::thread::sleep(Duration::from_millis(100));
         for m in crate::agent::mounts_under(self.dir.path()) {
-            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
         }
     }
 }

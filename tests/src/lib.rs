@@ -28,6 +28,20 @@ pub fn target_bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// Polls `cond` every 100 ms for up to `timeout`; whether it became true.
+pub fn wait_until(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// Fails the test with a clear message unless we run as root (the suite's tiers 2-3 need it).
 pub fn require_root() {
     assert!(

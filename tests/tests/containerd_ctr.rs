@@ -4,8 +4,10 @@
 
 use std::io::Write;
 use std::process::Stdio;
+use std::time::Duration;
 
 use hull_tests::containerd::{Containerd, IMAGE};
+use hull_tests::wait_until;
 
 const RUNTIME: &str = "io.containerd.hull.v2";
 
@@ -114,14 +116,9 @@ fn detached_exec_kill_metrics_pause_delete() {
     assert!(ps.lines().count() >= 2, "{ps}");
 
     c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "svc"]);
-    let mut stopped = false;
-    for _ in 0..100 {
-        if c.ctr_ok(&["task", "ls"]).contains("STOPPED") {
-            stopped = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let stopped = wait_until(Duration::from_secs(10), || {
+        c.ctr_ok(&["task", "ls"]).contains("STOPPED")
+    });
     assert!(stopped, "task did not stop after SIGKILL");
     let del = c.ctr(&["task", "delete", "svc"]);
     assert!(
@@ -192,14 +189,9 @@ fn killed_shim_is_cleaned_up() {
     )
     .unwrap();
     // containerd notices, runs `containerd-shim-hull-v2 delete`, and the task is gone.
-    let mut gone = false;
-    for _ in 0..100 {
-        if !c.ctr_ok(&["task", "ls"]).contains("victim") {
-            gone = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let gone = wait_until(Duration::from_secs(10), || {
+        !c.ctr_ok(&["task", "ls"]).contains("victim")
+    });
     assert!(gone, "task still listed after its shim died");
     c.ctr_ok(&["containers", "rm", "victim"]);
     c.assert_clean();
@@ -225,14 +217,9 @@ fn dead_vm_ends_its_tasks() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let mut stopped = false;
-    for _ in 0..100 {
-        if c.ctr_ok(&["task", "ls"]).contains("STOPPED") {
-            stopped = true;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let stopped = wait_until(Duration::from_secs(10), || {
+        c.ctr_ok(&["task", "ls"]).contains("STOPPED")
+    });
     assert!(
         stopped,
         "task not stopped after its VM died:\n{}",
