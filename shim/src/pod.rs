@@ -16,8 +16,8 @@ use tokio::sync::watch;
 
 use crate::agent_client::AgentClient;
 use crate::config::HullConfig;
-use crate::hypervisor::accel::Accel;
-use crate::hypervisor::qemu::{QemuConfig, QemuVm, SHARED_FS_TAG};
+use crate::hypervisor::qemu::SHARED_FS_TAG;
+use crate::hypervisor::{self, Vm, VmSpec};
 use crate::share::{self, GUEST_SHARED};
 use crate::sizing::PodSize;
 
@@ -25,7 +25,7 @@ pub struct Pod {
     pub id: String,
     pub dir: PathBuf,
     pub agent: AgentClient,
-    vm: Mutex<Option<QemuVm>>,
+    vm: Mutex<Option<Box<dyn Vm>>>,
     dead: watch::Receiver<bool>,
 }
 
@@ -78,36 +78,24 @@ impl Pod {
             return Err(e);
         }
 
-        let (accel, why) = Accel::detect();
-        if accel == Accel::Tcg {
-            tracing::info!(
-                reason = why,
-                "no usable KVM: pod VMs run under QEMU TCG (slow)"
-            );
-        }
-        let mut qc = QemuConfig::new(cfg.kernel.clone(), cfg.initrd.clone(), run);
-        for (slot, configured) in [
-            (&mut qc.qemu, &cfg.qemu),
-            (&mut qc.virtiofsd, &cfg.virtiofsd),
-            (&mut qc.vhost_vsock, &cfg.vhost_device_vsock),
-        ] {
-            if !configured.as_os_str().is_empty() {
-                *slot = configured.clone();
-            }
-        }
-        qc.accel = accel;
-        qc.vcpus = size.vcpus;
-        qc.memory_mib = size.memory_mib;
-        qc.cmdline_extra = cfg.kernel_params.clone();
-        qc.shared_dir = Some(shared);
-
-        let vm = match tokio::task::spawn_blocking(move || QemuVm::start(qc)).await? {
-            Ok(vm) => vm,
-            Err(e) => {
-                cleanup_dir(&dir);
-                return Err(e);
-            }
+        let spec = VmSpec {
+            kernel: cfg.kernel.clone(),
+            initrd: cfg.initrd.clone(),
+            vcpus: size.vcpus,
+            memory_mib: size.memory_mib,
+            cmdline_extra: cfg.kernel_params.clone(),
+            run_dir: run,
+            shared_dir: shared,
         };
+        let boot_cfg = cfg.clone();
+        let vm =
+            match tokio::task::spawn_blocking(move || hypervisor::boot(&boot_cfg, spec)).await? {
+                Ok(vm) => vm,
+                Err(e) => {
+                    cleanup_dir(&dir);
+                    return Err(e);
+                }
+            };
         let pids: Vec<String> = vm.pids().iter().map(u32::to_string).collect();
         std::fs::write(dir.join("pids"), pids.join("\n"))?;
         let agent =

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hull_protocols::agent::{CreateSandboxRequest, Storage};
 use hull_shim::agent_client::AgentClient;
+use hull_shim::hypervisor::Vm;
 use hull_shim::hypervisor::qemu::{QemuConfig, QemuVm, SHARED_FS_TAG};
 use tempfile::TempDir;
 

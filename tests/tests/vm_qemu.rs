@@ -7,6 +7,7 @@ use std::time::Duration;
 use hull_protocols::agent::*;
 use hull_protocols::health::CheckRequest;
 use hull_protocols::health::health_check_response::ServingStatus;
+use hull_shim::hypervisor::Vm;
 use hull_tests::agent_ops::*;
 use hull_tests::bundle::{rootfs_in, seccomp_denying_mkdir, spec};
 use hull_tests::vm::TestVm;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use super::Vm;
 use super::accel::{Accel, host_tsc_khz};
 use crate::daemon::Daemon;
 
@@ -223,16 +224,21 @@ impl QemuVm {
         })
     }
 
-    pub fn vsock_uds(&self) -> PathBuf {
-        self.config.vsock_uds()
-    }
-
     pub fn qemu_pid(&self) -> Option<u32> {
         self.qemu.pid()
     }
 
-    /// Every process of this VM (QEMU and its vhost-user backends).
-    pub fn pids(&self) -> Vec<u32> {
+    pub fn qemu_log(&self) -> String {
+        self.qemu.log_tail()
+    }
+}
+
+impl Vm for QemuVm {
+    fn vsock_uds(&self) -> PathBuf {
+        self.config.vsock_uds()
+    }
+
+    fn pids(&self) -> Vec<u32> {
         [
             self.qemu.pid(),
             self._fs.as_ref().and_then(Daemon::pid),
@@ -243,21 +249,15 @@ impl QemuVm {
         .collect()
     }
 
-    /// Waits for the guest to power off (QEMU exits by itself).
-    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
+    fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
         self.qemu.wait_timeout(timeout)
     }
 
-    pub fn console(&self) -> String {
+    fn console(&self) -> String {
         std::fs::read_to_string(self.config.serial_log()).unwrap_or_default()
     }
 
-    pub fn qemu_log(&self) -> String {
-        self.qemu.log_tail()
-    }
-
-    /// The last lines of the console and of every process's log, for a failure report.
-    pub fn diagnostics(&self) -> String {
+    fn diagnostics(&self) -> String {
         let console = self.console();
         let lines: Vec<&str> = console.lines().collect();
         format!(
