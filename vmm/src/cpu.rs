@@ -1,0 +1,200 @@
+//! A vCPU made ready for the 64-bit Linux boot protocol (or for real mode, for tests and
+//! firmware-less images): CPUID, MSRs, registers, segments and identity page tables,
+//! FPU, and the local APIC's LINT0/LINT1 wiring.
+
+use anyhow::Context;
+use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_fpu, kvm_msr_entry, kvm_regs};
+use kvm_ioctls::{Kvm, VcpuFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::boot::gdt::{BOOT_GDT, segment};
+use crate::layout::*;
+
+const X86_CR0_PE: u64 = 0x1;
+const X86_CR0_PG: u64 = 0x8000_0000;
+const X86_CR4_PAE: u64 = 0x20;
+const EFER_LME: u64 = 0x100;
+const EFER_LMA: u64 = 0x400;
+
+const MSR_IA32_SYSENTER_CS: u32 = 0x174;
+const MSR_IA32_SYSENTER_ESP: u32 = 0x175;
+const MSR_IA32_SYSENTER_EIP: u32 = 0x176;
+const MSR_STAR: u32 = 0xc000_0081;
+const MSR_LSTAR: u32 = 0xc000_0082;
+const MSR_CSTAR: u32 = 0xc000_0083;
+const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+const MSR_IA32_TSC: u32 = 0x10;
+const MSR_IA32_MISC_ENABLE: u32 = 0x1a0;
+const MSR_IA32_MISC_ENABLE_FAST_STRING: u64 = 0x1;
+const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
+
+const APIC_LVT0: usize = 0x350;
+const APIC_LVT1: usize = 0x360;
+const APIC_MODE_NMI: u32 = 0x4;
+const APIC_MODE_EXTINT: u32 = 0x7;
+
+/// The host's supported CPUID, normalised for vCPU `id` of `count`.
+pub fn cpuid(kvm: &Kvm, id: u8, count: u8) -> anyhow::Result<CpuId> {
+    let mut cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .context("KVM_GET_SUPPORTED_CPUID")?;
+    for e in cpuid.as_mut_slice() {
+        match e.function {
+            1 => {
+                // APIC id, logical processor count, and "running under a hypervisor".
+                e.ebx = (e.ebx & 0x0000_ffff) | (u32::from(count) << 16) | (u32::from(id) << 24);
+                e.ecx |= 1 << 31;
+                if count > 1 {
+                    e.edx |= 1 << 28; // HTT: more than one logical processor
+                }
+            }
+            0xb => e.edx = u32::from(id),
+            _ => {}
+        }
+    }
+    Ok(cpuid)
+}
+
+fn boot_msrs() -> anyhow::Result<Msrs> {
+    let entry = |index, data| kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    };
+    Msrs::from_entries(&[
+        entry(MSR_IA32_SYSENTER_CS, 0),
+        entry(MSR_IA32_SYSENTER_ESP, 0),
+        entry(MSR_IA32_SYSENTER_EIP, 0),
+        entry(MSR_STAR, 0),
+        entry(MSR_CSTAR, 0),
+        entry(MSR_KERNEL_GS_BASE, 0),
+        entry(MSR_SYSCALL_MASK, 0),
+        entry(MSR_LSTAR, 0),
+        entry(MSR_IA32_TSC, 0),
+        entry(MSR_IA32_MISC_ENABLE, MSR_IA32_MISC_ENABLE_FAST_STRING),
+        // MTRRs on, default type write-back.
+        entry(MSR_MTRR_DEF_TYPE, (1 << 11) | 6),
+    ])
+    .map_err(|e| anyhow::anyhow!("building MSR list: {e:?}"))
+}
+
+/// CPUID, MSRs, FPU and LAPIC: every vCPU needs them, the boot one and the others.
+pub fn configure_common(kvm: &Kvm, vcpu: &VcpuFd, id: u8, count: u8) -> anyhow::Result<()> {
+    vcpu.set_cpuid2(&cpuid(kvm, id, count)?)
+        .context("KVM_SET_CPUID2")?;
+    let msrs = boot_msrs()?;
+    let written = vcpu.set_msrs(&msrs).context("KVM_SET_MSRS")?;
+    if written != msrs.as_slice().len() {
+        anyhow::bail!(
+            "KVM accepted only {written} of {} boot MSRs",
+            msrs.as_slice().len()
+        );
+    }
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
+    vcpu.set_fpu(&fpu).context("KVM_SET_FPU")?;
+    let mut lapic = vcpu.get_lapic().context("KVM_GET_LAPIC")?;
+    set_lvt_mode(&mut lapic.regs, APIC_LVT0, APIC_MODE_EXTINT);
+    set_lvt_mode(&mut lapic.regs, APIC_LVT1, APIC_MODE_NMI);
+    vcpu.set_lapic(&lapic).context("KVM_SET_LAPIC")?;
+    Ok(())
+}
+
+fn set_lvt_mode(regs: &mut [std::os::raw::c_char; 1024], offset: usize, mode: u32) {
+    let mut bytes = [0u8; 4];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = regs[offset + i] as u8;
+    }
+    let value = (u32::from_le_bytes(bytes) & !0x700) | (mode << 8);
+    for (i, b) in value.to_le_bytes().iter().enumerate() {
+        regs[offset + i] = *b as std::os::raw::c_char;
+    }
+}
+
+/// Registers, segments and paging for the 64-bit Linux entry at `entry`.
+pub fn configure_long_mode(vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: u64) -> anyhow::Result<()> {
+    let regs = kvm_regs {
+        rflags: 0x2,
+        rip: entry,
+        rsp: BOOT_STACK_POINTER,
+        rbp: BOOT_STACK_POINTER,
+        rsi: ZERO_PAGE_START,
+        ..Default::default()
+    };
+    vcpu.set_regs(&regs).context("KVM_SET_REGS")?;
+
+    for (i, e) in BOOT_GDT.iter().enumerate() {
+        mem.write_obj(*e, GuestAddress(BOOT_GDT_START + 8 * i as u64))?;
+    }
+    mem.write_obj(0u64, GuestAddress(BOOT_IDT_START))?;
+    // Identity map the first GiB with 2 MiB pages.
+    mem.write_obj(PDPTE_START | 0x03, GuestAddress(PML4_START))?;
+    mem.write_obj(PDE_START | 0x03, GuestAddress(PDPTE_START))?;
+    for i in 0..512u64 {
+        mem.write_obj((i << 21) | 0x83, GuestAddress(PDE_START + i * 8))?;
+    }
+
+    let mut sregs = vcpu.get_sregs().context("KVM_GET_SREGS")?;
+    sregs.gdt.base = BOOT_GDT_START;
+    sregs.gdt.limit = (std::mem::size_of_val(&BOOT_GDT) - 1) as u16;
+    sregs.idt.base = BOOT_IDT_START;
+    sregs.idt.limit = 7;
+    sregs.cs = segment(BOOT_GDT[1], 1);
+    let data = segment(BOOT_GDT[2], 2);
+    sregs.ds = data;
+    sregs.es = data;
+    sregs.fs = data;
+    sregs.gs = data;
+    sregs.ss = data;
+    sregs.tr = segment(BOOT_GDT[3], 3);
+    sregs.cr3 = PML4_START;
+    sregs.cr4 |= X86_CR4_PAE;
+    sregs.cr0 |= X86_CR0_PE | X86_CR0_PG;
+    sregs.efer |= EFER_LME | EFER_LMA;
+    vcpu.set_sregs(&sregs).context("KVM_SET_SREGS")?;
+    Ok(())
+}
+
+/// Real mode at `addr` (below 64 KiB): code segment 0, flat.
+pub fn configure_real_mode(vcpu: &VcpuFd, addr: u16) -> anyhow::Result<()> {
+    let mut sregs = vcpu.get_sregs().context("KVM_GET_SREGS")?;
+    sregs.cs.base = 0;
+    sregs.cs.selector = 0;
+    vcpu.set_sregs(&sregs).context("KVM_SET_SREGS")?;
+    let regs = kvm_regs {
+        rip: u64::from(addr),
+        rflags: 0x2,
+        ..Default::default()
+    };
+    vcpu.set_regs(&regs).context("KVM_SET_REGS")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lvt_mode_bits() {
+        let mut regs = [0 as std::os::raw::c_char; 1024];
+        regs[APIC_LVT0] = 0xff_u8 as std::os::raw::c_char;
+        regs[APIC_LVT0 + 1] = 0x07;
+        set_lvt_mode(&mut regs, APIC_LVT0, APIC_MODE_NMI);
+        assert_eq!(regs[APIC_LVT0] as u8, 0xff);
+        assert_eq!(regs[APIC_LVT0 + 1] as u8, 0x04);
+    }
+
+    #[test]
+    fn boot_msr_list() {
+        let m = boot_msrs().unwrap();
+        assert!(
+            m.as_slice()
+                .iter()
+                .any(|e| e.index == MSR_MTRR_DEF_TYPE && e.data == 0x806)
+        );
+    }
+}

@@ -1,0 +1,68 @@
+//! The 8250 UART at 0x3f8 (COM1, IRQ 4), from vm-superio; its interrupt is an eventfd
+//! registered as a KVM irqfd. Output goes to a log file, stdout, or a buffer (tests).
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use vm_superio::Trigger;
+use vmm_sys_util::eventfd::EventFd;
+
+pub const BASE: u16 = 0x3f8;
+pub const LAST: u16 = 0x3ff;
+pub const IRQ: u32 = 4;
+
+pub struct EventFdTrigger(pub EventFd);
+
+impl Trigger for EventFdTrigger {
+    type E = std::io::Error;
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+pub struct Serial {
+    uart: vm_superio::Serial<EventFdTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>,
+}
+
+impl Serial {
+    pub fn new(out: Box<dyn Write + Send>) -> std::io::Result<Serial> {
+        let evt = EventFd::new(libc::EFD_NONBLOCK)?;
+        Ok(Serial {
+            uart: vm_superio::Serial::new(EventFdTrigger(evt), out),
+        })
+    }
+
+    /// The eventfd to register as the IRQ 4 irqfd.
+    pub fn irq_evt(&self) -> std::io::Result<EventFd> {
+        self.uart.interrupt_evt().0.try_clone()
+    }
+
+    pub fn read(&mut self, offset: u16) -> u8 {
+        self.uart.read(offset as u8)
+    }
+
+    pub fn write(&mut self, offset: u16, value: u8) {
+        // An output error (a full disk, a closed pipe) must not take the VM down.
+        let _ = self.uart.write(offset as u8, value);
+    }
+}
+
+/// A byte sink tests can read back.
+#[derive(Clone, Default)]
+pub struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl SharedBuffer {
+    pub fn contents(&self) -> Vec<u8> {
+        self.0.lock().expect("buffer lock").clone()
+    }
+}
+
+impl Write for SharedBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("buffer lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,191 @@
+//! A hull microVM: the KVM VM, its memory slots, in-kernel irqchip and PIT, the PIO
+//! devices, and one thread per vCPU. It runs until the guest resets (its way of ending),
+//! triple-faults, or KVM reports an error.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, bail};
+use kvm_bindings::{
+    KVM_PIT_SPEAKER_DUMMY, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, kvm_pit_config,
+    kvm_userspace_memory_region,
+};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use crate::devices::i8042::I8042;
+use crate::devices::serial::{self, Serial};
+use crate::devices::{Action, PioBus};
+use crate::memory::{self, GuestRam};
+use crate::{boot, cpu};
+
+/// Intel needs a TSS region for real-mode emulation; three pages just below 4 GiB - 12 KiB.
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+
+pub enum Boot {
+    /// A Linux kernel (ELF vmlinux or bzImage), optional initrd, kernel parameters.
+    Linux {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        cmdline: String,
+    },
+    /// A raw real-mode image loaded at `addr` and entered there (tests, tiny firmware).
+    RealMode { image: Vec<u8>, addr: u16 },
+}
+
+pub struct MachineConfig {
+    pub memory_mib: u32,
+    pub vcpus: u8,
+    pub boot: Boot,
+    pub serial_out: Box<dyn Write + Send>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest reset the machine (i8042 or KVM reset event): its orderly end.
+    Reset,
+    /// A triple fault or KVM shutdown event.
+    Shutdown,
+}
+
+pub struct Machine {
+    _vm: VmFd,
+    _ram: GuestRam,
+    vcpus: Vec<VcpuFd>,
+    bus: Arc<Mutex<PioBus>>,
+}
+
+impl Machine {
+    pub fn new(cfg: MachineConfig) -> anyhow::Result<Machine> {
+        if cfg.vcpus == 0 {
+            bail!("a VM needs at least one vCPU");
+        }
+        let kvm = Kvm::new().context("opening /dev/kvm")?;
+        let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
+        let ram = memory::create(cfg.memory_mib)?;
+        for (slot, region) in ram.memory.iter().enumerate() {
+            let host = ram
+                .memory
+                .get_host_address(region.start_addr())
+                .context("region host address")?;
+            let mr = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+                flags: 0,
+            };
+            // SAFETY: the region is a live mapping owned by `ram`, which the Machine keeps
+            // for as long as the VM exists; its size and address come from that mapping.
+            unsafe { vm.set_user_memory_region(mr) }.context("KVM_SET_USER_MEMORY_REGION")?;
+        }
+        vm.set_tss_address(KVM_TSS_ADDRESS)
+            .context("KVM_SET_TSS_ADDR")?;
+        vm.create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit).context("KVM_CREATE_PIT2")?;
+
+        let serial = Serial::new(cfg.serial_out).context("serial eventfd")?;
+        vm.register_irqfd(&serial.irq_evt()?, serial::IRQ)
+            .context("registering the serial irqfd")?;
+        let bus = Arc::new(Mutex::new(PioBus {
+            serial,
+            i8042: I8042,
+        }));
+
+        let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
+        for id in 0..cfg.vcpus {
+            let vcpu = vm
+                .create_vcpu(u64::from(id))
+                .with_context(|| format!("KVM_CREATE_VCPU {id}"))?;
+            cpu::configure_common(&kvm, &vcpu, id, cfg.vcpus)?;
+            vcpus.push(vcpu);
+        }
+        match cfg.boot {
+            Boot::Linux {
+                kernel,
+                initrd,
+                cmdline,
+            } => {
+                let loaded = boot::load_kernel(&ram.memory, &kernel)?;
+                let kernel_end = loaded.kernel_load.raw_value() + loaded.kernel_end;
+                let initrd = match initrd {
+                    Some(p) => Some(boot::load_initrd(&ram.memory, &p, kernel_end)?),
+                    None => None,
+                };
+                boot::configure_linux(
+                    &ram.memory,
+                    &loaded,
+                    &boot::build_cmdline(&cmdline)?,
+                    initrd,
+                )?;
+                cpu::configure_long_mode(&vcpus[0], &ram.memory, loaded.kernel_load.raw_value())?;
+            }
+            Boot::RealMode { image, addr } => {
+                ram.memory
+                    .write_slice(&image, GuestAddress(u64::from(addr)))
+                    .context("loading the image")?;
+                cpu::configure_real_mode(&vcpus[0], addr)?;
+            }
+        }
+        Ok(Machine {
+            _vm: vm,
+            _ram: ram,
+            vcpus,
+            bus,
+        })
+    }
+
+    /// Runs every vCPU on its own thread; returns when the first one ends the VM.
+    pub fn run(self) -> anyhow::Result<ExitReason> {
+        let (tx, rx) = mpsc::channel();
+        for (id, vcpu) in self.vcpus.into_iter().enumerate() {
+            let bus = self.bus.clone();
+            let tx = tx.clone();
+            std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || {
+                    let _ = tx.send(run_vcpu(id, vcpu, &bus));
+                })
+                .context("spawning a vCPU thread")?;
+        }
+        drop(tx);
+        rx.recv()
+            .context("every vCPU thread ended without a word")?
+    }
+}
+
+fn run_vcpu(id: usize, mut vcpu: VcpuFd, bus: &Mutex<PioBus>) -> anyhow::Result<ExitReason> {
+    loop {
+        match vcpu.run() {
+            Ok(VcpuExit::IoIn(port, data)) => bus.lock().expect("bus lock").read(port, data),
+            Ok(VcpuExit::IoOut(port, data)) => {
+                if bus.lock().expect("bus lock").write(port, data) == Action::Reset {
+                    return Ok(ExitReason::Reset);
+                }
+            }
+            // No MMIO devices yet: reads see nothing there, writes go nowhere.
+            Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
+            Ok(VcpuExit::MmioWrite(..)) => {}
+            Ok(VcpuExit::Shutdown) => return Ok(ExitReason::Shutdown),
+            Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
+                KVM_SYSTEM_EVENT_RESET => return Ok(ExitReason::Reset),
+                KVM_SYSTEM_EVENT_SHUTDOWN => return Ok(ExitReason::Shutdown),
+                other => bail!("vCPU {id}: unexpected system event {other}"),
+            },
+            Ok(VcpuExit::Hlt) => bail!("vCPU {id} halted with no interrupt controller to wake it"),
+            Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                bail!("vCPU {id}: VM entry failed (reason {reason:#x}, cpu {cpu})")
+            }
+            Ok(VcpuExit::InternalError) => bail!("vCPU {id}: KVM internal error"),
+            Ok(other) => bail!("vCPU {id}: unhandled exit {other:?}"),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+            Err(e) => bail!("vCPU {id}: KVM_RUN: {e}"),
+        }
+    }
+}
