@@ -10,7 +10,7 @@ STATIC_ENV   := RUSTFLAGS="-C target-feature=+crt-static" \
 PREFIX       ?= /usr/local
 DESTDIR      ?=
 
-.PHONY: all setup kernel agent-static initrd guest build release lint test demo bench install clean
+.PHONY: all setup kernel agent-static vmm-static initrd guest build release lint test demo bench install clean
 
 all: build guest
 
@@ -26,6 +26,10 @@ kernel:
 agent-static:
 	$(STATIC_ENV) $(CARGO) build --release --locked -p hull-agent --target $(TARGET)
 
+## hull-vmm linked statically, to run inside the nested test host (an initramfs, no libc)
+vmm-static:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked -p hull-vmm --target $(TARGET)
+
 ## initrd with the static agent as /init -> build/initrd.img
 initrd: agent-static
 	rootfs/build.sh $(AGENT_STATIC) build/initrd.img
@@ -40,7 +44,7 @@ lint:
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 ## everything CI runs: set-up, guest artifacts, lint, unit + host integration + VM tests
-test: setup guest build lint
+test: setup guest vmm-static build lint
 	$(CARGO) test --locked --workspace
 
 release:
