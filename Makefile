@@ -28,7 +28,7 @@ agent-static:
 
 ## hull-vmm linked statically, to run inside the nested test host (an initramfs, no libc)
 vmm-static:
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked -p hull-vmm --target $(TARGET)
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked -p hull-vmm -p hull-shim --bin hull-vmm --bin hull-agent-probe --target $(TARGET)
 
 ## initrd with the static agent as /init -> build/initrd.img
 initrd: agent-static

@@ -7,15 +7,19 @@ use std::process::Command;
 fn in_test_host(script: &str) -> (i32, String) {
     hull_tests::require_root();
     let root = hull_tests::repo_root();
-    let vmm = root.join("target/x86_64-unknown-linux-gnu/release/hull-vmm");
-    assert!(
-        vmm.exists(),
-        "{} is missing: run `make vmm-static`",
-        vmm.display()
-    );
+    let bin = root.join("target/x86_64-unknown-linux-gnu/release");
+    let (vmm, probe) = (bin.join("hull-vmm"), bin.join("hull-agent-probe"));
+    for b in [&vmm, &probe] {
+        assert!(
+            b.exists(),
+            "{} is missing: run `make vmm-static`",
+            b.display()
+        );
+    }
     let mut files = Vec::new();
     for f in [
         vmm,
+        probe,
         root.join("build/vmlinux"),
         root.join("build/initrd.img"),
     ] {
@@ -35,25 +39,38 @@ fn in_test_host(script: &str) -> (i32, String) {
 }
 
 #[test]
-fn hull_vmm_boots_the_guest_kernel_to_the_agent_and_ends_on_guest_reset() {
+fn hull_vmm_boots_the_guest_and_its_agent_answers_over_hybrid_vsock() {
     let script = r#"
 # 1. A kernel without an init panics; panic=-1 reboots through the i8042: hull-vmm exits 0.
-./hull-vmm --kernel vmlinux --initrd initrd.img --memory 128 --cmdline "rdinit=/none quiet" --serial-log /tmp/panic.log
+#    Two vCPUs: the MP table must bring both up first.
+./hull-vmm --kernel vmlinux --initrd initrd.img --memory 128 --vcpus 2 --cmdline "rdinit=/none" --serial-log /tmp/panic.log
 echo "panic-boot-exit=$?"
 grep -c "Kernel panic" /tmp/panic.log | sed 's/^/panics=/'
-# 2. The real boot: the agent comes up as PID 1.
-start=$(cut -d' ' -f1 /proc/uptime)
-./hull-vmm --kernel vmlinux --initrd initrd.img --memory 256 --cmdline "hull.log=info" --serial-log /tmp/guest.log &
+grep -o "Brought up 1 node, 2 CPUs" /tmp/panic.log
+# 2. The real boot (one vCPU: a busy 2-vCPU guest starves this 2-vCPU TCG test host): the
+#    agent answers over hull-vmm's hybrid vsock socket, and
+#    DestroySandbox ends the VM (the guest resets, hull-vmm exits 0).
+timeout 300 ./hull-vmm --kernel vmlinux --initrd initrd.img --memory 256 --vsock-uds /tmp/v.sock \
+  --cmdline "hull.log=info" --serial-log /tmp/guest.log &
 vmm=$!
-for i in $(seq 1 1500); do grep -q "hull-agent ready" /tmp/guest.log 2>/dev/null && break; sleep 0.1; done
-echo "agent-after-s=$(awk -v s=$start '{print $1 - s}' /proc/uptime)"
+./hull-agent-probe --vsock-uds /tmp/v.sock --timeout 240 --destroy
+echo "probe-exit=$?"
+wait $vmm
+echo "vmm-exit=$?"
 grep -E "Run /init|hull-agent ready" /tmp/guest.log
-kill $vmm
 "#;
     let (rc, out) = in_test_host(script);
     assert_eq!(rc, 0, "{out}");
     assert!(out.contains("panic-boot-exit=0"), "{out}");
     assert!(out.contains("panics=1"), "{out}");
+    assert!(out.contains("health SERVING"), "{out}");
+    assert!(out.contains("guest kernel 6.12."), "{out}");
+    assert!(
+        out.contains("Brought up 1 node, 2 CPUs"),
+        "SMP guest: {out}"
+    );
+    assert!(out.contains("destroyed\nprobe-exit=0"), "{out}");
+    assert!(out.contains("vmm-exit=0"), "{out}");
     assert!(out.contains("Run /init as init process"), "{out}");
     assert!(out.contains("hull-agent ready"), "{out}");
 }

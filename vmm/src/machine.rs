@@ -14,9 +14,13 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{self, Serial};
+use crate::devices::virtio::Interrupt;
+use crate::devices::virtio::mmio::{MMIO_LEN, MmioTransport};
+use crate::devices::virtio::vsock::Vsock;
 use crate::devices::{Action, PioBus};
 use crate::memory::{self, GuestRam};
 use crate::{boot, cpu};
@@ -40,6 +44,31 @@ pub struct MachineConfig {
     pub vcpus: u8,
     pub boot: Boot,
     pub serial_out: Box<dyn Write + Send>,
+    /// virtio-vsock with the hybrid unix socket at `uds`.
+    pub vsock: Option<VsockConfig>,
+}
+
+pub struct VsockConfig {
+    pub cid: u64,
+    pub uds: PathBuf,
+}
+
+/// First virtio-mmio window and IRQ; each further device takes the next ones.
+const MMIO_BASE: u64 = 0xd000_0000;
+const MMIO_FIRST_IRQ: u32 = 5;
+
+/// The virtio-mmio devices by their window.
+struct MmioBus {
+    devices: Vec<(u64, Mutex<MmioTransport>)>,
+}
+
+impl MmioBus {
+    fn find(&self, addr: u64) -> Option<(u64, &Mutex<MmioTransport>)> {
+        self.devices
+            .iter()
+            .find(|(base, _)| (*base..*base + MMIO_LEN).contains(&addr))
+            .map(|(b, d)| (addr - b, d))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +84,7 @@ pub struct Machine {
     _ram: GuestRam,
     vcpus: Vec<VcpuFd>,
     bus: Arc<Mutex<PioBus>>,
+    mmio: Arc<MmioBus>,
 }
 
 impl Machine {
@@ -98,6 +128,22 @@ impl Machine {
             i8042: I8042,
         }));
 
+        let mut mmio = MmioBus {
+            devices: Vec::new(),
+        };
+        let mut device_params = String::new();
+        if let Some(v) = cfg.vsock {
+            let (base, irq) = (MMIO_BASE, MMIO_FIRST_IRQ);
+            let evt = EventFd::new(libc::EFD_NONBLOCK).context("vsock irq eventfd")?;
+            vm.register_irqfd(&evt, irq)
+                .context("registering the vsock irqfd")?;
+            let dev = Vsock::new(v.cid, v.uds)?;
+            let transport =
+                MmioTransport::new(Box::new(dev), ram.memory.clone(), Interrupt::new(evt))?;
+            mmio.devices.push((base, Mutex::new(transport)));
+            device_params.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
+        }
+
         let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
         for id in 0..cfg.vcpus {
             let vcpu = vm
@@ -121,9 +167,10 @@ impl Machine {
                 boot::configure_linux(
                     &ram.memory,
                     &loaded,
-                    &boot::build_cmdline(&cmdline)?,
+                    &boot::build_cmdline(&format!("{cmdline}{device_params}"))?,
                     initrd,
                 )?;
+                boot::mptable::write(&ram.memory, cfg.vcpus)?;
                 cpu::configure_long_mode(&vcpus[0], &ram.memory, loaded.kernel_load.raw_value())?;
             }
             Boot::RealMode { image, addr } => {
@@ -138,6 +185,7 @@ impl Machine {
             _ram: ram,
             vcpus,
             bus,
+            mmio: Arc::new(mmio),
         })
     }
 
@@ -146,11 +194,12 @@ impl Machine {
         let (tx, rx) = mpsc::channel();
         for (id, vcpu) in self.vcpus.into_iter().enumerate() {
             let bus = self.bus.clone();
+            let mmio = self.mmio.clone();
             let tx = tx.clone();
             std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
-                    let _ = tx.send(run_vcpu(id, vcpu, &bus));
+                    let _ = tx.send(run_vcpu(id, vcpu, &bus, &mmio));
                 })
                 .context("spawning a vCPU thread")?;
         }
@@ -160,7 +209,12 @@ impl Machine {
     }
 }
 
-fn run_vcpu(id: usize, mut vcpu: VcpuFd, bus: &Mutex<PioBus>) -> anyhow::Result<ExitReason> {
+fn run_vcpu(
+    id: usize,
+    mut vcpu: VcpuFd,
+    bus: &Mutex<PioBus>,
+    mmio: &MmioBus,
+) -> anyhow::Result<ExitReason> {
     loop {
         match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => bus.lock().expect("bus lock").read(port, data),
@@ -169,9 +223,16 @@ fn run_vcpu(id: usize, mut vcpu: VcpuFd, bus: &Mutex<PioBus>) -> anyhow::Result<
                     return Ok(ExitReason::Reset);
                 }
             }
-            // No MMIO devices yet: reads see nothing there, writes go nowhere.
-            Ok(VcpuExit::MmioRead(_, data)) => data.fill(0xff),
-            Ok(VcpuExit::MmioWrite(..)) => {}
+            // Outside any device window, reads see nothing and writes go nowhere.
+            Ok(VcpuExit::MmioRead(addr, data)) => match mmio.find(addr) {
+                Some((offset, dev)) => dev.lock().expect("mmio lock").read(offset, data),
+                None => data.fill(0xff),
+            },
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                if let Some((offset, dev)) = mmio.find(addr) {
+                    dev.lock().expect("mmio lock").write(offset, data);
+                }
+            }
             Ok(VcpuExit::Shutdown) => return Ok(ExitReason::Shutdown),
             Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                 KVM_SYSTEM_EVENT_RESET => return Ok(ExitReason::Reset),

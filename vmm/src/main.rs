@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hull_vmm::boot::DEFAULT_CMDLINE;
-use hull_vmm::machine::{Boot, ExitReason, Machine, MachineConfig};
+use hull_vmm::machine::{Boot, ExitReason, Machine, MachineConfig, VsockConfig};
 
 #[derive(Debug, Parser)]
 #[command(name = "hull-vmm", version, about = "hull's KVM microVM monitor")]
@@ -29,6 +29,12 @@ struct Cli {
     /// Serial console output file (default: stdout).
     #[arg(long)]
     serial_log: Option<PathBuf>,
+    /// virtio-vsock's hybrid unix socket (host side of the guest's vsock).
+    #[arg(long)]
+    vsock_uds: Option<PathBuf>,
+    /// The guest's vsock context id.
+    #[arg(long, default_value_t = 3)]
+    vsock_cid: u64,
 }
 
 fn main() -> ExitCode {
@@ -62,6 +68,10 @@ fn main() -> ExitCode {
             cmdline,
         },
         serial_out,
+        vsock: cli.vsock_uds.map(|uds| VsockConfig {
+            cid: cli.vsock_cid,
+            uds,
+        }),
     };
     match Machine::new(cfg).and_then(Machine::run) {
         Ok(ExitReason::Reset) => {

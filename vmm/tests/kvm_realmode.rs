@@ -18,6 +18,7 @@ fn run(image: &[u8]) -> (anyhow::Result<ExitReason>, Vec<u8>) {
             addr: 0x1000,
         },
         serial_out: Box::new(out.clone()),
+        vsock: None,
     };
     let r = Machine::new(cfg).and_then(Machine::run);
     (r, out.contents())
@@ -48,6 +49,7 @@ fn bad_configurations_are_errors() {
             addr: 0x1000,
         },
         serial_out: Box::new(std::io::sink()),
+        vsock: None,
     };
     assert!(Machine::new(cfg(0, 32)).is_err_and(|e| e.to_string().contains("vCPU")));
     assert!(Machine::new(cfg(1, 4)).is_err_and(|e| e.to_string().contains("16 MiB")));
@@ -60,6 +62,7 @@ fn bad_configurations_are_errors() {
             cmdline: String::new(),
         },
         serial_out: Box::new(std::io::sink()),
+        vsock: None,
     };
     assert!(
         Machine::new(missing).is_err_and(|e| format!("{e:#}").contains("/nonexistent/vmlinux"))

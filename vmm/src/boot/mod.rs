@@ -2,6 +2,7 @@
 //! low memory, the command line, and the zero page (boot_params with the e820 map).
 
 pub mod gdt;
+pub mod mptable;
 
 use std::fs::File;
 use std::path::Path;

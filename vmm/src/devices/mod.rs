@@ -3,6 +3,7 @@
 
 pub mod i8042;
 pub mod serial;
+pub mod virtio;
 
 use i8042::I8042;
 use serial::Serial;

@@ -1,0 +1,363 @@
+//! The virtio-mmio transport, version 2 (virtio 1.x, "modern"): the register file the
+//! driver uses to discover the device, negotiate features, place the queues, and notify.
+//! Every value the guest writes is checked; a bad setup fails the device, never the VMM.
+
+use std::sync::atomic::Ordering;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use super::{Interrupt, VIRTIO_F_VERSION_1, VirtioDevice};
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VERSION: u32 = 2;
+const VENDOR: u32 = 0x6c6c_7568; // "hull"
+
+const STATUS_ACKNOWLEDGE: u32 = 1;
+const STATUS_DRIVER: u32 = 2;
+const STATUS_DRIVER_OK: u32 = 4;
+const STATUS_FEATURES_OK: u32 = 8;
+const STATUS_FAILED: u32 = 0x80;
+
+/// Size of one device's MMIO window.
+pub const MMIO_LEN: u64 = 0x1000;
+
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemoryMmap,
+    interrupt: Interrupt,
+    queues: Vec<Queue>,
+    queue_select: u32,
+    features_select: u32,
+    driver_features_select: u32,
+    driver_features: u64,
+    status: u32,
+    config_generation: u32,
+    activated: bool,
+}
+
+fn new_queues(device: &dyn VirtioDevice) -> anyhow::Result<Vec<Queue>> {
+    device
+        .queue_max_sizes()
+        .iter()
+        .map(|s| Queue::new(*s).map_err(|e| anyhow::anyhow!("queue of size {s}: {e:?}")))
+        .collect()
+}
+
+impl MmioTransport {
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        interrupt: Interrupt,
+    ) -> anyhow::Result<Self> {
+        let queues = new_queues(device.as_ref())?;
+        Ok(MmioTransport {
+            device,
+            mem,
+            interrupt,
+            queues,
+            queue_select: 0,
+            features_select: 0,
+            driver_features_select: 0,
+            driver_features: 0,
+            status: 0,
+            config_generation: 0,
+            activated: false,
+        })
+    }
+
+    fn queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_select as usize)
+    }
+
+    fn features(&self) -> u64 {
+        self.device.features() | VIRTIO_F_VERSION_1
+    }
+
+    pub fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= 0x100 {
+            self.device.read_config(offset - 0x100, data);
+            return;
+        }
+        if data.len() != 4 {
+            data.fill(0);
+            return;
+        }
+        let v: u32 = match offset {
+            0x00 => MAGIC,
+            0x04 => VERSION,
+            0x08 => self.device.device_type(),
+            0x0c => VENDOR,
+            0x10 => match self.features_select {
+                0 => self.features() as u32,
+                1 => (self.features() >> 32) as u32,
+                _ => 0,
+            },
+            0x34 => self.queue().map(|q| u32::from(q.max_size())).unwrap_or(0),
+            0x44 => self.queue().map(|q| u32::from(q.ready())).unwrap_or(0),
+            0x60 => self.interrupt.status.load(Ordering::SeqCst),
+            0x70 => self.status,
+            0xfc => self.config_generation,
+            _ => 0,
+        };
+        data.copy_from_slice(&v.to_le_bytes());
+    }
+
+    pub fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= 0x100 || data.len() != 4 {
+            // The vsock config (guest cid) is read-only; so is anything odd-sized.
+            return;
+        }
+        let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+        let setting_up = self.status & STATUS_DRIVER_OK == 0;
+        match offset {
+            0x14 => self.features_select = v,
+            0x20 => match self.driver_features_select {
+                0 if setting_up => {
+                    self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v)
+                }
+                1 if setting_up => {
+                    self.driver_features =
+                        (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
+                }
+                _ => {}
+            },
+            0x24 => self.driver_features_select = v,
+            0x30 => self.queue_select = v,
+            0x38 if setting_up => {
+                if let Some(q) = self.queue() {
+                    q.set_size(v as u16);
+                }
+            }
+            0x44 if setting_up => {
+                if let Some(q) = self.queue() {
+                    q.set_ready(v == 1);
+                }
+            }
+            // The device owns the queues once active: check against its queue count.
+            0x50 if self.activated && (v as usize) < self.device.queue_max_sizes().len() => {
+                self.device.notify(v as u16);
+            }
+            0x64 => {
+                self.interrupt.status.fetch_and(!v, Ordering::SeqCst);
+            }
+            0x70 => self.set_status(v),
+            0x80 if setting_up => self.with_queue(|q| q.set_desc_table_address(Some(v), None)),
+            0x84 if setting_up => self.with_queue(|q| q.set_desc_table_address(None, Some(v))),
+            0x90 if setting_up => self.with_queue(|q| q.set_avail_ring_address(Some(v), None)),
+            0x94 if setting_up => self.with_queue(|q| q.set_avail_ring_address(None, Some(v))),
+            0xa0 if setting_up => self.with_queue(|q| q.set_used_ring_address(Some(v), None)),
+            0xa4 if setting_up => self.with_queue(|q| q.set_used_ring_address(None, Some(v))),
+            _ => {}
+        }
+    }
+
+    fn with_queue(&mut self, f: impl FnOnce(&mut Queue)) {
+        if let Some(q) = self.queue() {
+            f(q);
+        }
+    }
+
+    fn set_status(&mut self, v: u32) {
+        tracing::debug!(
+            status = v,
+            features = self.driver_features,
+            "virtio-mmio status"
+        );
+        if v == 0 {
+            self.reset();
+            return;
+        }
+        if v & STATUS_FEATURES_OK != 0 && self.status & STATUS_FEATURES_OK == 0 {
+            // The driver may accept only what we offered, and must speak virtio 1.
+            if self.driver_features & !self.features() != 0
+                || self.driver_features & VIRTIO_F_VERSION_1 == 0
+            {
+                self.status = v & !STATUS_FEATURES_OK;
+                return;
+            }
+        }
+        self.status = v;
+        let ready = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
+        if !self.activated && v & ready == ready {
+            let valid = self.queues.iter().all(|q| q.is_valid(&self.mem));
+            let result = if valid {
+                // The device owns the queues from here on; a reset makes new ones.
+                let queues = std::mem::take(&mut self.queues);
+                self.device
+                    .activate(self.mem.clone(), queues, self.interrupt.clone())
+            } else {
+                Err(anyhow::anyhow!("the driver set up an invalid queue"))
+            };
+            match result {
+                Ok(()) => self.activated = true,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "virtio device failed to activate");
+                    self.status |= STATUS_FAILED;
+                }
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.device.reset();
+        self.queues = new_queues(self.device.as_ref()).unwrap_or_default();
+        self.status = 0;
+        self.driver_features = 0;
+        self.queue_select = 0;
+        self.activated = false;
+        self.interrupt.status.store(0, Ordering::SeqCst);
+        self.config_generation = self.config_generation.wrapping_add(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use vmm_sys_util::eventfd::EventFd;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Record {
+        activated: Arc<Mutex<bool>>,
+        notified: Arc<Mutex<Vec<u16>>>,
+    }
+
+    struct Fake(Record);
+
+    impl VirtioDevice for Fake {
+        fn device_type(&self) -> u32 {
+            19
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16, 16]
+        }
+        fn features(&self) -> u64 {
+            0
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8 + 0x40);
+        }
+        fn activate(
+            &mut self,
+            _m: GuestMemoryMmap,
+            q: Vec<Queue>,
+            _i: Interrupt,
+        ) -> anyhow::Result<()> {
+            assert_eq!(q.len(), 2);
+            *self.0.activated.lock().unwrap() = true;
+            Ok(())
+        }
+        fn notify(&mut self, index: u16) {
+            self.0.notified.lock().unwrap().push(index);
+        }
+        fn reset(&mut self) {}
+    }
+
+    fn transport() -> (MmioTransport, Record) {
+        let rec = Record::default();
+        let mem = crate::memory::create(16).unwrap().memory;
+        let t = MmioTransport::new(
+            Box::new(Fake(rec.clone())),
+            mem,
+            Interrupt::new(EventFd::new(0).unwrap()),
+        )
+        .unwrap();
+        (t, rec)
+    }
+
+    fn w(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+
+    fn r(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    /// What Linux's virtio_mmio does, queues placed at `base` (+0x1000 per queue).
+    fn bring_up(t: &mut MmioTransport, base: u64, driver_features_hi: u32) {
+        w(t, 0x70, STATUS_ACKNOWLEDGE);
+        w(t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        w(t, 0x24, 1);
+        w(t, 0x20, driver_features_hi);
+        w(
+            t,
+            0x70,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
+        for q in 0..2u32 {
+            let a = base + u64::from(q) * 0x1000;
+            w(t, 0x30, q);
+            w(t, 0x38, 16);
+            w(t, 0x80, a as u32);
+            w(t, 0x84, (a >> 32) as u32);
+            w(t, 0x90, (a + 0x400) as u32);
+            w(t, 0x94, 0);
+            w(t, 0xa0, (a + 0x800) as u32);
+            w(t, 0xa4, 0);
+            w(t, 0x44, 1);
+        }
+        w(
+            t,
+            0x70,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+    }
+
+    #[test]
+    fn identity_registers_and_config() {
+        let (mut t, _) = transport();
+        assert_eq!(r(&mut t, 0x00), MAGIC);
+        assert_eq!(r(&mut t, 0x04), 2);
+        assert_eq!(r(&mut t, 0x08), 19);
+        w(&mut t, 0x14, 1);
+        assert_eq!(r(&mut t, 0x10), 1, "VIRTIO_F_VERSION_1 offered");
+        w(&mut t, 0x30, 1);
+        assert_eq!(r(&mut t, 0x34), 16);
+        w(&mut t, 0x30, 7);
+        assert_eq!(r(&mut t, 0x34), 0, "no such queue");
+        let mut cfg = [0u8; 2];
+        t.read(0x104, &mut cfg);
+        assert_eq!(cfg, [0x44, 0x44]);
+    }
+
+    #[test]
+    fn notifications_reach_the_device_once_it_is_active() {
+        let (mut t, rec) = transport();
+        w(&mut t, 0x50, 1);
+        assert!(
+            rec.notified.lock().unwrap().is_empty(),
+            "notify before activation"
+        );
+        bring_up(&mut t, 0x10_0000, 1);
+        assert!(*rec.activated.lock().unwrap());
+        w(&mut t, 0x50, 0);
+        w(&mut t, 0x50, 1);
+        w(&mut t, 0x50, 9);
+        assert_eq!(*rec.notified.lock().unwrap(), vec![0, 1]);
+    }
+
+    #[test]
+    fn features_not_offered_and_bad_queues_fail() {
+        let (mut t, rec) = transport();
+        // Without VIRTIO_F_VERSION_1 the driver can't have FEATURES_OK.
+        bring_up(&mut t, 0x10_0000, 0);
+        assert_eq!(r(&mut t, 0x70) & STATUS_FEATURES_OK, 0);
+        assert!(!*rec.activated.lock().unwrap());
+
+        let (mut t, rec) = transport();
+        // Rings outside guest memory (16 MiB): the device fails, the VMM doesn't.
+        bring_up(&mut t, 0x4000_0000, 1);
+        assert_ne!(r(&mut t, 0x70) & STATUS_FAILED, 0);
+        assert!(!*rec.activated.lock().unwrap());
+        // A reset brings it back to a clean state.
+        w(&mut t, 0x70, 0);
+        assert_eq!(r(&mut t, 0x70), 0);
+        w(&mut t, 0x30, 0);
+        assert_eq!(r(&mut t, 0x34), 16);
+    }
+}

@@ -1,0 +1,57 @@
+//! virtio devices over the MMIO transport. A device sees its queues and guest memory once
+//! the driver has set it up (DRIVER_OK), and signals used buffers through an interrupt.
+
+pub mod mmio;
+pub mod vsock;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Interrupt status bit: the device used buffers.
+pub const INT_VRING: u32 = 1;
+
+/// A device's interrupt line: the status register bit plus the irqfd.
+#[derive(Clone)]
+pub struct Interrupt {
+    pub status: Arc<AtomicU32>,
+    pub evt: Arc<EventFd>,
+}
+
+impl Interrupt {
+    pub fn new(evt: EventFd) -> Interrupt {
+        Interrupt {
+            status: Arc::new(AtomicU32::new(0)),
+            evt: Arc::new(evt),
+        }
+    }
+
+    pub fn signal_used(&self) {
+        self.status.fetch_or(INT_VRING, Ordering::SeqCst);
+        if let Err(e) = self.evt.write(1) {
+            tracing::warn!(error = %e, "raising a virtio interrupt");
+        }
+    }
+}
+
+pub trait VirtioDevice: Send {
+    fn device_type(&self) -> u32;
+    fn queue_max_sizes(&self) -> &[u16];
+    fn features(&self) -> u64;
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// The driver finished setup: the device may use its queues from now on.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Interrupt,
+    ) -> anyhow::Result<()>;
+    /// The driver notified queue `index`.
+    fn notify(&mut self, index: u16);
+    /// The driver reset the device: forget queues and connections.
+    fn reset(&mut self);
+}

@@ -1,0 +1,97 @@
+//! virtio-vsock (device type 19) with Firecracker's hybrid unix-socket backend.
+//!
+//! Host → guest: a program connects to the unix socket `uds`, writes `CONNECT <port>\n`,
+//! and once the guest accepts it reads `OK <host port>\n`; the stream then carries the
+//! connection's bytes. Guest → host: a guest connection to host port P becomes a unix
+//! connection to `<uds>_P`. Flow control follows the virtio spec's credit scheme.
+//!
+//! The state sits behind one mutex shared by the vCPU thread (queue notifications) and
+//! the device's epoll thread (host sockets).
+
+mod muxer;
+pub mod packet;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+
+use super::{Interrupt, VirtioDevice};
+pub use muxer::Muxer;
+
+pub const DEVICE_TYPE: u32 = 19;
+const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
+const RX: u16 = 0;
+const TX: u16 = 1;
+
+pub struct Vsock {
+    cid: u64,
+    muxer: Arc<Mutex<Muxer>>,
+}
+
+impl Vsock {
+    /// Binds the hybrid socket at `uds` and starts the device's epoll thread.
+    pub fn new(cid: u64, uds: PathBuf) -> anyhow::Result<Vsock> {
+        anyhow::ensure!(
+            cid >= 3 && cid < u64::from(u32::MAX),
+            "guest cid {cid} is reserved or too large"
+        );
+        let muxer = Muxer::new(cid, uds).context("vsock backend")?;
+        let muxer = Arc::new(Mutex::new(muxer));
+        muxer::spawn_event_loop(muxer.clone())?;
+        Ok(Vsock { cid, muxer })
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        DEVICE_TYPE
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        0
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // The config space is the 64-bit guest cid.
+        let cid = self.cid.to_le_bytes();
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = cid.get(offset as usize + i).copied().unwrap_or(0);
+        }
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        mut queues: Vec<Queue>,
+        interrupt: Interrupt,
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(queues.len() == 3, "vsock needs 3 queues");
+        let tx = queues.remove(1);
+        let rx = queues.remove(0);
+        self.muxer
+            .lock()
+            .expect("vsock lock")
+            .activate(mem, rx, tx, interrupt);
+        Ok(())
+    }
+
+    fn notify(&mut self, index: u16) {
+        let mut m = self.muxer.lock().expect("vsock lock");
+        match index {
+            RX => m.rx_buffers_added(),
+            TX => m.process_tx(),
+            _ => {} // event queue: the device sends no events
+        }
+    }
+
+    fn reset(&mut self) {
+        self.muxer.lock().expect("vsock lock").reset();
+    }
+}
