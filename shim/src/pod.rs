@@ -87,29 +87,15 @@ impl Pod {
             run_dir: run,
             shared_dir: shared,
         };
-        let boot_cfg = cfg.clone();
-        let vm =
-            match tokio::task::spawn_blocking(move || hypervisor::boot(&boot_cfg, spec)).await? {
-                Ok(vm) => vm,
-                Err(e) => {
-                    cleanup_dir(&dir);
-                    return Err(e);
-                }
-            };
+        let (vm, agent) = match boot_vm(cfg, spec).await {
+            Ok(v) => v,
+            Err(e) => {
+                cleanup_dir(&dir);
+                return Err(e);
+            }
+        };
         let pids: Vec<String> = vm.pids().iter().map(u32::to_string).collect();
         std::fs::write(dir.join("pids"), pids.join("\n"))?;
-        let agent =
-            match AgentClient::connect(&vm.vsock_uds(), Duration::from_secs(cfg.boot_timeout_s))
-                .await
-            {
-                Ok(a) => a,
-                Err(e) => {
-                    let report = vm.diagnostics();
-                    drop(vm);
-                    cleanup_dir(&dir);
-                    anyhow::bail!("the pod VM's agent did not answer: {e:#}\n{report}");
-                }
-            };
         let mut req = CreateSandboxRequest::new();
         req.sandbox_id = id.to_string();
         req.hostname = hostname.to_string();
@@ -174,6 +160,34 @@ impl Pod {
         drop(vm);
         cleanup_dir(&self.dir);
         tracing::info!(sandbox = %self.id, "pod VM gone");
+    }
+}
+
+/// How many times a VM whose agent stays silent is booted before the pod fails.
+const BOOT_ATTEMPTS: u32 = 2;
+
+/// Boots the VM and connects to its agent. An agent that does not answer within the boot
+/// timeout gets its VM killed and booted once more (seen here, rarely, under QEMU TCG: the
+/// vsock backend accepts CONNECT and never answers); the failure is logged with every log
+/// of that VM.
+async fn boot_vm(cfg: &HullConfig, spec: VmSpec) -> anyhow::Result<(Box<dyn Vm>, AgentClient)> {
+    let mut attempt = 1;
+    loop {
+        let (boot_cfg, boot_spec) = (cfg.clone(), spec.clone());
+        let vm =
+            tokio::task::spawn_blocking(move || hypervisor::boot(&boot_cfg, boot_spec)).await??;
+        match AgentClient::connect(&vm.vsock_uds(), Duration::from_secs(cfg.boot_timeout_s)).await {
+            Ok(agent) => return Ok((vm, agent)),
+            Err(e) => {
+                let report = vm.diagnostics();
+                drop(vm);
+                if attempt >= BOOT_ATTEMPTS {
+                    anyhow::bail!("the pod VM's agent did not answer: {e:#}\n{report}");
+                }
+                tracing::warn!(error = %format!("{e:#}"), report, "the pod VM's agent did not answer; booting it again");
+                attempt += 1;
+            }
+        }
     }
 }
 

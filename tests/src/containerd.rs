@@ -46,7 +46,7 @@ impl Containerd {
         std::fs::write(
             &hull_toml,
             format!(
-                "kernel = \"{}\"\ninitrd = \"{}\"\nrun_dir = \"{}\"\nlog_level = \"debug\"\nboot_timeout_s = 90\n",
+                "kernel = \"{}\"\ninitrd = \"{}\"\nrun_dir = \"{}\"\nlog_level = \"debug\"\nboot_timeout_s = 45\nkernel_params = \"hull.log=info\"\n",
                 build.join("vmlinux").display(),
                 build.join("initrd.img").display(),
                 d.join("run").display()
