@@ -6,11 +6,11 @@
 //! | `memory` | memfd-backed guest RAM (shareable with vhost-user daemons) |
 //! | `boot` | loading kernel, initrd, command line; boot_params and e820 |
 //! | `cpu` | vCPU state for the 64-bit boot protocol (or real mode) |
-//! | `devices` | port-I/O devices: 8250 serial, i8042 reset |
+//! | `devices` | port-I/O devices (8250 serial, i8042 reset) and virtio-mmio (vsock) |
 //! | `machine` | the VM, its vCPU threads and their exits |
 //!
-//! Not yet here (see issue "hull-vmm"): virtio-mmio devices (vsock, blk, vhost-user-fs),
-//! MP table for SMP guests, seccomp filters, the API socket.
+//! Not yet here (see issue "hull-vmm"): virtio-blk, vhost-user-fs, seccomp filters, the
+//! API socket.
 
 pub mod boot;
 pub mod cpu;
