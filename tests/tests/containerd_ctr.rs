@@ -159,35 +159,33 @@ fn tty_run() {
     c.assert_clean();
 }
 
-/// Processes of this test whose command line contains `needle`.
-fn pids_matching(c: &Containerd, needle: &str) -> Vec<i32> {
-    c.leftover_processes()
+/// Runs `id` detached (`sleep 600`), then SIGKILLs the one process of this test whose
+/// command line contains `needle` (the shim, QEMU, ...).
+fn run_detached_then_kill(c: &Containerd, id: &str, needle: &str) {
+    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, id, "sleep", "600"]);
+    let pids: Vec<i32> = c
+        .leftover_processes()
         .into_iter()
         .filter(|(_, cmd)| cmd.contains(needle))
         .map(|(p, _)| p)
-        .collect()
+        .collect();
+    assert_eq!(
+        pids.len(),
+        1,
+        "one {needle} expected: {:?}",
+        c.leftover_processes()
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
 }
 
 #[test]
 fn killed_shim_is_cleaned_up() {
     let c = Containerd::start(false);
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "victim",
-        "sleep",
-        "600",
-    ]);
-    let shims = pids_matching(&c, "containerd-shim-hull-v2");
-    assert_eq!(shims.len(), 1, "{:?}", c.leftover_processes());
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(shims[0]),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    run_detached_then_kill(&c, "victim", "containerd-shim-hull-v2");
     // containerd notices, runs `containerd-shim-hull-v2 delete`, and the task is gone.
     let gone = wait_until(Duration::from_secs(10), || {
         !c.ctr_ok(&["task", "ls"]).contains("victim")
@@ -200,23 +198,7 @@ fn killed_shim_is_cleaned_up() {
 #[test]
 fn dead_vm_ends_its_tasks() {
     let c = Containerd::start(false);
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "doomed",
-        "sleep",
-        "600",
-    ]);
-    let qemu = pids_matching(&c, "qemu-system-x86_64");
-    assert_eq!(qemu.len(), 1, "{:?}", c.leftover_processes());
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(qemu[0]),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    run_detached_then_kill(&c, "doomed", "qemu-system-x86_64");
     let stopped = wait_until(Duration::from_secs(10), || {
         c.ctr_ok(&["task", "ls"]).contains("STOPPED")
     });

@@ -166,13 +166,7 @@ impl Muxer {
     }
 
     fn handle_guest_packet(&mut self, p: Packet) {
-        tracing::debug!(
-            op = p.op,
-            src = p.src_port,
-            dst = p.dst_port,
-            len = p.data.len(),
-            "vsock packet from the guest"
-        );
+        p.trace("from the guest");
         if p.src_cid != self.cid || p.dst_cid != HOST_CID {
             return;
         }
@@ -346,13 +340,7 @@ impl Muxer {
             let a = self.active.as_mut().expect("active");
             match packet {
                 Some(p) => {
-                    tracing::debug!(
-                        op = p.op,
-                        src = p.src_port,
-                        dst = p.dst_port,
-                        len = p.data.len(),
-                        "vsock packet to the guest"
-                    );
+                    p.trace("to the guest");
                     let len = p.write_rx(&mem, &mut chain).unwrap_or(0);
                     let _ = a.rx.add_used(&mem, head, len);
                     used = true;

@@ -37,6 +37,17 @@ pub struct Packet {
 type Chain<'m> = DescriptorChain<&'m GuestMemoryMmap>;
 
 impl Packet {
+    /// One debug line per packet, `direction` being "to the guest" or "from the guest".
+    pub fn trace(&self, direction: &str) {
+        tracing::debug!(
+            op = self.op,
+            src = self.src_port,
+            dst = self.dst_port,
+            len = self.data.len(),
+            "vsock packet {direction}"
+        );
+    }
+
     /// Parses a guest TX chain; `None` for a malformed one (the caller drops it).
     pub fn from_tx(mem: &GuestMemoryMmap, chain: &mut Chain<'_>) -> Option<Packet> {
         let pkt = VsockPacket::from_tx_virtq_chain(mem, chain, MAX_PKT_DATA).ok()?;
