@@ -10,7 +10,7 @@ STATIC_ENV   := RUSTFLAGS="-C target-feature=+crt-static" \
 PREFIX       ?= /usr/local
 DESTDIR      ?=
 
-.PHONY: all setup kernel agent-static vmm-static initrd guest build release lint test demo bench install clean
+.PHONY: all setup kernel agent-static vmm-static initrd guest build release lint test demo bench bench-vmm install clean
 
 all: build guest
 
@@ -57,6 +57,10 @@ demo: setup guest build
 ## pod start time (vs runc) and per-pod memory, printed
 bench: setup guest release
 	benches/pod-start.sh
+
+## hull-vmm boot time and memory overhead, measured in the nested test host, printed
+bench-vmm: guest vmm-static
+	benches/vmm-boot.sh
 
 ## the shim and its helpers on PATH, kernel + initrd in $(PREFIX)/share/hull, config in /etc/hull
 install: guest release

@@ -158,6 +158,25 @@ pub fn loopback_up() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// hull-vmm's boot-timer port and value (vmm/src/devices/boot_timer.rs): the agent writes
+/// it once it serves, so the VMM can tell how long the guest took. Other VMMs ignore it.
+const BOOT_TIMER_PORT: u16 = 0x440;
+const BOOT_TIMER_MAGIC: u8 = 123;
+
+/// Tells the VMM that the agent serves. Best effort: a kernel without ioperm, or a VMM
+/// without the timer, just means no figure.
+pub fn signal_boot_timer() {
+    // SAFETY: ioperm only changes this thread's I/O permission bitmap; PID 1 is root.
+    if unsafe { libc::ioperm(u64::from(BOOT_TIMER_PORT), 1, 1) } != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "no boot-timer port");
+        return;
+    }
+    // SAFETY: an OUT to the one port this thread was just granted; it touches no memory.
+    unsafe {
+        std::arch::asm!("out dx, al", in("dx") BOOT_TIMER_PORT, in("al") BOOT_TIMER_MAGIC, options(nomem, nostack, preserves_flags));
+    }
+}
+
 /// Flushes and ends the VM. PID 1 must never just exit: that panics the kernel.
 ///
 /// A reset is the end of a hull VM (Firecracker's model): hull-vmm exits on the guest's

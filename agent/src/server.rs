@@ -44,6 +44,9 @@ pub async fn serve(cfg: AgentConfig) -> anyhow::Result<()> {
         .register_service(health_ttrpc::create_health(Arc::new(HealthService)));
     server.start().await.context("starting the ttrpc server")?;
     tracing::info!(listen = %cfg.listen, mode = ?cfg.mode, "hull-agent ready");
+    if cfg.mode == crate::config::Mode::Guest {
+        crate::init::signal_boot_timer();
+    }
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

@@ -50,14 +50,14 @@ grep -o "Brought up 1 node, 2 CPUs" /tmp/panic.log
 # 2. The real boot (one vCPU: a busy 2-vCPU guest starves this 2-vCPU TCG test host): the
 #    agent answers over hull-vmm's hybrid vsock socket, and
 #    DestroySandbox ends the VM (the guest resets, hull-vmm exits 0).
-timeout 300 ./hull-vmm --kernel vmlinux --initrd initrd.img --memory 256 --vsock-uds /tmp/v.sock \
-  --cmdline "hull.log=info" --serial-log /tmp/guest.log &
+HULL_LOG=info timeout 300 ./hull-vmm --kernel vmlinux --initrd initrd.img --memory 256 --vsock-uds /tmp/v.sock --cmdline "hull.log=info" --serial-log /tmp/guest.log 2>/tmp/vmm.err &
 vmm=$!
 ./hull-agent-probe --vsock-uds /tmp/v.sock --timeout 240 --destroy
 echo "probe-exit=$?"
 wait $vmm
 echo "vmm-exit=$?"
 grep -E "Run /init|hull-agent ready" /tmp/guest.log
+grep -o "guest agent ready ms=[0-9]*" /tmp/vmm.err
 "#;
     let (rc, out) = in_test_host(script);
     assert_eq!(rc, 0, "{out}");
@@ -73,4 +73,6 @@ grep -E "Run /init|hull-agent ready" /tmp/guest.log
     assert!(out.contains("vmm-exit=0"), "{out}");
     assert!(out.contains("Run /init as init process"), "{out}");
     assert!(out.contains("hull-agent ready"), "{out}");
+    // The agent wrote the boot-timer port; hull-vmm timed it.
+    assert!(out.contains("guest agent ready ms="), "{out}");
 }

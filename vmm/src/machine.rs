@@ -209,18 +209,37 @@ impl Machine {
     }
 }
 
+/// When the process started, for the boot figures hull-vmm logs.
+pub fn process_start() -> std::time::Instant {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(std::time::Instant::now)
+}
+
 fn run_vcpu(
     id: usize,
     mut vcpu: VcpuFd,
     bus: &Mutex<PioBus>,
     mmio: &MmioBus,
 ) -> anyhow::Result<ExitReason> {
+    if id == 0 {
+        tracing::info!(
+            us = process_start().elapsed().as_micros() as u64,
+            "first KVM_RUN"
+        );
+    }
     loop {
         match vcpu.run() {
             Ok(VcpuExit::IoIn(port, data)) => bus.lock().expect("bus lock").read(port, data),
             Ok(VcpuExit::IoOut(port, data)) => {
-                if bus.lock().expect("bus lock").write(port, data) == Action::Reset {
-                    return Ok(ExitReason::Reset);
+                match bus.lock().expect("bus lock").write(port, data) {
+                    Action::Reset => return Ok(ExitReason::Reset),
+                    Action::GuestReady => {
+                        tracing::info!(
+                            ms = process_start().elapsed().as_millis() as u64,
+                            "guest agent ready"
+                        )
+                    }
+                    Action::None => {}
                 }
             }
             // Outside any device window, reads see nothing and writes go nowhere.

@@ -38,6 +38,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    hull_vmm::machine::process_start();
     let cli = Cli::parse();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(std::env::var("HULL_LOG").unwrap_or_else(|_| "warn".into()))

@@ -1,6 +1,7 @@
 //! Port-I/O devices and their dispatch. Every port the guest touches is served: unknown
 //! ports read as all ones (absent hardware) and swallow writes, never an error.
 
+pub mod boot_timer;
 pub mod i8042;
 pub mod serial;
 pub mod virtio;
@@ -14,6 +15,8 @@ pub enum Action {
     None,
     /// The guest asked for a reset: the VM ends.
     Reset,
+    /// The guest's agent announced it is ready (boot-timer port).
+    GuestReady,
 }
 
 pub struct PioBus {
@@ -39,6 +42,7 @@ impl PioBus {
                 Action::None
             }
             i8042::DATA | i8042::COMMAND if data.len() == 1 => self.i8042.write(port, data[0]),
+            boot_timer::PORT if data == [boot_timer::MAGIC] => Action::GuestReady,
             _ => Action::None,
         }
     }
@@ -69,6 +73,11 @@ mod tests {
         assert_eq!(out.contents(), b"ok\n");
         assert_eq!(b.write(0x64, &[0xfe]), Action::Reset);
         assert_eq!(b.write(0x64, &[0x00]), Action::None);
+        assert_eq!(
+            b.write(boot_timer::PORT, &[boot_timer::MAGIC]),
+            Action::GuestReady
+        );
+        assert_eq!(b.write(boot_timer::PORT, &[0]), Action::None);
     }
 
     #[test]
