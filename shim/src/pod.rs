@@ -151,10 +151,7 @@ impl Pod {
             {
                 tracing::warn!(sandbox = %self.id, error = %e, "DestroySandbox failed; killing the VM");
             }
-            let deadline = tokio::time::Instant::now() + timeout;
-            while !self.is_dead() && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            let _ = tokio::time::timeout(timeout, self.died()).await;
         }
         let vm = self.vm.lock().expect("vm lock").take();
         drop(vm);

@@ -8,6 +8,7 @@ use anyhow::Context;
 use hull_protocols::agent::{CreateSandboxRequest, Storage};
 use hull_shim::agent_client::AgentClient;
 use hull_shim::hypervisor::Vm;
+use hull_shim::hypervisor::accel::Accel;
 use hull_shim::hypervisor::qemu::{QemuConfig, QemuVm, SHARED_FS_TAG};
 use tempfile::TempDir;
 
@@ -37,7 +38,12 @@ impl TestVm {
         std::fs::create_dir_all(&run)?;
         std::fs::create_dir_all(&shared)?;
         let build = crate::repo_root().join("build");
-        let mut cfg = QemuConfig::new(build.join("vmlinux"), build.join("initrd.img"), run);
+        let mut cfg = QemuConfig::new(
+            build.join("vmlinux"),
+            build.join("initrd.img"),
+            run,
+            Accel::detect().0,
+        );
         cfg.memory_mib = memory_mib;
         cfg.shared_dir = Some(shared);
         cfg.cmdline_extra = "hull.log=info".into();

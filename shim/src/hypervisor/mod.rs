@@ -59,7 +59,7 @@ pub fn boot(cfg: &HullConfig, spec: VmSpec) -> anyhow::Result<Box<dyn Vm>> {
                     )
                 });
             }
-            let mut qc = QemuConfig::new(spec.kernel, spec.initrd, spec.run_dir);
+            let mut qc = QemuConfig::new(spec.kernel, spec.initrd, spec.run_dir, accel);
             for (slot, configured) in [
                 (&mut qc.qemu, &cfg.qemu),
                 (&mut qc.virtiofsd, &cfg.virtiofsd),
@@ -69,7 +69,6 @@ pub fn boot(cfg: &HullConfig, spec: VmSpec) -> anyhow::Result<Box<dyn Vm>> {
                     *slot = configured.clone();
                 }
             }
-            qc.accel = accel;
             qc.vcpus = spec.vcpus;
             qc.memory_mib = spec.memory_mib;
             qc.cmdline_extra = spec.cmdline_extra;

@@ -41,8 +41,8 @@ pub struct QemuConfig {
 
 impl QemuConfig {
     /// Defaults for the tools' locations (`PATH`, then ~/.cargo/bin) and a 1-vCPU,
-    /// 256 MiB VM on the best accelerator this host offers.
-    pub fn new(kernel: PathBuf, initrd: PathBuf, run_dir: PathBuf) -> QemuConfig {
+    /// 256 MiB VM on `accel` (see `Accel::detect`).
+    pub fn new(kernel: PathBuf, initrd: PathBuf, run_dir: PathBuf, accel: Accel) -> QemuConfig {
         QemuConfig {
             qemu: find_tool("qemu-system-x86_64"),
             vhost_vsock: find_tool("vhost-device-vsock"),
@@ -52,7 +52,7 @@ impl QemuConfig {
             vcpus: 1,
             memory_mib: 256,
             cmdline_extra: String::new(),
-            accel: Accel::detect().0,
+            accel,
             run_dir,
             shared_dir: None,
         }
@@ -276,8 +276,7 @@ mod tests {
 
     #[test]
     fn tcg_cmdline_and_shared_fs_args() {
-        let mut c = QemuConfig::new("/k".into(), "/i".into(), "/run/x".into());
-        c.accel = Accel::Tcg;
+        let mut c = QemuConfig::new("/k".into(), "/i".into(), "/run/x".into(), Accel::Tcg);
         c.cmdline_extra = "hull.log=debug".into();
         c.shared_dir = Some("/srv/share".into());
         let cmdline = c.kernel_cmdline();

@@ -30,26 +30,30 @@ pub fn build(cpus: u8) -> anyhow::Result<Vec<u8>> {
     }
     let ioapic_id = cpus + 1;
     let mut entries = Vec::new();
+    let mut count = 0u16;
+    let mut push = |entry: &[u8]| {
+        entries.extend_from_slice(entry);
+        count += 1;
+    };
     for id in 0..cpus {
         let flags = CPU_ENABLED | if id == 0 { CPU_BOOT } else { 0 };
-        entries.extend_from_slice(&[0, id, APIC_VERSION, flags]);
-        entries.extend_from_slice(&0x600u32.to_le_bytes()); // cpu signature: family 6
-        entries.extend_from_slice(&0x201u32.to_le_bytes()); // features: FPU, APIC
-        entries.extend_from_slice(&[0u8; 8]);
+        let mut cpu = [0u8; 20];
+        cpu[..4].copy_from_slice(&[0, id, APIC_VERSION, flags]);
+        cpu[4..8].copy_from_slice(&0x600u32.to_le_bytes()); // cpu signature: family 6
+        cpu[8..12].copy_from_slice(&0x201u32.to_le_bytes()); // features: FPU, APIC
+        push(&cpu);
     }
-    entries.extend_from_slice(&[1, 0]);
-    entries.extend_from_slice(b"ISA   ");
-    entries.extend_from_slice(&[2, ioapic_id, IOAPIC_VERSION, 1]);
-    entries.extend_from_slice(&IOAPIC_ADDR.to_le_bytes());
+    push(&[1, 0, b'I', b'S', b'A', b' ', b' ', b' ']);
+    let a = IOAPIC_ADDR.to_le_bytes();
+    push(&[2, ioapic_id, IOAPIC_VERSION, 1, a[0], a[1], a[2], a[3]]);
     for irq in 0..IRQ_COUNT {
         // mp_INT, conforming polarity and trigger, ISA bus 0 irq -> IOAPIC pin irq.
-        entries.extend_from_slice(&[3, 0, 0, 0, 0, irq, ioapic_id, irq]);
+        push(&[3, 0, 0, 0, 0, irq, ioapic_id, irq]);
     }
     // ExtINT on every LAPIC's LINT0, NMI on LINT1.
-    entries.extend_from_slice(&[4, 3, 0, 0, 0, 0, 0xff, 0]);
-    entries.extend_from_slice(&[4, 1, 0, 0, 0, 0, 0xff, 1]);
+    push(&[4, 3, 0, 0, 0, 0, 0xff, 0]);
+    push(&[4, 1, 0, 0, 0, 0, 0xff, 1]);
 
-    let count = (cpus as usize) + 1 + 1 + IRQ_COUNT as usize + 2;
     let table_len = 44 + entries.len();
     let mut table = Vec::with_capacity(table_len);
     table.extend_from_slice(b"PCMP");
@@ -60,7 +64,7 @@ pub fn build(cpus: u8) -> anyhow::Result<Vec<u8>> {
     table.extend_from_slice(b"hull-vmm    ");
     table.extend_from_slice(&0u32.to_le_bytes()); // no OEM table
     table.extend_from_slice(&0u16.to_le_bytes());
-    table.extend_from_slice(&(count as u16).to_le_bytes());
+    table.extend_from_slice(&count.to_le_bytes());
     table.extend_from_slice(&LAPIC_ADDR.to_le_bytes());
     table.extend_from_slice(&0u32.to_le_bytes());
     table.extend_from_slice(&entries);
