@@ -3,7 +3,8 @@
 #
 #   guest-kernel-config/build.sh [PROFILE] [OUTDIR]
 #
-# PROFILE names a fragment, PROFILE.fragment beside this script (default: guest).
+# PROFILE names a fragment, PROFILE.fragment beside this script (default: guest); a
+# `# hull-include: OTHER.fragment` line in it applies OTHER first (test-host builds on guest).
 # tinyconfig + fragment -> olddefconfig -> every requested symbol is checked -> vmlinux.
 # The result is cached in $HULL_CACHE (default ~/.cache/hull) under a key made of the
 # fragment, this script and the source package version, so a warm run only copies files.
@@ -18,10 +19,16 @@ cache_root=${HULL_CACHE:-$HOME/.cache/hull}
 src_tar=/usr/src/linux-source-6.12.tar.xz
 
 [ -f "$fragment" ] || { echo "kernel: no fragment $fragment" >&2; exit 1; }
+fragments=()
+for inc in $(sed -n 's/^# hull-include: *//p' "$fragment"); do
+  [ -f "$here/$inc" ] || { echo "kernel: $fragment includes missing $inc" >&2; exit 1; }
+  fragments+=("$here/$inc")
+done
+fragments+=("$fragment")
 [ -f "$src_tar" ] || { echo "kernel: $src_tar missing; run scripts/setup.sh" >&2; exit 1; }
 
 src_version=$(dpkg-query -W -f='${Version}' linux-source-6.12)
-key=$(cat "$fragment" "$0" <(echo "$src_version") | sha256sum | cut -c1-16)
+key=$(cat "${fragments[@]}" "$0" <(echo "$src_version") | sha256sum | cut -c1-16)
 cached=$cache_root/kernel/$profile-$key
 mkdir -p "$outdir"
 
@@ -36,9 +43,9 @@ if [ ! -f "$cached/vmlinux" ]; then
     touch "$srcdir/.unpacked"
   fi
   mkdir -p "$work"
-  echo "kernel: configuring $profile (tinyconfig + $(basename "$fragment"))"
+  echo "kernel: configuring $profile (tinyconfig + ${fragments[*]##*/})"
   make -s -C "$srcdir" O="$work" tinyconfig >/dev/null
-  "$srcdir/scripts/kconfig/merge_config.sh" -m -O "$work" "$work/.config" "$fragment" >/dev/null
+  "$srcdir/scripts/kconfig/merge_config.sh" -m -O "$work" "$work/.config" "${fragments[@]}" >/dev/null
   make -s -C "$srcdir" O="$work" olddefconfig >/dev/null
 
   # kconfig drops symbols whose dependencies are unmet without a word: check each one.
@@ -51,7 +58,7 @@ if [ ! -f "$cached/vmlinux" ]; then
       sym=${BASH_REMATCH[1]}
       if grep -q "^$sym=" "$work/.config"; then echo "kernel: $sym should be unset" >&2; missing=1; fi
     fi
-  done < "$fragment"
+  done < <(cat "${fragments[@]}")
   [ "$missing" = 0 ] || { echo "kernel: fragment $fragment not honoured; fix its dependencies" >&2; exit 1; }
 
   echo "kernel: building vmlinux ($profile) with $(nproc) jobs; a cold build takes ~10-20 min"

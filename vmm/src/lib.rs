@@ -12,9 +12,12 @@
 //! Not yet here (see issue "hull-vmm"): virtio-blk, vhost-user-fs, seccomp filters, the
 //! API socket.
 
+pub mod api;
 pub mod boot;
+pub mod config;
 pub mod cpu;
 pub mod devices;
 pub mod layout;
 pub mod machine;
 pub mod memory;
+pub mod seccomp;

@@ -13,16 +13,21 @@ use kvm_bindings::{
     kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{self, Serial};
-use crate::devices::virtio::Interrupt;
+use crate::devices::virtio::block::{Block, DiskConfig};
+use crate::devices::virtio::fs::{FsConfig, VhostUserFs};
 use crate::devices::virtio::mmio::{MMIO_LEN, MmioTransport};
 use crate::devices::virtio::vsock::Vsock;
+use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::{Action, PioBus};
 use crate::memory::{self, GuestRam};
+use crate::seccomp::{self, ThreadKind};
 use crate::{boot, cpu};
 
 /// Intel needs a TSS region for real-mode emulation; three pages just below 4 GiB - 12 KiB.
@@ -46,6 +51,10 @@ pub struct MachineConfig {
     pub serial_out: Box<dyn Write + Send>,
     /// virtio-vsock with the hybrid unix socket at `uds`.
     pub vsock: Option<VsockConfig>,
+    /// virtio-blk devices, in order (the guest sees vda, vdb, ...).
+    pub disks: Vec<DiskConfig>,
+    /// virtio-fs devices, each served by a vhost-user daemon.
+    pub fs: Vec<FsConfig>,
 }
 
 pub struct VsockConfig {
@@ -53,9 +62,11 @@ pub struct VsockConfig {
     pub uds: PathBuf,
 }
 
-/// First virtio-mmio window and IRQ; each further device takes the next ones.
+/// First virtio-mmio window and IRQ; each further device takes the next ones, up to the
+/// IOAPIC's last pin.
 const MMIO_BASE: u64 = 0xd000_0000;
 const MMIO_FIRST_IRQ: u32 = 5;
+const MMIO_LAST_IRQ: u32 = 23;
 
 /// The virtio-mmio devices by their window.
 struct MmioBus {
@@ -63,6 +74,31 @@ struct MmioBus {
 }
 
 impl MmioBus {
+    /// Places `device` in the next window with the next IRQ, wired to KVM through an irqfd;
+    /// returns the kernel parameter that announces it.
+    fn add(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        device: Box<dyn VirtioDevice>,
+    ) -> anyhow::Result<String> {
+        let n = self.devices.len() as u32;
+        let irq = MMIO_FIRST_IRQ + n;
+        if irq > MMIO_LAST_IRQ {
+            bail!(
+                "too many virtio devices (at most {})",
+                MMIO_LAST_IRQ - MMIO_FIRST_IRQ + 1
+            );
+        }
+        let base = MMIO_BASE + u64::from(n) * MMIO_LEN;
+        let evt = EventFd::new(libc::EFD_NONBLOCK).context("virtio irq eventfd")?;
+        vm.register_irqfd(&evt, irq)
+            .context("registering a virtio irqfd")?;
+        let transport = MmioTransport::new(device, mem.clone(), Interrupt::new(evt))?;
+        self.devices.push((base, Mutex::new(transport)));
+        Ok(format!(" virtio_mmio.device=4K@{base:#x}:{irq}"))
+    }
+
     fn find(&self, addr: u64) -> Option<(u64, &Mutex<MmioTransport>)> {
         self.devices
             .iter()
@@ -77,7 +113,12 @@ pub enum ExitReason {
     Reset,
     /// A triple fault or KVM shutdown event.
     Shutdown,
+    /// The operator asked for it through the API socket.
+    ApiShutdown,
 }
+
+/// How a VM's end is reported to `Machine::run`.
+pub type ExitSender = mpsc::Sender<anyhow::Result<ExitReason>>;
 
 pub struct Machine {
     _vm: VmFd,
@@ -85,6 +126,8 @@ pub struct Machine {
     vcpus: Vec<VcpuFd>,
     bus: Arc<Mutex<PioBus>>,
     mmio: Arc<MmioBus>,
+    exit_tx: ExitSender,
+    exit_rx: mpsc::Receiver<anyhow::Result<ExitReason>>,
 }
 
 impl Machine {
@@ -133,15 +176,15 @@ impl Machine {
         };
         let mut device_params = String::new();
         if let Some(v) = cfg.vsock {
-            let (base, irq) = (MMIO_BASE, MMIO_FIRST_IRQ);
-            let evt = EventFd::new(libc::EFD_NONBLOCK).context("vsock irq eventfd")?;
-            vm.register_irqfd(&evt, irq)
-                .context("registering the vsock irqfd")?;
             let dev = Vsock::new(v.cid, v.uds)?;
-            let transport =
-                MmioTransport::new(Box::new(dev), ram.memory.clone(), Interrupt::new(evt))?;
-            mmio.devices.push((base, Mutex::new(transport)));
-            device_params.push_str(&format!(" virtio_mmio.device=4K@{base:#x}:{irq}"));
+            device_params += &mmio.add(&vm, &ram.memory, Box::new(dev))?;
+        }
+        for d in &cfg.disks {
+            device_params += &mmio.add(&vm, &ram.memory, Box::new(Block::open(d)?))?;
+        }
+        for f in &cfg.fs {
+            let dev = VhostUserFs::connect(f)?;
+            device_params += &mmio.add(&vm, &ram.memory, Box::new(dev))?;
         }
 
         let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
@@ -180,18 +223,27 @@ impl Machine {
                 cpu::configure_real_mode(&vcpus[0], addr)?;
             }
         }
+        let (exit_tx, exit_rx) = mpsc::channel();
         Ok(Machine {
             _vm: vm,
             _ram: ram,
             vcpus,
             bus,
             mmio: Arc::new(mmio),
+            exit_tx,
+            exit_rx,
         })
     }
 
-    /// Runs every vCPU on its own thread; returns when the first one ends the VM.
+    /// Where other parts of the VMM (the API socket) report that the VM should end.
+    pub fn exit_sender(&self) -> ExitSender {
+        self.exit_tx.clone()
+    }
+
+    /// Runs every vCPU on its own thread; returns when the first one ends the VM (or the
+    /// API asks for it). The calling thread is confined once the vCPUs run.
     pub fn run(self) -> anyhow::Result<ExitReason> {
-        let (tx, rx) = mpsc::channel();
+        let tx = self.exit_tx;
         for (id, vcpu) in self.vcpus.into_iter().enumerate() {
             let bus = self.bus.clone();
             let mmio = self.mmio.clone();
@@ -204,7 +256,9 @@ impl Machine {
                 .context("spawning a vCPU thread")?;
         }
         drop(tx);
-        rx.recv()
+        seccomp::apply_or_exit(ThreadKind::Device);
+        self.exit_rx
+            .recv()
             .context("every vCPU thread ended without a word")?
     }
 }
@@ -221,6 +275,7 @@ fn run_vcpu(
     bus: &Mutex<PioBus>,
     mmio: &MmioBus,
 ) -> anyhow::Result<ExitReason> {
+    seccomp::apply_or_exit(ThreadKind::Vcpu);
     if id == 0 {
         tracing::info!(
             us = process_start().elapsed().as_micros() as u64,

@@ -1,5 +1,6 @@
 //! `hull-vmm`: boots one microVM from a kernel and initrd and runs it until the guest
-//! resets (exit 0), triple-faults (exit 2) or fails (exit 1).
+//! resets or powers off (exit 0), the API asks it to stop (exit 0), it triple-faults
+//! (exit 2), a thread breaks its seccomp filter (exit 3), or it fails (exit 1).
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -8,21 +9,28 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hull_vmm::boot::DEFAULT_CMDLINE;
-use hull_vmm::machine::{Boot, ExitReason, Machine, MachineConfig, VsockConfig};
+use hull_vmm::config::{DEFAULT_CID, DEFAULT_MEMORY_MIB, DiskJson, FsJson, VmConfig, VsockJson};
+use hull_vmm::devices::virtio::block::DiskConfig;
+use hull_vmm::devices::virtio::fs::FsConfig;
+use hull_vmm::machine::{Boot, ExitReason, Machine, MachineConfig};
 
 #[derive(Debug, Parser)]
 #[command(name = "hull-vmm", version, about = "hull's KVM microVM monitor")]
 struct Cli {
+    /// The whole VM as JSON (same fields as the flags); excludes the other VM flags.
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "vcpus",
+        "vsock_uds", "disk", "fs_socket", "serial_log", "api_sock"])]
+    config: Option<PathBuf>,
     /// Guest kernel: ELF vmlinux or bzImage.
-    #[arg(long)]
-    kernel: PathBuf,
+    #[arg(long, required_unless_present = "config")]
+    kernel: Option<PathBuf>,
     #[arg(long)]
     initrd: Option<PathBuf>,
     /// Kernel parameters, appended to hull's defaults.
     #[arg(long, default_value = "")]
     cmdline: String,
     /// Guest memory in MiB.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = DEFAULT_MEMORY_MIB)]
     memory: u32,
     #[arg(long, default_value_t = 1)]
     vcpus: u8,
@@ -33,8 +41,92 @@ struct Cli {
     #[arg(long)]
     vsock_uds: Option<PathBuf>,
     /// The guest's vsock context id.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = DEFAULT_CID)]
     vsock_cid: u64,
+    /// A virtio-blk disk: PATH[,ro]. Repeatable; the guest sees vda, vdb, ...
+    #[arg(long)]
+    disk: Vec<DiskConfig>,
+    /// A virtio-fs device served by a vhost-user daemon: SOCKET,TAG. Repeatable.
+    #[arg(long)]
+    fs_socket: Vec<FsConfig>,
+    /// The API socket (JSON lines; `{"action":"shutdown"}` stops the VM).
+    #[arg(long)]
+    api_sock: Option<PathBuf>,
+    /// Run without seccomp filters (debugging only).
+    #[arg(long)]
+    no_seccomp: bool,
+}
+
+impl Cli {
+    fn vm_config(self) -> anyhow::Result<VmConfig> {
+        if let Some(path) = &self.config {
+            return VmConfig::from_file(path);
+        }
+        Ok(VmConfig {
+            kernel: self.kernel.expect("clap requires --kernel"),
+            initrd: self.initrd,
+            cmdline: self.cmdline,
+            memory_mib: self.memory,
+            vcpus: self.vcpus,
+            vsock: self.vsock_uds.map(|uds| VsockJson {
+                uds,
+                cid: self.vsock_cid,
+            }),
+            disks: self
+                .disk
+                .into_iter()
+                .map(|d| DiskJson {
+                    path: d.path,
+                    read_only: d.read_only,
+                })
+                .collect(),
+            fs: self
+                .fs_socket
+                .into_iter()
+                .map(|f| FsJson {
+                    socket: f.socket,
+                    tag: f.tag,
+                })
+                .collect(),
+            serial_log: self.serial_log,
+            api_sock: self.api_sock,
+        })
+    }
+}
+
+fn run(cfg: VmConfig) -> anyhow::Result<ExitReason> {
+    let serial_out: Box<dyn Write + Send> = match &cfg.serial_log {
+        Some(p) => Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| anyhow::anyhow!("opening {}: {e}", p.display()))?,
+        ),
+        None => Box::new(std::io::stdout()),
+    };
+    let cmdline = if cfg.cmdline.is_empty() {
+        DEFAULT_CMDLINE.to_string()
+    } else {
+        format!("{DEFAULT_CMDLINE} {}", cfg.cmdline)
+    };
+    let machine = Machine::new(MachineConfig {
+        memory_mib: cfg.memory_mib,
+        vcpus: cfg.vcpus,
+        boot: Boot::Linux {
+            kernel: cfg.kernel.clone(),
+            initrd: cfg.initrd.clone(),
+            cmdline,
+        },
+        serial_out,
+        vsock: cfg.vsock_config(),
+        disks: cfg.disk_configs(),
+        fs: cfg.fs_configs()?,
+    })?;
+    if let Some(p) = &cfg.api_sock {
+        hull_vmm::api::serve(p, machine.exit_sender())?;
+    }
+    machine.run()
 }
 
 fn main() -> ExitCode {
@@ -45,38 +137,19 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .try_init();
-    let serial_out: Box<dyn Write + Send> = match &cli.serial_log {
-        Some(p) => match OpenOptions::new().create(true).append(true).open(p) {
-            Ok(f) => Box::new(f),
-            Err(e) => {
-                eprintln!("hull-vmm: opening {}: {e}", p.display());
-                return ExitCode::FAILURE;
-            }
-        },
-        None => Box::new(std::io::stdout()),
-    };
-    let cmdline = if cli.cmdline.is_empty() {
-        DEFAULT_CMDLINE.to_string()
-    } else {
-        format!("{DEFAULT_CMDLINE} {}", cli.cmdline)
-    };
-    let cfg = MachineConfig {
-        memory_mib: cli.memory,
-        vcpus: cli.vcpus,
-        boot: Boot::Linux {
-            kernel: cli.kernel,
-            initrd: cli.initrd,
-            cmdline,
-        },
-        serial_out,
-        vsock: cli.vsock_uds.map(|uds| VsockConfig {
-            cid: cli.vsock_cid,
-            uds,
-        }),
-    };
-    match Machine::new(cfg).and_then(Machine::run) {
+    if cli.no_seccomp {
+        hull_vmm::seccomp::disable();
+    } else if let Err(e) = hull_vmm::seccomp::install_sigsys_handler() {
+        eprintln!("hull-vmm: installing the SIGSYS handler: {e}");
+        return ExitCode::FAILURE;
+    }
+    match cli.vm_config().and_then(run) {
         Ok(ExitReason::Reset) => {
             eprintln!("hull-vmm: guest reset: VM ended");
+            ExitCode::SUCCESS
+        }
+        Ok(ExitReason::ApiShutdown) => {
+            eprintln!("hull-vmm: shut down through the API");
             ExitCode::SUCCESS
         }
         Ok(ExitReason::Shutdown) => {

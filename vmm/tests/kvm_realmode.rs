@@ -19,6 +19,8 @@ fn run(image: &[u8]) -> (anyhow::Result<ExitReason>, Vec<u8>) {
         },
         serial_out: Box::new(out.clone()),
         vsock: None,
+        disks: Vec::new(),
+        fs: Vec::new(),
     };
     let r = Machine::new(cfg).and_then(Machine::run);
     (r, out.contents())
@@ -50,6 +52,8 @@ fn bad_configurations_are_errors() {
         },
         serial_out: Box::new(std::io::sink()),
         vsock: None,
+        disks: Vec::new(),
+        fs: Vec::new(),
     };
     assert!(Machine::new(cfg(0, 32)).is_err_and(|e| e.to_string().contains("vCPU")));
     assert!(Machine::new(cfg(1, 4)).is_err_and(|e| e.to_string().contains("16 MiB")));
@@ -63,6 +67,8 @@ fn bad_configurations_are_errors() {
         },
         serial_out: Box::new(std::io::sink()),
         vsock: None,
+        disks: Vec::new(),
+        fs: Vec::new(),
     };
     assert!(
         Machine::new(missing).is_err_and(|e| format!("{e:#}").contains("/nonexistent/vmlinux"))

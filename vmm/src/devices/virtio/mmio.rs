@@ -176,6 +176,7 @@ impl MmioTransport {
                 self.status = v & !STATUS_FEATURES_OK;
                 return;
             }
+            self.device.ack_features(self.driver_features);
         }
         self.status = v;
         let ready = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;

@@ -1,6 +1,8 @@
 //! virtio devices over the MMIO transport. A device sees its queues and guest memory once
 //! the driver has set it up (DRIVER_OK), and signals used buffers through an interrupt.
 
+pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod vsock;
 
@@ -38,11 +40,25 @@ impl Interrupt {
     }
 }
 
+/// Copies a device's config space at `offset` into `data`; bytes past its end read as 0.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|o| config.get(o))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
 pub trait VirtioDevice: Send {
     fn device_type(&self) -> u32;
     fn queue_max_sizes(&self) -> &[u16];
     fn features(&self) -> u64;
     fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// The features the driver accepted (a subset of `features()` plus VERSION_1).
+    fn ack_features(&mut self, _features: u64) {}
     /// The driver finished setup: the device may use its queues from now on.
     fn activate(
         &mut self,

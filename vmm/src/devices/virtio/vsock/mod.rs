@@ -18,7 +18,7 @@ use anyhow::Context;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
-use super::{Interrupt, VirtioDevice};
+use super::{Interrupt, VirtioDevice, read_config_bytes};
 pub use muxer::Muxer;
 
 pub const DEVICE_TYPE: u32 = 19;
@@ -60,10 +60,7 @@ impl VirtioDevice for Vsock {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // The config space is the 64-bit guest cid.
-        let cid = self.cid.to_le_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = cid.get(offset as usize + i).copied().unwrap_or(0);
-        }
+        read_config_bytes(&self.cid.to_le_bytes(), offset, data);
     }
 
     fn activate(

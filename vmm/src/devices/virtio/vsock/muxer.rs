@@ -521,6 +521,7 @@ pub fn spawn_event_loop(muxer: Arc<Mutex<Muxer>>) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("vsock".into())
         .spawn(move || {
+            crate::seccomp::apply_or_exit(crate::seccomp::ThreadKind::Device);
             let mut events = vec![EpollEvent::default(); 64];
             loop {
                 let n = match epoll.wait(-1, &mut events) {

@@ -1,0 +1,136 @@
+//! The API socket: a unix socket taking one JSON request per line and answering one JSON
+//! line each. Requests: `{"action":"ping"}` answers `{"ok":true}`; `{"action":"shutdown"}`
+//! answers, then ends the VM (hull-vmm exits 0). Anything else gets `{"ok":false,
+//! "error":...}` and changes nothing.
+//!
+//!   echo '{"action":"shutdown"}' | socat - UNIX-CONNECT:/run/vm/api.sock
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::machine::{ExitReason, ExitSender};
+use crate::seccomp::{self, ThreadKind};
+
+/// What one connection may send in all; a client can't make the VMM buffer more.
+const MAX_CONNECTION_BYTES: u64 = 256 * 1024;
+
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Request {
+    Ping,
+    Shutdown,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope {
+    action: Request,
+}
+
+/// Binds `path` (replacing a stale socket) and serves it on its own thread.
+pub fn serve(path: &Path, exit: ExitSender) -> anyhow::Result<()> {
+    if path.exists() {
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale API socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::thread::Builder::new()
+        .name("api".into())
+        .spawn(move || {
+            seccomp::apply_or_exit(ThreadKind::Device);
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(c) => {
+                        if let Err(e) = handle(c, &exit) {
+                            tracing::warn!(error = %e, "API connection");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "API accept"),
+                }
+            }
+        })
+        .context("spawning the API thread")?;
+    Ok(())
+}
+
+fn handle(conn: UnixStream, exit: &ExitSender) -> std::io::Result<()> {
+    let mut out = conn.try_clone()?;
+    let mut reader = BufReader::new(std::io::Read::take(conn, MAX_CONNECTION_BYTES));
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let (reply, request) = answer(&line);
+        out.write_all(reply.as_bytes())?;
+        if request == Some(Request::Shutdown) {
+            tracing::info!("shutdown requested through the API");
+            let _ = exit.send(Ok(ExitReason::ApiShutdown));
+            return Ok(());
+        }
+    }
+}
+
+/// The reply line for one request line, and the request if it was valid.
+fn answer(line: &str) -> (String, Option<Request>) {
+    match serde_json::from_str::<Envelope>(line.trim()) {
+        Ok(Envelope { action: r }) => ("{\"ok\":true}\n".into(), Some(r)),
+        Err(e) => (
+            format!(
+                "{}\n",
+                serde_json::json!({"ok": false, "error": format!("bad request: {e}")})
+            ),
+            None,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_errors() {
+        assert_eq!(
+            answer("{\"action\":\"shutdown\"}\n"),
+            ("{\"ok\":true}\n".into(), Some(Request::Shutdown))
+        );
+        assert_eq!(answer(" {\"action\":\"ping\"} ").1, Some(Request::Ping));
+        for bad in [
+            "",
+            "{}",
+            "{\"action\":\"reboot\"}",
+            "not json",
+            "{\"action\":\"ping\",\"x\":1}",
+        ] {
+            let (reply, req) = answer(bad);
+            assert!(
+                req.is_none() && reply.contains("\"ok\":false"),
+                "{bad}: {reply}"
+            );
+        }
+    }
+
+    #[test]
+    fn shutdown_over_the_socket_reaches_the_vm() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sock");
+        std::fs::write(&path, "stale").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        serve(&path, tx).unwrap();
+        let mut c = UnixStream::connect(&path).unwrap();
+        c.write_all(b"{\"action\":\"ping\"}\nbogus\n{\"action\":\"shutdown\"}\n")
+            .unwrap();
+        let mut lines = BufReader::new(c).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "{\"ok\":true}");
+        assert!(lines.next().unwrap().unwrap().contains("bad request"));
+        assert_eq!(lines.next().unwrap().unwrap(), "{\"ok\":true}");
+        assert_eq!(rx.recv().unwrap().unwrap(), ExitReason::ApiShutdown);
+    }
+}

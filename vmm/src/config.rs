@@ -1,0 +1,164 @@
+//! What to boot, from the command line or a JSON file (`--config vm.json`), in one type.
+//! The JSON form has the same fields as the flags:
+//!
+//! ```json
+//! {"kernel": "build/vmlinux", "initrd": "build/initrd.img", "memory_mib": 256, "vcpus": 1,
+//!  "vsock": {"uds": "/run/vm/vsock.sock", "cid": 3},
+//!  "disks": [{"path": "data.img", "read_only": true}],
+//!  "fs": [{"socket": "/run/vm/fs.sock", "tag": "hullfs"}],
+//!  "serial_log": "/run/vm/console.log", "api_sock": "/run/vm/api.sock"}
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::devices::virtio::block::DiskConfig;
+use crate::devices::virtio::fs::FsConfig;
+use crate::machine::VsockConfig;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Appended to hull-vmm's default kernel parameters.
+    #[serde(default)]
+    pub cmdline: String,
+    #[serde(default = "default_memory")]
+    pub memory_mib: u32,
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    #[serde(default)]
+    pub vsock: Option<VsockJson>,
+    #[serde(default)]
+    pub disks: Vec<DiskJson>,
+    #[serde(default)]
+    pub fs: Vec<FsJson>,
+    #[serde(default)]
+    pub serial_log: Option<PathBuf>,
+    #[serde(default)]
+    pub api_sock: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockJson {
+    pub uds: PathBuf,
+    #[serde(default = "default_cid")]
+    pub cid: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskJson {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsJson {
+    pub socket: PathBuf,
+    pub tag: String,
+}
+
+pub const DEFAULT_MEMORY_MIB: u32 = 256;
+pub const DEFAULT_CID: u64 = 3;
+
+fn default_memory() -> u32 {
+    DEFAULT_MEMORY_MIB
+}
+fn default_vcpus() -> u8 {
+    1
+}
+fn default_cid() -> u64 {
+    DEFAULT_CID
+}
+
+impl VmConfig {
+    pub fn from_file(path: &Path) -> anyhow::Result<VmConfig> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let cfg: VmConfig =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        cfg.fs_configs()?;
+        Ok(cfg)
+    }
+
+    pub fn vsock_config(&self) -> Option<VsockConfig> {
+        self.vsock.as_ref().map(|v| VsockConfig {
+            cid: v.cid,
+            uds: v.uds.clone(),
+        })
+    }
+
+    pub fn disk_configs(&self) -> Vec<DiskConfig> {
+        self.disks
+            .iter()
+            .map(|d| DiskConfig {
+                path: d.path.clone(),
+                read_only: d.read_only,
+            })
+            .collect()
+    }
+
+    /// The virtio-fs devices, with their tags checked as the flag form checks them.
+    pub fn fs_configs(&self) -> anyhow::Result<Vec<FsConfig>> {
+        self.fs
+            .iter()
+            .map(|f| {
+                format!("{},{}", f.socket.display(), f.tag)
+                    .parse::<FsConfig>()
+                    .map_err(|e| anyhow::anyhow!("fs device {}: {e}", f.socket.display()))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> anyhow::Result<VmConfig> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("vm.json");
+        std::fs::write(&p, json).unwrap();
+        VmConfig::from_file(&p)
+    }
+
+    #[test]
+    fn json_config_with_defaults_and_devices() {
+        let c = parse(
+            r#"{"kernel":"/k","vsock":{"uds":"/v.sock"},"disks":[{"path":"/d.img","read_only":true}],
+                "fs":[{"socket":"/fs.sock","tag":"hullfs"}]}"#,
+        )
+        .unwrap();
+        assert_eq!((c.memory_mib, c.vcpus), (256, 1));
+        assert_eq!(c.vsock_config().unwrap().cid, 3);
+        assert!(c.disk_configs()[0].read_only);
+        assert_eq!(c.fs_configs().unwrap()[0].tag, "hullfs");
+    }
+
+    #[test]
+    fn bad_json_configs_are_clear_errors() {
+        for (json, want) in [
+            (
+                r#"{"kernel":"/k","memroy_mib":1}"#,
+                "unknown field `memroy_mib`",
+            ),
+            (r#"{"memory_mib":128}"#, "missing field `kernel`"),
+            (
+                r#"{"kernel":"/k","fs":[{"socket":"/s","tag":""}]}"#,
+                "tag must be",
+            ),
+            ("{", "EOF"),
+        ] {
+            let e = format!("{:#}", parse(json).unwrap_err());
+            assert!(e.contains(want), "{json}: {e}");
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! virtio-fs (device type 26) as a vhost-user frontend: the file system itself is served
+//! by a vhost-user daemon (virtiofsd) that maps guest memory from the memfd and works the
+//! queues directly. hull-vmm only negotiates, hands over memory and rings, forwards the
+//! guest's queue notifications to the daemon's kick eventfds, and turns the daemon's call
+//! eventfds into the device's interrupt.
+//!
+//! The daemon is a separate, possibly failing process: every error from it fails the
+//! device (logged), never the VMM.
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{Interrupt, VIRTIO_F_VERSION_1, VirtioDevice, read_config_bytes};
+
+pub const DEVICE_TYPE: u32 = 26;
+/// The high-priority queue and one request queue.
+const QUEUE_SIZES: [u16; 2] = [1024, 1024];
+/// The longest tag the guest can see (virtio 1.2, 5.11.4).
+pub const TAG_MAX: usize = 36;
+/// Ring features the daemon implements and hull passes through to the guest.
+const RING_INDIRECT_DESC: u64 = 1 << 28;
+const RING_EVENT_IDX: u64 = 1 << 29;
+const PASSTHROUGH: u64 = VIRTIO_F_VERSION_1 | RING_INDIRECT_DESC | RING_EVENT_IDX;
+
+/// A virtio-fs device as configured by the operator: `SOCKET,TAG`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsConfig {
+    pub socket: PathBuf,
+    pub tag: String,
+}
+
+impl std::str::FromStr for FsConfig {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (socket, tag) = s
+            .rsplit_once(',')
+            .ok_or("expected SOCKET,TAG (the vhost-user socket and the mount tag)")?;
+        if socket.is_empty() {
+            return Err("empty virtio-fs socket path".into());
+        }
+        if tag.is_empty() || tag.len() > TAG_MAX {
+            return Err(format!("virtio-fs tag must be 1..={TAG_MAX} bytes"));
+        }
+        Ok(FsConfig {
+            socket: socket.into(),
+            tag: tag.into(),
+        })
+    }
+}
+
+pub struct VhostUserFs {
+    frontend: Frontend,
+    socket: PathBuf,
+    backend_features: u64,
+    acked_features: u64,
+    config: [u8; TAG_MAX + 4],
+    kicks: Vec<EventFd>,
+    forwarder: Forwarder,
+    active: bool,
+}
+
+impl VhostUserFs {
+    /// Connects to the daemon now, so that a missing or dead one is a clear start-up error.
+    pub fn connect(cfg: &FsConfig) -> anyhow::Result<VhostUserFs> {
+        let frontend = Frontend::connect(&cfg.socket, QUEUE_SIZES.len() as u64)
+            .with_context(|| format!("connecting to virtiofsd at {}", cfg.socket.display()))?;
+        frontend.set_owner().context("vhost-user SET_OWNER")?;
+        let backend_features = frontend.get_features().context("vhost-user GET_FEATURES")?;
+        anyhow::ensure!(
+            backend_features & VIRTIO_F_VERSION_1 != 0,
+            "the vhost-user daemon at {} does not speak virtio 1",
+            cfg.socket.display()
+        );
+        let mut config = [0u8; TAG_MAX + 4];
+        config[..cfg.tag.len()].copy_from_slice(cfg.tag.as_bytes());
+        config[TAG_MAX..].copy_from_slice(&1u32.to_le_bytes());
+        let kicks = QUEUE_SIZES
+            .iter()
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
+            .collect::<Result<Vec<_>, _>>()
+            .context("kick eventfds")?;
+        Ok(VhostUserFs {
+            frontend,
+            socket: cfg.socket.clone(),
+            backend_features,
+            acked_features: 0,
+            config,
+            kicks,
+            forwarder: Forwarder::spawn(QUEUE_SIZES.len())?,
+            active: false,
+        })
+    }
+
+    fn setup_backend(&mut self, mem: &GuestMemoryMmap, queues: &[Queue]) -> anyhow::Result<()> {
+        let calls = &self.forwarder.calls;
+        let f = &mut self.frontend;
+        let protocol = self.backend_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+        f.set_features(self.acked_features | protocol)
+            .context("SET_FEATURES")?;
+        if protocol != 0 {
+            let theirs = f.get_protocol_features().context("GET_PROTOCOL_FEATURES")?;
+            f.set_protocol_features(theirs & VhostUserProtocolFeatures::REPLY_ACK)
+                .context("SET_PROTOCOL_FEATURES")?;
+        }
+        let regions = mem
+            .iter()
+            .map(VhostUserMemoryRegionInfo::from_guest_region)
+            .collect::<Result<Vec<_>, _>>()
+            .context("describing guest memory")?;
+        f.set_mem_table(&regions).context("SET_MEM_TABLE")?;
+        for (i, q) in queues.iter().enumerate() {
+            let host = |addr: u64| -> anyhow::Result<u64> {
+                Ok(mem
+                    .get_host_address(GuestAddress(addr))
+                    .with_context(|| format!("queue {i}: ring at {addr:#x} outside guest memory"))?
+                    as u64)
+            };
+            let ring = VringConfigData {
+                queue_max_size: q.max_size(),
+                queue_size: q.size(),
+                flags: 0,
+                desc_table_addr: host(q.desc_table())?,
+                used_ring_addr: host(q.used_ring())?,
+                avail_ring_addr: host(q.avail_ring())?,
+                log_addr: None,
+            };
+            f.set_vring_num(i, q.size()).context("SET_VRING_NUM")?;
+            f.set_vring_addr(i, &ring).context("SET_VRING_ADDR")?;
+            f.set_vring_base(i, 0).context("SET_VRING_BASE")?;
+            f.set_vring_call(i, &calls[i]).context("SET_VRING_CALL")?;
+            f.set_vring_kick(i, &self.kicks[i])
+                .context("SET_VRING_KICK")?;
+            if protocol != 0 {
+                f.set_vring_enable(i, true).context("SET_VRING_ENABLE")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl VirtioDevice for VhostUserFs {
+    fn device_type(&self) -> u32 {
+        DEVICE_TYPE
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        self.backend_features & PASSTHROUGH
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked_features = features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Interrupt,
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(queues.len() == QUEUE_SIZES.len(), "virtio-fs has 2 queues");
+        self.setup_backend(&mem, &queues)
+            .with_context(|| format!("vhost-user daemon at {}", self.socket.display()))?;
+        *self.forwarder.target.lock().expect("fs irq lock") = Some(interrupt);
+        self.active = true;
+        Ok(())
+    }
+
+    fn notify(&mut self, index: u16) {
+        if let Some(k) = self.kicks.get(usize::from(index))
+            && let Err(e) = k.write(1)
+        {
+            tracing::warn!(error = %e, "virtio-fs: kicking the daemon");
+        }
+    }
+
+    fn reset(&mut self) {
+        // Stop the daemon's rings (GET_VRING_BASE) so it no longer touches guest memory.
+        *self.forwarder.target.lock().expect("fs irq lock") = None;
+        if std::mem::take(&mut self.active) {
+            for i in 0..QUEUE_SIZES.len() {
+                if let Err(e) = self.frontend.get_vring_base(i) {
+                    tracing::warn!(error = %e, queue = i, "virtio-fs: stopping a ring");
+                }
+            }
+        }
+    }
+}
+
+/// The thread that turns the daemon's call eventfds into the device interrupt. It is
+/// started with the device, before any seccomp filter, and raises the interrupt only while
+/// the device is active.
+struct Forwarder {
+    calls: Arc<Vec<EventFd>>,
+    target: Arc<Mutex<Option<Interrupt>>>,
+    stop: Arc<EventFd>,
+}
+
+impl Forwarder {
+    fn spawn(queues: usize) -> anyhow::Result<Forwarder> {
+        let calls = (0..queues)
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
+            .collect::<Result<Vec<_>, _>>()
+            .context("call eventfds")?;
+        let calls = Arc::new(calls);
+        let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).context("stop eventfd")?);
+        let epoll = Epoll::new().context("epoll")?;
+        for (i, c) in calls.iter().enumerate() {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    c.as_raw_fd(),
+                    EpollEvent::new(EventSet::IN, i as u64),
+                )
+                .context("epoll add")?;
+        }
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                stop.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, queues as u64),
+            )
+            .context("epoll add")?;
+        let target: Arc<Mutex<Option<Interrupt>>> = Arc::default();
+        let (t_calls, t_target, t_stop) = (calls.clone(), target.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("virtio-fs-irq".into())
+            .spawn(move || {
+                crate::seccomp::apply_or_exit(crate::seccomp::ThreadKind::Device);
+                let mut events = vec![EpollEvent::default(); queues + 1];
+                loop {
+                    let n = match epoll.wait(-1, &mut events) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            tracing::error!(error = %e, "virtio-fs: epoll");
+                            return;
+                        }
+                    };
+                    for ev in &events[..n] {
+                        let Some(c) = t_calls.get(ev.data() as usize) else {
+                            let _ = t_stop.read();
+                            return;
+                        };
+                        let _ = c.read();
+                        if let Some(i) = t_target.lock().expect("fs irq lock").as_ref() {
+                            i.signal_used();
+                        }
+                    }
+                }
+            })
+            .context("spawning the virtio-fs interrupt thread")?;
+        Ok(Forwarder {
+            calls,
+            target,
+            stop,
+        })
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        let _ = self.stop.write(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fs_options_parse() {
+        let c: FsConfig = "/run/fs.sock,hullfs".parse().unwrap();
+        assert_eq!(c.socket, PathBuf::from("/run/fs.sock"));
+        assert_eq!(c.tag, "hullfs");
+        assert!("/run/fs.sock".parse::<FsConfig>().is_err());
+        assert!(",tag".parse::<FsConfig>().is_err());
+        assert!("/s,".parse::<FsConfig>().is_err());
+        assert!(
+            format!("/s,{}", "t".repeat(37))
+                .parse::<FsConfig>()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_missing_daemon_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = FsConfig {
+            socket: dir.path().join("none.sock"),
+            tag: "t".into(),
+        };
+        let err = format!("{:#}", VhostUserFs::connect(&cfg).err().unwrap());
+        assert!(err.contains("connecting to virtiofsd"), "{err}");
+    }
+}
