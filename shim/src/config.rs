@@ -11,8 +11,11 @@ pub const DEFAULT_PATH: &str = "/etc/hull/config.toml";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HypervisorKind {
-    /// hull-vmm where /dev/kvm runs a stock guest, QEMU otherwise (QEMU until hull-vmm lands).
+    /// hull-vmm where /dev/kvm runs a stock guest, QEMU otherwise.
     Auto,
+    /// hull-vmm (needs hardware KVM).
+    Builtin,
+    /// QEMU, with KVM where usable and TCG otherwise.
     Qemu,
 }
 
@@ -26,7 +29,8 @@ pub struct HullConfig {
     pub memory_mib: u32,
     /// Appended to hull's kernel command line.
     pub kernel_params: String,
-    /// Empty: looked up on PATH (and ~/.cargo/bin).
+    /// Empty: looked up beside the shim, on PATH, and in ~/.cargo/bin.
+    pub hull_vmm: PathBuf,
     pub qemu: PathBuf,
     pub virtiofsd: PathBuf,
     pub vhost_device_vsock: PathBuf,
@@ -49,6 +53,7 @@ impl Default for HullConfig {
             vcpus: 1,
             memory_mib: 256,
             kernel_params: String::new(),
+            hull_vmm: PathBuf::new(),
             qemu: PathBuf::new(),
             virtiofsd: PathBuf::new(),
             vhost_device_vsock: PathBuf::new(),

@@ -1,43 +1,36 @@
 #!/usr/bin/env bash
-# Runs a command inside hull's nested test host: a QEMU TCG VM with emulated AMD SVM,
-# booted from Debian's prebuilt cloud kernel with kvm-amd (nested=1) loaded, so /dev/kvm
-# inside is real Linux KVM. Files named with --file are shipped in its initramfs under
-# /hull/ (the cloud kernel has no 9p or virtio-fs for sharing the host tree).
+# Runs a command inside hull's nested test host (TESTING.md tier 4): a QEMU TCG microVM
+# with emulated AMD SVM, booted from the `test-host` kernel profile
+# (guest-kernel-config/test-host.fragment: hull's guest kernel plus built-in KVM/kvm-amd
+# and 9p), so /dev/kvm inside is real Linux KVM. The host's whole tree is shared
+# read-only over virtio-9p under a tmpfs overlay: the command sees this machine's files
+# (the repo, containerd, virtiofsd, ...) at their usual paths, runs as root in the
+# caller's working directory, and whatever it writes vanishes with the test host.
 #
-#   tests/nested/test-host.sh [--timeout S] [--file SRC[:NAME]]... -- COMMAND...
+#   tests/nested/test-host.sh [--timeout S] [--memory MIB] -- COMMAND...
 #
 # Prints what the command printed and exits with its status: 124 if it timed out,
 # 125 if the test host itself failed. Leaves nothing behind (a private temp dir).
 set -euo pipefail
 
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
 timeout_s=300
-files=()
+memory=2048
 while [ $# -gt 0 ]; do
   case $1 in
     --timeout) timeout_s=$2; shift 2 ;;
-    --file) files+=("$2"); shift 2 ;;
+    --memory) memory=$2; shift 2 ;;
     --) shift; break ;;
     *) echo "test-host: unknown option $1" >&2; exit 125 ;;
   esac
 done
 [ $# -gt 0 ] || { echo "test-host: no command" >&2; exit 125; }
 
-# The test-host kernel and its KVM modules, cached by package version.
-cache=${HULL_CACHE:-$HOME/.cache/hull}/test-host
-pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
-[ -n "$pkg" ] || { echo "test-host: linux-image-cloud-amd64 not known to apt" >&2; exit 125; }
-kdir=$cache/$pkg
-if [ ! -f "$kdir/vmlinuz" ]; then
-  dl=$(mktemp -d)
-  (cd "$dl" && apt-get download -q "$pkg" >/dev/null 2>&1) || { echo "test-host: downloading $pkg failed" >&2; rm -rf "$dl"; exit 125; }
-  dpkg-deb -x "$dl"/*.deb "$dl/x"
-  mkdir -p "$kdir.tmp"
-  cp "$dl"/x/boot/vmlinuz-* "$kdir.tmp/vmlinuz"
-  for m in virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko arch/x86/kvm/kvm-amd.ko; do
-    cp "$(find "$dl/x/lib/modules" -path "*/kernel/$m*" | head -1)" "$kdir.tmp/"
-  done
-  rm -rf "$dl" "$kdir" && mv "$kdir.tmp" "$kdir"
-fi
+# The test-host kernel (cached; a warm run only copies it).
+"$repo/guest-kernel-config/build.sh" test-host "$repo/build" >/dev/null \
+  || { echo "test-host: building the test-host kernel failed" >&2; exit 125; }
+kernel=$repo/build/vmlinux-test-host
 
 work=$(mktemp -d /tmp/hull-testhost.XXXXXX)
 qemu_pid=
@@ -48,33 +41,43 @@ cleanup() {
 trap cleanup EXIT
 
 root=$work/root
-mkdir -p "$root"/{bin,proc,sys,dev,tmp,hull,modules}
+mkdir -p "$root"/{bin,proc,sys,dev,host,rw,newroot}
 cp /bin/busybox "$root/bin/busybox"
-cp "$kdir"/*.ko* "$root/modules/"
-for f in "${files[@]}"; do
-  src=${f%%:*}; name=${f#*:}; [ "$name" = "$f" ] && name=$(basename "$src")
-  cp -L "$src" "$root/hull/$name"
-done
-printf '%s\n' "$*" >"$root/hull/cmd.sh"
+{ printf 'cd %q || exit 125\n' "$PWD"; printf '%s\n' "$*"; } >"$root/cmd.sh"
 cat >"$root/init" <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
-mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev; mount -t tmpfs tmp /tmp
-for m in irqbypass kvm kvm-amd; do
-  if [ "$m" = kvm-amd ]; then insmod /modules/$m.ko* nested=1; else insmod /modules/$m.ko*; fi
-done
+mount -t proc proc /proc
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=loose,ro hostroot /host
+mount -t tmpfs -o size=75% rw /rw
+mkdir -p /rw/upper /rw/work
+mount -t overlay -o lowerdir=/host,upperdir=/rw/upper,workdir=/rw/work overlay /newroot
+for d in proc sys dev tmp run sys/fs/cgroup; do mkdir -p /newroot/$d; done
+mount -t proc proc /newroot/proc
+mount -t sysfs sys /newroot/sys
+mount -t devtmpfs dev /newroot/dev
+mount -t tmpfs tmp /newroot/tmp
+mount -t tmpfs run /newroot/run
+mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup
+cp /cmd.sh /newroot/tmp/.hull-cmd.sh
 echo HULL-TEST-HOST-READY
-cd /hull && sh /hull/cmd.sh; rc=$?
+chroot /newroot /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/root/.cargo/bin HOME=/root \
+  /bin/sh /tmp/.hull-cmd.sh </newroot/dev/null; rc=$?
 echo "HULL-TEST-HOST-EXIT=$rc"
-poweroff -f
+reboot -f
 INIT
 chmod +x "$root/init"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initramfs.gz"
 
+# A microVM under TCG needs the TSC frequency, or it hangs calibrating it.
+khz=$(awk -F: '/^cpu MHz/ {printf "%d", $2 * 1000; exit}' /proc/cpuinfo)
 console=$work/console.log
-timeout "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max -m 1536 -smp 2 \
-  -kernel "$kdir/vmlinuz" -initrd "$work/initramfs.gz" \
-  -append "console=ttyS0 quiet panic=-1" \
+timeout "$timeout_s" qemu-system-x86_64 -M microvm,acpi=off,rtc=on -accel tcg -cpu max \
+  -m "$memory" -smp 2 -kernel "$kernel" -initrd "$work/initramfs.gz" \
+  -append "console=ttyS0 quiet panic=-1 reboot=t kvm_amd.nested=1 tsc_early_khz=$khz" \
+  -fsdev local,id=host,path=/,security_model=none,readonly=on,multidevs=remap \
+  -device virtio-9p-device,fsdev=host,mount_tag=hostroot \
+  -global virtio-mmio.force-legacy=off \
   -nodefaults -no-user-config -nographic -no-reboot -serial "file:$console" &
 qemu_pid=$!
 set +e

@@ -6,6 +6,8 @@ pub mod agent;
 pub mod agent_ops;
 pub mod bundle;
 pub mod containerd;
+pub mod nested;
+pub mod scenarios;
 pub mod vm;
 
 use std::path::PathBuf;

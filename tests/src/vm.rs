@@ -1,5 +1,6 @@
-//! A pod VM for tests: QEMU (TCG here) booting `build/vmlinux` + `build/initrd.img` with
-//! a private share directory over virtio-fs, and the agent's clients over hybrid vsock.
+//! A pod VM for tests, booted by either backend (QEMU here; hull-vmm inside the nested
+//! test host) from `build/vmlinux` + `build/initrd.img` with a private share directory
+//! over virtio-fs, and the agent's clients over hybrid vsock.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -7,9 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hull_protocols::agent::{CreateSandboxRequest, Storage};
 use hull_shim::agent_client::AgentClient;
-use hull_shim::hypervisor::Vm;
-use hull_shim::hypervisor::accel::Accel;
-use hull_shim::hypervisor::qemu::{QemuConfig, QemuVm, SHARED_FS_TAG};
+use hull_shim::config::{HullConfig, HypervisorKind};
+use hull_shim::hypervisor::{SHARED_FS_TAG, Vm, VmSpec};
 use tempfile::TempDir;
 
 use crate::agent_ops::ctx;
@@ -19,7 +19,7 @@ pub const GUEST_SHARED: &str = "/run/hull/shared";
 const AGENT_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub struct TestVm {
-    pub vm: QemuVm,
+    pub vm: Box<dyn Vm>,
     pub client: AgentClient,
     /// Time from starting QEMU to the agent answering.
     pub boot_time: Duration,
@@ -28,7 +28,7 @@ pub struct TestVm {
 }
 
 impl TestVm {
-    pub async fn boot(memory_mib: u32) -> anyhow::Result<TestVm> {
+    pub async fn boot(kind: HypervisorKind, memory_mib: u32) -> anyhow::Result<TestVm> {
         crate::require_root();
         let dir = tempfile::Builder::new()
             .prefix("hull-vm")
@@ -38,17 +38,22 @@ impl TestVm {
         std::fs::create_dir_all(&run)?;
         std::fs::create_dir_all(&shared)?;
         let build = crate::repo_root().join("build");
-        let mut cfg = QemuConfig::new(
-            build.join("vmlinux"),
-            build.join("initrd.img"),
-            run,
-            Accel::detect().0,
-        );
-        cfg.memory_mib = memory_mib;
-        cfg.shared_dir = Some(shared);
-        cfg.cmdline_extra = "hull.log=info".into();
+        let cfg = HullConfig {
+            hypervisor: kind,
+            hull_vmm: crate::target_bin_dir().join("hull-vmm"),
+            ..HullConfig::default()
+        };
+        let spec = VmSpec {
+            kernel: build.join("vmlinux"),
+            initrd: build.join("initrd.img"),
+            vcpus: 1,
+            memory_mib,
+            cmdline_extra: "hull.log=info".into(),
+            run_dir: run,
+            shared_dir: shared,
+        };
         let started = Instant::now();
-        let vm = QemuVm::start(cfg)?;
+        let vm = hull_shim::hypervisor::boot(&cfg, spec)?;
         let client = match AgentClient::connect(&vm.vsock_uds(), AGENT_TIMEOUT).await {
             Ok(c) => c,
             Err(e) => anyhow::bail!("{e:#}\n{}", vm.diagnostics()),

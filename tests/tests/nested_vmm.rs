@@ -1,65 +1,57 @@
 //! Tier 4: hull-vmm on real (nested) KVM. The test host (tests/nested/test-host.sh) is a
-//! QEMU TCG VM with emulated AMD SVM and kvm-amd; inside it hull-vmm boots the project's
-//! guest kernel and initrd.
+//! QEMU TCG microVM with emulated AMD SVM and built-in kvm-amd, sharing this machine's
+//! tree; inside it hull-vmm boots the project's guest kernel and initrd, and the shim's
+//! `auto` backend picks hull-vmm for containerd's pods.
+//!
+//! Each `#[ignore]`d test here runs inside the test host, started by the outer test
+//! just below it.
 
-use std::process::Command;
+use std::time::Duration;
 
-fn in_test_host(script: &str) -> (i32, String) {
-    hull_tests::require_root();
-    let root = hull_tests::repo_root();
-    let bin = root.join("target/x86_64-unknown-linux-gnu/release");
-    let (vmm, probe) = (bin.join("hull-vmm"), bin.join("hull-agent-probe"));
-    for b in [&vmm, &probe] {
-        assert!(
-            b.exists(),
-            "{} is missing: run `make vmm-static`",
-            b.display()
-        );
-    }
-    let mut files = Vec::new();
-    for f in [
-        vmm,
-        probe,
-        root.join("build/vmlinux"),
-        root.join("build/initrd.img"),
-    ] {
-        files.push("--file".to_string());
-        files.push(f.display().to_string());
-    }
-    let out = Command::new(root.join("tests/nested/test-host.sh"))
-        .args(["--timeout", "400"])
-        .args(&files)
-        .arg("--")
-        .arg(script)
-        .output()
-        .expect("running the nested test host");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text)
-}
+use hull_shim::config::HypervisorKind;
+use hull_tests::containerd::{Containerd, IMAGE};
+use hull_tests::nested::{require_inside, run_own_test, run_script};
+use hull_tests::target_bin_dir;
 
 #[test]
 fn hull_vmm_boots_the_guest_and_its_agent_answers_over_hybrid_vsock() {
-    let script = r#"
+    let bin = target_bin_dir();
+    let script = format!(
+        r#"
+vmm={vmm}; probe={probe}
 # 1. A kernel without an init panics; panic=-1 reboots through the i8042: hull-vmm exits 0.
 #    Two vCPUs: the MP table must bring both up first.
-./hull-vmm --kernel vmlinux --initrd initrd.img --memory 128 --vcpus 2 --cmdline "rdinit=/none" --serial-log /tmp/panic.log
+$vmm --kernel build/vmlinux --initrd build/initrd.img --memory 128 --vcpus 2 --cmdline "rdinit=/none" --serial-log /tmp/panic.log
 echo "panic-boot-exit=$?"
 grep -c "Kernel panic" /tmp/panic.log | sed 's/^/panics=/'
 grep -o "Brought up 1 node, 2 CPUs" /tmp/panic.log
 # 2. The real boot (one vCPU: a busy 2-vCPU guest starves this 2-vCPU TCG test host): the
-#    agent answers over hull-vmm's hybrid vsock socket, and
-#    DestroySandbox ends the VM (the guest resets, hull-vmm exits 0).
-HULL_LOG=info timeout 300 ./hull-vmm --kernel vmlinux --initrd initrd.img --memory 256 --vsock-uds /tmp/v.sock --cmdline "hull.log=info" --serial-log /tmp/guest.log 2>/tmp/vmm.err &
-vmm=$!
-./hull-agent-probe --vsock-uds /tmp/v.sock --timeout 240 --destroy
+#    agent answers over hull-vmm's hybrid vsock socket, and DestroySandbox ends the VM
+#    (the guest resets, hull-vmm exits 0).
+HULL_LOG=info timeout 300 $vmm --kernel build/vmlinux --initrd build/initrd.img --memory 256 --vsock-uds /tmp/v.sock --cmdline "hull.log=info" --serial-log /tmp/guest.log 2>/tmp/vmm.err &
+pid=$!
+$probe --vsock-uds /tmp/v.sock --timeout 240 --destroy
 echo "probe-exit=$?"
-wait $vmm
+wait $pid
 echo "vmm-exit=$?"
 grep -E "Run /init|hull-agent ready" /tmp/guest.log
 grep -o "guest agent ready ms=[0-9]*" /tmp/vmm.err
-"#;
-    let (rc, out) = in_test_host(script);
+# 3. The same VM from a JSON config, stopped through the API socket (exit 0).
+cat >/tmp/vm.json <<JSON
+{{"kernel": "build/vmlinux", "initrd": "build/initrd.img", "memory_mib": 128,
+ "vsock": {{"uds": "/tmp/v2.sock"}}, "serial_log": "/tmp/guest2.log", "api_sock": "/tmp/api.sock"}}
+JSON
+$vmm --config /tmp/vm.json 2>/tmp/vmm2.err &
+pid=$!
+$probe --vsock-uds /tmp/v2.sock --timeout 240 >/dev/null && echo '{{"action":"shutdown"}}' | socat - UNIX-CONNECT:/tmp/api.sock
+wait $pid
+echo "api-exit=$?"
+cat /tmp/vmm2.err
+"#,
+        vmm = bin.join("hull-vmm").display(),
+        probe = bin.join("hull-agent-probe").display()
+    );
+    let (rc, out) = run_script(&script, 400);
     assert_eq!(rc, 0, "{out}");
     assert!(out.contains("panic-boot-exit=0"), "{out}");
     assert!(out.contains("panics=1"), "{out}");
@@ -75,4 +67,71 @@ grep -o "guest agent ready ms=[0-9]*" /tmp/vmm.err
     assert!(out.contains("hull-agent ready"), "{out}");
     // The agent wrote the boot-timer port; hull-vmm timed it.
     assert!(out.contains("guest agent ready ms="), "{out}");
+    assert!(out.contains("{\"ok\":true}"), "{out}");
+    assert!(out.contains("api-exit=0"), "{out}");
+    assert!(out.contains("hull-vmm: shut down through the API"), "{out}");
+}
+
+#[test]
+fn hull_vmm_runs_containers_from_virtiofsd_in_the_test_host() {
+    run_own_test("inside_builtin_vm_runs_containers", 600);
+}
+
+#[tokio::test]
+#[ignore = "runs inside the nested test host"]
+async fn inside_builtin_vm_runs_containers() {
+    require_inside();
+    hull_tests::scenarios::containers_over_vsock_and_virtiofs(HypervisorKind::Builtin).await;
+}
+
+#[test]
+fn containerd_runs_pods_on_hull_vmm_in_the_test_host() {
+    run_own_test("inside_ctr_run_with_the_builtin_backend", 600);
+}
+
+#[test]
+#[ignore = "runs inside the nested test host"]
+fn inside_ctr_run_with_the_builtin_backend() {
+    require_inside();
+    // `auto` must pick hull-vmm here: /dev/kvm is real KVM.
+    assert_eq!(
+        hull_shim::hypervisor::resolve(HypervisorKind::Auto).0,
+        HypervisorKind::Builtin
+    );
+    let c = Containerd::start(false);
+    let out = c.ctr_ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "io.containerd.hull.v2",
+        IMAGE,
+        "nested1",
+        "sh",
+        "-c",
+        "echo hello from hull-vmm; uname -r; exit 0",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "hello from hull-vmm", "{out}\n{}", c.tail_log());
+    assert!(lines[1].starts_with("6.12."), "{out}");
+    let r = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "io.containerd.hull.v2",
+        IMAGE,
+        "nested2",
+        "sh",
+        "-c",
+        "exit 7",
+    ]);
+    assert_eq!(r.status.code(), Some(7), "{}", c.tail_log());
+    assert!(
+        c.log().contains("hull-vmm"),
+        "the shim should have booted hull-vmm:\n{}",
+        c.tail_log()
+    );
+    assert!(hull_tests::wait_until(Duration::from_secs(20), || c
+        .leftover_processes()
+        .is_empty()));
+    c.assert_clean();
 }

@@ -1,18 +1,31 @@
 //! Hypervisor backends that boot a pod VM, behind one trait: the pod needs a hybrid
 //! vsock socket to reach the agent, the VM's processes (to clean up after a dead shim),
-//! its exit, and its console. QEMU is the backend today; hull-vmm joins as `builtin`.
+//! its exit, and its console. Two backends: `builtin` (hull-vmm, on hardware KVM) and
+//! `qemu` (KVM or TCG); `auto` picks hull-vmm wherever KVM can run a stock guest.
 
 pub mod accel;
+pub mod builtin;
 pub mod qemu;
 
-use std::path::PathBuf;
-use std::process::ExitStatus;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
 use std::sync::Once;
 use std::time::Duration;
 
 use crate::config::{HullConfig, HypervisorKind};
+use crate::daemon::Daemon;
 use accel::Accel;
+use builtin::{BuiltinConfig, BuiltinVm};
 use qemu::{QemuConfig, QemuVm};
+
+/// virtio-fs tag of the pod's share directory; the agent mounts it at its shared dir.
+pub const SHARED_FS_TAG: &str = "hullShared";
+/// The guest's vsock context id (any value ≥ 3; each VM has its own vsock device).
+pub const GUEST_CID: u32 = 3;
+/// virtiofsd's vhost-user socket in the VM's run directory.
+pub const VIRTIOFSD_SOCKET: &str = "fs.vhost";
+
+const DAEMON_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running pod VM, whatever boots it.
 pub trait Vm: Send {
@@ -43,22 +56,52 @@ pub struct VmSpec {
     pub shared_dir: PathBuf,
 }
 
-static TCG_NOTICE: Once = Once::new();
+static BACKEND_NOTICE: Once = Once::new();
+
+/// The backend `kind` resolves to on this host, with the reason for `auto`'s choice.
+pub fn resolve(kind: HypervisorKind) -> (HypervisorKind, Accel, &'static str) {
+    let (accel, why) = Accel::detect();
+    match kind {
+        HypervisorKind::Auto if accel == Accel::Kvm => (
+            HypervisorKind::Builtin,
+            accel,
+            "KVM runs stock guests: hull-vmm",
+        ),
+        HypervisorKind::Auto => (HypervisorKind::Qemu, accel, why),
+        other => (other, accel, why),
+    }
+}
 
 /// Boots `spec` with the backend `cfg` selects. Blocks until the VMM runs.
 pub fn boot(cfg: &HullConfig, spec: VmSpec) -> anyhow::Result<Box<dyn Vm>> {
-    match cfg.hypervisor {
-        // `auto` will pick hull-vmm where KVM can run a stock guest once it lands.
-        HypervisorKind::Auto | HypervisorKind::Qemu => {
-            let (accel, why) = Accel::detect();
-            if accel == Accel::Tcg {
-                TCG_NOTICE.call_once(|| {
-                    tracing::info!(
-                        reason = why,
-                        "no usable KVM: pod VMs run under QEMU TCG (slow)"
-                    )
-                });
+    let (kind, accel, why) = resolve(cfg.hypervisor);
+    BACKEND_NOTICE.call_once(|| {
+        if kind == HypervisorKind::Qemu && accel == Accel::Tcg {
+            tracing::info!(
+                reason = why,
+                "no usable KVM: pod VMs run under QEMU TCG (slow)"
+            );
+        } else {
+            tracing::info!(backend = ?kind, reason = why, "pod VM backend");
+        }
+    });
+    match kind {
+        HypervisorKind::Builtin => {
+            if accel != Accel::Kvm {
+                anyhow::bail!("hypervisor \"builtin\" needs hardware KVM, and {why}");
             }
+            let mut bc = BuiltinConfig::new(spec);
+            for (slot, configured) in [
+                (&mut bc.hull_vmm, &cfg.hull_vmm),
+                (&mut bc.virtiofsd, &cfg.virtiofsd),
+            ] {
+                if !configured.as_os_str().is_empty() {
+                    *slot = configured.clone();
+                }
+            }
+            Ok(Box::new(BuiltinVm::start(bc)?))
+        }
+        HypervisorKind::Auto | HypervisorKind::Qemu => {
             let mut qc = QemuConfig::new(spec.kernel, spec.initrd, spec.run_dir, accel);
             for (slot, configured) in [
                 (&mut qc.qemu, &cfg.qemu),
@@ -76,4 +119,46 @@ pub fn boot(cfg: &HullConfig, spec: VmSpec) -> anyhow::Result<Box<dyn Vm>> {
             Ok(Box::new(QemuVm::start(qc)?))
         }
     }
+}
+
+/// A tool's path: beside this executable (an installed hull keeps its binaries together),
+/// on PATH, or in ~/.cargo/bin; the bare name if none has it.
+pub fn find_tool(name: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        dirs.push(dir);
+    }
+    if let Some(p) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&p));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&home).join(".cargo/bin"));
+    }
+    dirs.into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Starts virtiofsd exporting `dir` on `run_dir`/fs.vhost and waits for its socket.
+pub fn spawn_virtiofsd(bin: &Path, dir: &Path, run_dir: &Path) -> anyhow::Result<Daemon> {
+    let sock = run_dir.join(VIRTIOFSD_SOCKET);
+    let mut cmd = Command::new(bin);
+    cmd.arg("--socket-path")
+        .arg(&sock)
+        .arg("--shared-dir")
+        .arg(dir)
+        .args([
+            "--cache",
+            "never",
+            "--announce-submounts",
+            "--log-level",
+            "error",
+        ]);
+    let mut d = Daemon::spawn("virtiofsd", cmd, &run_dir.join("virtiofsd.log"))?;
+    d.wait_for_socket(&sock, DAEMON_SOCKET_TIMEOUT)?;
+    Ok(d)
 }

@@ -4,22 +4,17 @@
 //! share directory through virtiofsd as virtio-fs tag `hullShared`.
 //! The three processes live and die together: dropping the VM kills and reaps them all.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use super::Vm;
 use super::accel::{Accel, host_tsc_khz};
+use super::{DAEMON_SOCKET_TIMEOUT, VIRTIOFSD_SOCKET, Vm, find_tool, spawn_virtiofsd};
 use crate::daemon::Daemon;
 
-/// virtio-fs tag of the pod's share directory; the agent mounts it at its shared dir.
-pub const SHARED_FS_TAG: &str = "hullShared";
-/// The guest's vsock context id (any value ≥ 3; each VM has its own vsock device).
-pub const GUEST_CID: u32 = 3;
-
-const DAEMON_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
+pub use super::{GUEST_CID, SHARED_FS_TAG};
 
 #[derive(Debug, Clone)]
 pub struct QemuConfig {
@@ -135,7 +130,7 @@ impl QemuConfig {
                 "-chardev".to_string(),
                 format!(
                     "socket,id=fs,path={}",
-                    self.run_dir.join("fs.vhost").display()
+                    self.run_dir.join(VIRTIOFSD_SOCKET).display()
                 ),
                 "-device".to_string(),
                 format!("vhost-user-fs-device,chardev=fs,tag={SHARED_FS_TAG}"),
@@ -143,19 +138,6 @@ impl QemuConfig {
         }
         a
     }
-}
-
-fn find_tool(name: &str) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    if let Some(home) = std::env::var_os("HOME") {
-        dirs.push(Path::new(&home).join(".cargo/bin"));
-    }
-    dirs.into_iter()
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 pub struct QemuVm {
@@ -191,24 +173,7 @@ impl QemuVm {
         vsock.wait_for_socket(&vhost_vsock, DAEMON_SOCKET_TIMEOUT)?;
 
         let fs = match &config.shared_dir {
-            Some(dir) => {
-                let sock = run.join("fs.vhost");
-                let mut cmd = Command::new(&config.virtiofsd);
-                cmd.arg("--socket-path")
-                    .arg(&sock)
-                    .arg("--shared-dir")
-                    .arg(dir)
-                    .args([
-                        "--cache",
-                        "never",
-                        "--announce-submounts",
-                        "--log-level",
-                        "error",
-                    ]);
-                let mut d = Daemon::spawn("virtiofsd", cmd, &run.join("virtiofsd.log"))?;
-                d.wait_for_socket(&sock, DAEMON_SOCKET_TIMEOUT)?;
-                Some(d)
-            }
+            Some(dir) => Some(spawn_virtiofsd(&config.virtiofsd, dir, run)?),
             None => None,
         };
 

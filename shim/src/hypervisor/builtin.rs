@@ -1,0 +1,168 @@
+//! Boots a pod VM with hull-vmm, hull's own VMM: guest RAM in a memfd shared with
+//! virtiofsd (the pod's share as virtio-fs tag `hullShared`), vsock through hull-vmm's own
+//! hybrid unix socket, serial console to a log, and an API socket to stop it. Two
+//! processes instead of QEMU's three; dropping the VM kills and reaps both.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use super::{GUEST_CID, SHARED_FS_TAG, VIRTIOFSD_SOCKET, Vm, VmSpec, find_tool, spawn_virtiofsd};
+use crate::daemon::Daemon;
+
+#[derive(Debug, Clone)]
+pub struct BuiltinConfig {
+    pub hull_vmm: PathBuf,
+    pub virtiofsd: PathBuf,
+    pub spec: VmSpec,
+}
+
+impl BuiltinConfig {
+    /// The tools from their usual places (see `find_tool`).
+    pub fn new(spec: VmSpec) -> BuiltinConfig {
+        BuiltinConfig {
+            hull_vmm: find_tool("hull-vmm"),
+            virtiofsd: find_tool("virtiofsd"),
+            spec,
+        }
+    }
+
+    pub fn vsock_uds(&self) -> PathBuf {
+        self.spec.run_dir.join("vm.vsock")
+    }
+
+    pub fn serial_log(&self) -> PathBuf {
+        self.spec.run_dir.join("console.log")
+    }
+
+    pub fn api_sock(&self) -> PathBuf {
+        self.spec.run_dir.join("api.sock")
+    }
+
+    pub fn vmm_args(&self) -> Vec<String> {
+        let s = &self.spec;
+        let mut cmdline = String::from("quiet");
+        if !s.cmdline_extra.is_empty() {
+            cmdline.push(' ');
+            cmdline.push_str(&s.cmdline_extra);
+        }
+        let path = |p: PathBuf| p.to_string_lossy().into_owned();
+        vec![
+            "--kernel".into(),
+            path(s.kernel.clone()),
+            "--initrd".into(),
+            path(s.initrd.clone()),
+            "--memory".into(),
+            s.memory_mib.to_string(),
+            "--vcpus".into(),
+            s.vcpus.to_string(),
+            "--cmdline".into(),
+            cmdline,
+            "--vsock-uds".into(),
+            path(self.vsock_uds()),
+            "--vsock-cid".into(),
+            GUEST_CID.to_string(),
+            "--fs-socket".into(),
+            format!(
+                "{},{SHARED_FS_TAG}",
+                s.run_dir.join(VIRTIOFSD_SOCKET).display()
+            ),
+            "--serial-log".into(),
+            path(self.serial_log()),
+            "--api-sock".into(),
+            path(self.api_sock()),
+        ]
+    }
+}
+
+pub struct BuiltinVm {
+    config: BuiltinConfig,
+    // Field order is drop order: the VMM goes first, then virtiofsd.
+    vmm: Daemon,
+    fs: Daemon,
+}
+
+impl BuiltinVm {
+    pub fn start(config: BuiltinConfig) -> anyhow::Result<BuiltinVm> {
+        let s = &config.spec;
+        for (what, p) in [("kernel", &s.kernel), ("initrd", &s.initrd)] {
+            if !p.is_file() {
+                bail!("{what} {} does not exist (run `make guest`)", p.display());
+            }
+        }
+        if s.vcpus == 0 || s.vcpus > u32::from(u8::MAX) {
+            bail!("hull-vmm takes 1 to 255 vCPUs, not {}", s.vcpus);
+        }
+        let fs = spawn_virtiofsd(&config.virtiofsd, &s.shared_dir, &s.run_dir)?;
+        let mut cmd = Command::new(&config.hull_vmm);
+        cmd.args(config.vmm_args()).env("HULL_LOG", "info");
+        let vmm = Daemon::spawn("hull-vmm", cmd, &s.run_dir.join("hull-vmm.log"))
+            .context("starting the VM")?;
+        tracing::info!(pid = vmm.pid(), "pod VM started (hull-vmm)");
+        Ok(BuiltinVm { config, vmm, fs })
+    }
+}
+
+impl Vm for BuiltinVm {
+    fn vsock_uds(&self) -> PathBuf {
+        self.config.vsock_uds()
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        [self.vmm.pid(), self.fs.pid()]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
+        self.vmm.wait_timeout(timeout)
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(self.config.serial_log()).unwrap_or_default()
+    }
+
+    fn diagnostics(&self) -> String {
+        let console = self.console();
+        let lines: Vec<&str> = console.lines().collect();
+        format!(
+            "--- console ---\n{}\n--- hull-vmm ---\n{}\n--- virtiofsd ---\n{}",
+            lines[lines.len().saturating_sub(40)..].join("\n"),
+            self.vmm.log_tail(),
+            self.fs.log_tail()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vmm_command_line() {
+        let c = BuiltinConfig::new(VmSpec {
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            vcpus: 2,
+            memory_mib: 512,
+            cmdline_extra: "hull.log=debug".into(),
+            run_dir: "/run/hull/p".into(),
+            shared_dir: "/run/hull/p/shared".into(),
+        });
+        let a = c.vmm_args().join(" ");
+        assert!(a.contains("--memory 512 --vcpus 2"), "{a}");
+        assert!(a.contains("--cmdline quiet hull.log=debug"), "{a}");
+        assert!(
+            a.contains("--vsock-uds /run/hull/p/vm.vsock --vsock-cid 3"),
+            "{a}"
+        );
+        assert!(
+            a.contains("--fs-socket /run/hull/p/fs.vhost,hullShared"),
+            "{a}"
+        );
+        assert!(a.contains("--api-sock /run/hull/p/api.sock"), "{a}");
+    }
+}
