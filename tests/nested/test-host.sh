@@ -59,6 +59,11 @@ mount -t devtmpfs dev /newroot/dev
 mount -t tmpfs tmp /newroot/tmp
 mount -t tmpfs run /newroot/run
 mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup
+mkdir -p /newroot/dev/pts /newroot/dev/shm
+mount -t devpts -o newinstance,ptmxmode=0666 devpts /newroot/dev/pts
+mount -t tmpfs shm /newroot/dev/shm
+ln -sf /proc/self/fd /newroot/dev/fd
+for i in 0:stdin 1:stdout 2:stderr; do ln -sf /proc/self/fd/${i%%:*} /newroot/dev/${i#*:}; done
 cp /cmd.sh /newroot/tmp/.hull-cmd.sh
 echo HULL-TEST-HOST-READY
 chroot /newroot /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/root/.cargo/bin HOME=/root \
