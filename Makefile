@@ -10,7 +10,7 @@ STATIC_ENV   := RUSTFLAGS="-C target-feature=+crt-static" \
 PREFIX       ?= /usr/local
 DESTDIR      ?=
 
-.PHONY: all setup kernel agent-static vmm-static initrd guest build release lint test demo bench bench-vmm install clean
+.PHONY: all setup kernel test-host-kernel agent-static initrd guest build release lint test demo bench bench-vmm install clean
 
 all: build guest
 
@@ -26,9 +26,9 @@ kernel:
 agent-static:
 	$(STATIC_ENV) $(CARGO) build --release --locked -p hull-agent --target $(TARGET)
 
-## hull-vmm linked statically, to run inside the nested test host (an initramfs, no libc)
-vmm-static:
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked -p hull-vmm -p hull-shim --bin hull-vmm --bin hull-agent-probe --target $(TARGET)
+## the nested test host's kernel (KVM + kvm-amd + 9p; cached) -> build/vmlinux-test-host
+test-host-kernel:
+	guest-kernel-config/build.sh test-host build
 
 ## initrd with the static agent as /init -> build/initrd.img
 initrd: agent-static
@@ -44,11 +44,11 @@ lint:
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 ## everything CI runs: set-up, guest artifacts, lint, unit + host integration + VM tests
-test: setup guest vmm-static build lint
+test: setup guest test-host-kernel build lint
 	$(CARGO) test --locked --workspace
 
 release:
-	$(CARGO) build --release --locked -p hull-shim
+	$(CARGO) build --release --locked -p hull-shim -p hull-vmm
 
 ## a private containerd runs a busybox container in a hull microVM and shows its output
 demo: setup guest build
@@ -59,12 +59,14 @@ bench: setup guest release
 	benches/pod-start.sh
 
 ## hull-vmm boot time and memory overhead, measured in the nested test host, printed
-bench-vmm: guest vmm-static
+bench-vmm: guest test-host-kernel release
 	benches/vmm-boot.sh
 
 ## the shim and its helpers on PATH, kernel + initrd in $(PREFIX)/share/hull, config in /etc/hull
 install: guest release
 	install -D -m 0755 target/release/containerd-shim-hull-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-hull-v2
+	install -D -m 0755 target/release/hull-vmm $(DESTDIR)$(PREFIX)/bin/hull-vmm
+	install -D -m 0755 target/release/hull-agent-probe $(DESTDIR)$(PREFIX)/bin/hull-agent-probe
 	install -D -m 0755 $$(command -v vhost-device-vsock || echo $$HOME/.cargo/bin/vhost-device-vsock) $(DESTDIR)$(PREFIX)/bin/vhost-device-vsock
 	install -D -m 0755 $$(command -v virtiofsd || echo $$HOME/.cargo/bin/virtiofsd) $(DESTDIR)$(PREFIX)/bin/virtiofsd
 	install -D -m 0644 build/vmlinux $(DESTDIR)$(PREFIX)/share/hull/vmlinux
