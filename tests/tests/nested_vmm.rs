@@ -135,3 +135,53 @@ fn inside_ctr_run_with_the_builtin_backend() {
         .is_empty()));
     c.assert_clean();
 }
+
+#[test]
+fn hull_vmm_serves_virtio_blk_disks_read_only_and_read_write() {
+    let vmm = target_bin_dir().join("hull-vmm");
+    // A busybox initrd exercises the disks from inside the guest and resets the VM.
+    let script = format!(
+        r#"
+set -e
+mkdir -p /tmp/ir/bin /tmp/ir/dev /tmp/ir/proc /tmp/ir/sys
+cp /bin/busybox /tmp/ir/bin/busybox
+cat >/tmp/ir/init <<'INIT'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t devtmpfs dev /dev; mount -t proc proc /proc; mount -t sysfs sys /sys
+echo "vda ro=$(cat /sys/block/vda/ro) sectors=$(cat /sys/block/vda/size) serial=$(cat /sys/block/vda/serial)"
+echo "vdb ro=$(cat /sys/block/vdb/ro) sectors=$(cat /sys/block/vdb/size)"
+echo "read: $(dd if=/dev/vda bs=512 skip=1 count=1 2>/dev/null | head -c 13)"
+echo hull-was-here | dd of=/dev/vdb bs=512 seek=2 conv=sync,notrunc 2>/dev/null && sync && echo wrote
+if echo x | dd of=/dev/vda bs=512 conv=sync,notrunc 2>/dev/null; then echo ro-write-succeeded; else echo ro-write-refused; fi
+reboot -f
+INIT
+chmod +x /tmp/ir/init
+(cd /tmp/ir && find . | cpio -o -H newc --quiet | gzip -1) >/tmp/ir.img
+dd if=/dev/zero of=/tmp/ro.img bs=512 count=2048 2>/dev/null
+printf 'sector-one-ok' | dd of=/tmp/ro.img bs=512 seek=1 conv=notrunc 2>/dev/null
+dd if=/dev/zero of=/tmp/rw.img bs=512 count=4096 2>/dev/null
+set +e
+{vmm} --kernel build/vmlinux --initrd /tmp/ir.img --memory 128 --disk /tmp/ro.img,ro --disk /tmp/rw.img --serial-log /tmp/blk.log
+echo "vmm-exit=$?"
+grep -aE "^(vda|vdb|read:|wrote|ro-write)" /tmp/blk.log
+echo "host sees: $(dd if=/tmp/rw.img bs=512 skip=2 count=1 2>/dev/null | head -c 13)"
+{vmm} --kernel build/vmlinux --disk /tmp/missing.img 2>&1 | tail -1
+"#,
+        vmm = vmm.display()
+    );
+    let (rc, out) = run_script(&script, 200);
+    assert_eq!(rc, 0, "{out}");
+    assert!(out.contains("vmm-exit=0"), "{out}");
+    assert!(out.contains("vda ro=1 sectors=2048 serial="), "{out}");
+    assert!(!out.contains("serial=\n"), "GET_ID gives a serial: {out}");
+    assert!(out.contains("vdb ro=0 sectors=4096"), "{out}");
+    assert!(out.contains("read: sector-one-ok"), "{out}");
+    assert!(out.contains("wrote"), "{out}");
+    assert!(out.contains("ro-write-refused"), "{out}");
+    assert!(out.contains("host sees: hull-was-here"), "{out}");
+    assert!(
+        out.contains("hull-vmm: opening disk /tmp/missing.img"),
+        "{out}"
+    );
+}
