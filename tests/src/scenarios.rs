@@ -17,9 +17,7 @@ use crate::vm::TestVm;
 /// containers from the virtio-fs share (output, exit code, hostname), seccomp, a memory
 /// limit with its OOM event, and DestroySandbox ending the VM cleanly.
 pub async fn containers_over_vsock_and_virtiofs(kind: HypervisorKind) {
-    let mut t = TestVm::boot(kind, 256)
-        .await
-        .expect("booting the pod VM");
+    let mut t = TestVm::boot(kind, 256).await.expect("booting the pod VM");
     eprintln!("{kind:?}: guest boot to agent answering: {:?}", t.boot_time);
     let a = &t.client.agent;
 
