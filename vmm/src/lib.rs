@@ -6,11 +6,11 @@
 //! | `memory` | memfd-backed guest RAM (shareable with vhost-user daemons) |
 //! | `boot` | loading kernel, initrd, command line; boot_params and e820 |
 //! | `cpu` | vCPU state for the 64-bit boot protocol (or real mode) |
-//! | `devices` | port-I/O devices (8250 serial, i8042 reset) and virtio-mmio (vsock) |
+//! | `devices` | port-I/O devices (8250 serial, i8042 reset, boot timer) and virtio-mmio (vsock, blk, fs) |
 //! | `machine` | the VM, its vCPU threads and their exits |
-//!
-//! Not yet here (see issue "hull-vmm"): virtio-blk, vhost-user-fs, seccomp filters, the
-//! API socket.
+//! | `config` | the VM description, from flags or `--config vm.json` |
+//! | `api` | the API socket (ping, shutdown) |
+//! | `seccomp` | the per-thread seccomp filters and the SIGSYS report |
 
 pub mod api;
 pub mod boot;

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use super::{GUEST_CID, SHARED_FS_TAG, VIRTIOFSD_SOCKET, Vm, VmSpec, find_tool, spawn_virtiofsd};
+use super::{
+    GUEST_CID, SHARED_FS_TAG, VIRTIOFSD_SOCKET, Vm, VmSpec, diagnostics_report, find_tool,
+    spawn_virtiofsd,
+};
 use crate::daemon::Daemon;
 
 #[derive(Debug, Clone)]
@@ -126,13 +129,12 @@ impl Vm for BuiltinVm {
     }
 
     fn diagnostics(&self) -> String {
-        let console = self.console();
-        let lines: Vec<&str> = console.lines().collect();
-        format!(
-            "--- console ---\n{}\n--- hull-vmm ---\n{}\n--- virtiofsd ---\n{}",
-            lines[lines.len().saturating_sub(40)..].join("\n"),
-            self.vmm.log_tail(),
-            self.fs.log_tail()
+        diagnostics_report(
+            &self.console(),
+            &[
+                ("hull-vmm", self.vmm.log_tail()),
+                ("virtiofsd", self.fs.log_tail()),
+            ],
         )
     }
 }

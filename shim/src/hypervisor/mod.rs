@@ -143,6 +143,19 @@ pub fn find_tool(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
+/// A failure report: the console's last 40 lines, then each process log by name.
+pub fn diagnostics_report(console: &str, logs: &[(&str, String)]) -> String {
+    let lines: Vec<&str> = console.lines().collect();
+    let mut out = format!(
+        "--- console ---\n{}",
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    );
+    for (name, log) in logs {
+        out.push_str(&format!("\n--- {name} ---\n{log}"));
+    }
+    out
+}
+
 /// Starts virtiofsd exporting `dir` on `run_dir`/fs.vhost and waits for its socket.
 pub fn spawn_virtiofsd(bin: &Path, dir: &Path, run_dir: &Path) -> anyhow::Result<Daemon> {
     let sock = run_dir.join(VIRTIOFSD_SOCKET);

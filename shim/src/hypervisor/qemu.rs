@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use super::accel::{Accel, host_tsc_khz};
-use super::{DAEMON_SOCKET_TIMEOUT, VIRTIOFSD_SOCKET, Vm, find_tool, spawn_virtiofsd};
+use super::{
+    DAEMON_SOCKET_TIMEOUT, VIRTIOFSD_SOCKET, Vm, diagnostics_report, find_tool, spawn_virtiofsd,
+};
 use crate::daemon::Daemon;
 
 pub use super::{GUEST_CID, SHARED_FS_TAG};
@@ -223,14 +225,16 @@ impl Vm for QemuVm {
     }
 
     fn diagnostics(&self) -> String {
-        let console = self.console();
-        let lines: Vec<&str> = console.lines().collect();
-        format!(
-            "--- console ---\n{}\n--- qemu ---\n{}\n--- vhost-device-vsock ---\n{}\n--- virtiofsd ---\n{}",
-            lines[lines.len().saturating_sub(40)..].join("\n"),
-            self.qemu.log_tail(),
-            self._vsock.log_tail(),
-            self._fs.as_ref().map(Daemon::log_tail).unwrap_or_default()
+        diagnostics_report(
+            &self.console(),
+            &[
+                ("qemu", self.qemu.log_tail()),
+                ("vhost-device-vsock", self._vsock.log_tail()),
+                (
+                    "virtiofsd",
+                    self._fs.as_ref().map(Daemon::log_tail).unwrap_or_default(),
+                ),
+            ],
         )
     }
 }
