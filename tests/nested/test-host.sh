@@ -44,6 +44,7 @@ root=$work/root
 mkdir -p "$root"/{bin,proc,sys,dev,host,rw,newroot}
 cp /bin/busybox "$root/bin/busybox"
 { printf 'cd %q || exit 125\n' "$PWD"; printf '%s\n' "$*"; } >"$root/cmd.sh"
+printf '%s\n' "$PWD" >"$root/pwd"
 cat >"$root/init" <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -56,7 +57,11 @@ for d in proc sys dev tmp run sys/fs/cgroup; do mkdir -p /newroot/$d; done
 mount -t proc proc /newroot/proc
 mount -t sysfs sys /newroot/sys
 mount -t devtmpfs dev /newroot/dev
+# A fresh /tmp, except that a working directory under /tmp (a CI checkout) stays.
+pwd=$(cat /pwd)
+case $pwd in /tmp/*) mkdir -p /keep && mount --bind "/newroot$pwd" /keep ;; esac
 mount -t tmpfs tmp /newroot/tmp
+if [ -d /keep ]; then mkdir -p "/newroot$pwd" && mount --move /keep "/newroot$pwd"; fi
 mount -t tmpfs run /newroot/run
 mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup
 mkdir -p /newroot/dev/pts /newroot/dev/shm
