@@ -312,7 +312,7 @@ mod tests {
     use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
     use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::{Bytes, GuestAddress};
+    use vm_memory::{Address, Bytes, GuestAddress};
     use vmm_sys_util::eventfd::EventFd;
 
     use super::*;
@@ -367,15 +367,6 @@ mod tests {
         assert_eq!(used_idx, 1, "every chain is returned to the driver");
         let used_len: u32 = m.read_obj(q.used_addr().unchecked_add(8)).unwrap();
         (used_len, m.read_obj(GuestAddress(STATUS)).unwrap())
-    }
-
-    trait AddrExt {
-        fn unchecked_add(self, n: u64) -> GuestAddress;
-    }
-    impl AddrExt for GuestAddress {
-        fn unchecked_add(self, n: u64) -> GuestAddress {
-            GuestAddress(self.0 + n)
-        }
     }
 
     fn standard(len: u32, data_flags: u16) -> Vec<RawDescriptor> {
