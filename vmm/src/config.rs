@@ -32,51 +32,24 @@ pub struct VmConfig {
     #[serde(default = "default_vcpus")]
     pub vcpus: u8,
     #[serde(default)]
-    pub vsock: Option<VsockJson>,
+    pub vsock: Option<VsockConfig>,
     #[serde(default)]
-    pub disks: Vec<DiskJson>,
+    pub disks: Vec<DiskConfig>,
     #[serde(default)]
-    pub fs: Vec<FsJson>,
+    pub fs: Vec<FsConfig>,
     #[serde(default)]
     pub serial_log: Option<PathBuf>,
     #[serde(default)]
     pub api_sock: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VsockJson {
-    pub uds: PathBuf,
-    #[serde(default = "default_cid")]
-    pub cid: u64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DiskJson {
-    pub path: PathBuf,
-    #[serde(default)]
-    pub read_only: bool,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FsJson {
-    pub socket: PathBuf,
-    pub tag: String,
-}
-
 pub const DEFAULT_MEMORY_MIB: u32 = 256;
-pub const DEFAULT_CID: u64 = 3;
 
 fn default_memory() -> u32 {
     DEFAULT_MEMORY_MIB
 }
 fn default_vcpus() -> u8 {
     1
-}
-fn default_cid() -> u64 {
-    DEFAULT_CID
 }
 
 impl VmConfig {
@@ -85,37 +58,12 @@ impl VmConfig {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let cfg: VmConfig =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        cfg.fs_configs()?;
+        // The flag form checks these as it parses them.
+        for f in &cfg.fs {
+            f.validate()
+                .map_err(|e| anyhow::anyhow!("fs device {}: {e}", f.socket.display()))?;
+        }
         Ok(cfg)
-    }
-
-    pub fn vsock_config(&self) -> Option<VsockConfig> {
-        self.vsock.as_ref().map(|v| VsockConfig {
-            cid: v.cid,
-            uds: v.uds.clone(),
-        })
-    }
-
-    pub fn disk_configs(&self) -> Vec<DiskConfig> {
-        self.disks
-            .iter()
-            .map(|d| DiskConfig {
-                path: d.path.clone(),
-                read_only: d.read_only,
-            })
-            .collect()
-    }
-
-    /// The virtio-fs devices, with their tags checked as the flag form checks them.
-    pub fn fs_configs(&self) -> anyhow::Result<Vec<FsConfig>> {
-        self.fs
-            .iter()
-            .map(|f| {
-                format!("{},{}", f.socket.display(), f.tag)
-                    .parse::<FsConfig>()
-                    .map_err(|e| anyhow::anyhow!("fs device {}: {e}", f.socket.display()))
-            })
-            .collect()
     }
 }
 
@@ -138,9 +86,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!((c.memory_mib, c.vcpus), (256, 1));
-        assert_eq!(c.vsock_config().unwrap().cid, 3);
-        assert!(c.disk_configs()[0].read_only);
-        assert_eq!(c.fs_configs().unwrap()[0].tag, "hullfs");
+        assert_eq!(c.vsock.unwrap().cid, 3);
+        assert!(c.disks[0].read_only);
+        assert_eq!(c.fs[0].tag, "hullfs");
     }
 
     #[test]

@@ -57,9 +57,19 @@ pub struct MachineConfig {
     pub fs: Vec<FsConfig>,
 }
 
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VsockConfig {
+    #[serde(default = "default_cid")]
     pub cid: u64,
     pub uds: PathBuf,
+}
+
+/// The guest's vsock context id unless configured (the first one not reserved).
+pub const DEFAULT_CID: u64 = 3;
+
+fn default_cid() -> u64 {
+    DEFAULT_CID
 }
 
 /// First virtio-mmio window and IRQ; each further device takes the next ones, up to the

@@ -9,10 +9,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hull_vmm::boot::DEFAULT_CMDLINE;
-use hull_vmm::config::{DEFAULT_CID, DEFAULT_MEMORY_MIB, DiskJson, FsJson, VmConfig, VsockJson};
+use hull_vmm::config::{DEFAULT_MEMORY_MIB, VmConfig};
 use hull_vmm::devices::virtio::block::DiskConfig;
 use hull_vmm::devices::virtio::fs::FsConfig;
-use hull_vmm::machine::{Boot, ExitReason, Machine, MachineConfig};
+use hull_vmm::machine::{Boot, DEFAULT_CID, ExitReason, Machine, MachineConfig, VsockConfig};
 
 #[derive(Debug, Parser)]
 #[command(name = "hull-vmm", version, about = "hull's KVM microVM monitor")]
@@ -68,26 +68,12 @@ impl Cli {
             cmdline: self.cmdline,
             memory_mib: self.memory,
             vcpus: self.vcpus,
-            vsock: self.vsock_uds.map(|uds| VsockJson {
+            vsock: self.vsock_uds.map(|uds| VsockConfig {
                 uds,
                 cid: self.vsock_cid,
             }),
-            disks: self
-                .disk
-                .into_iter()
-                .map(|d| DiskJson {
-                    path: d.path,
-                    read_only: d.read_only,
-                })
-                .collect(),
-            fs: self
-                .fs_socket
-                .into_iter()
-                .map(|f| FsJson {
-                    socket: f.socket,
-                    tag: f.tag,
-                })
-                .collect(),
+            disks: self.disk,
+            fs: self.fs_socket,
             serial_log: self.serial_log,
             api_sock: self.api_sock,
         })
@@ -119,9 +105,9 @@ fn run(cfg: VmConfig) -> anyhow::Result<ExitReason> {
             cmdline,
         },
         serial_out,
-        vsock: cfg.vsock_config(),
-        disks: cfg.disk_configs(),
-        fs: cfg.fs_configs()?,
+        vsock: cfg.vsock.clone(),
+        disks: cfg.disks.clone(),
+        fs: cfg.fs.clone(),
     })?;
     if let Some(p) = &cfg.api_sock {
         hull_vmm::api::serve(p, machine.exit_sender())?;

@@ -43,9 +43,11 @@ pub const ID_BYTES: usize = 20;
 const MAX_TRANSFER: usize = 16 << 20;
 
 /// A block device as configured by the operator.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DiskConfig {
     pub path: PathBuf,
+    #[serde(default)]
     pub read_only: bool,
 }
 

@@ -33,10 +33,24 @@ const RING_EVENT_IDX: u64 = 1 << 29;
 const PASSTHROUGH: u64 = VIRTIO_F_VERSION_1 | RING_INDIRECT_DESC | RING_EVENT_IDX;
 
 /// A virtio-fs device as configured by the operator: `SOCKET,TAG`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FsConfig {
     pub socket: PathBuf,
     pub tag: String,
+}
+
+impl FsConfig {
+    /// What the guest can take: a socket path and a tag of 1..=36 bytes.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.socket.as_os_str().is_empty() {
+            return Err("empty virtio-fs socket path".into());
+        }
+        if self.tag.is_empty() || self.tag.len() > TAG_MAX {
+            return Err(format!("virtio-fs tag must be 1..={TAG_MAX} bytes"));
+        }
+        Ok(())
+    }
 }
 
 impl std::str::FromStr for FsConfig {
@@ -46,16 +60,12 @@ impl std::str::FromStr for FsConfig {
         let (socket, tag) = s
             .rsplit_once(',')
             .ok_or("expected SOCKET,TAG (the vhost-user socket and the mount tag)")?;
-        if socket.is_empty() {
-            return Err("empty virtio-fs socket path".into());
-        }
-        if tag.is_empty() || tag.len() > TAG_MAX {
-            return Err(format!("virtio-fs tag must be 1..={TAG_MAX} bytes"));
-        }
-        Ok(FsConfig {
+        let cfg = FsConfig {
             socket: socket.into(),
             tag: tag.into(),
-        })
+        };
+        cfg.validate()?;
+        Ok(cfg)
     }
 }
 
