@@ -91,32 +91,33 @@ pub fn boot(cfg: &HullConfig, spec: VmSpec) -> anyhow::Result<Box<dyn Vm>> {
                 anyhow::bail!("hypervisor \"builtin\" needs hardware KVM, and {why}");
             }
             let mut bc = BuiltinConfig::new(spec);
-            for (slot, configured) in [
+            use_configured_tools([
                 (&mut bc.hull_vmm, &cfg.hull_vmm),
                 (&mut bc.virtiofsd, &cfg.virtiofsd),
-            ] {
-                if !configured.as_os_str().is_empty() {
-                    *slot = configured.clone();
-                }
-            }
+            ]);
             Ok(Box::new(BuiltinVm::start(bc)?))
         }
         HypervisorKind::Auto | HypervisorKind::Qemu => {
             let mut qc = QemuConfig::new(spec.kernel, spec.initrd, spec.run_dir, accel);
-            for (slot, configured) in [
+            use_configured_tools([
                 (&mut qc.qemu, &cfg.qemu),
                 (&mut qc.virtiofsd, &cfg.virtiofsd),
                 (&mut qc.vhost_vsock, &cfg.vhost_device_vsock),
-            ] {
-                if !configured.as_os_str().is_empty() {
-                    *slot = configured.clone();
-                }
-            }
+            ]);
             qc.vcpus = spec.vcpus;
             qc.memory_mib = spec.memory_mib;
             qc.cmdline_extra = spec.cmdline_extra;
             qc.shared_dir = Some(spec.shared_dir);
             Ok(Box::new(QemuVm::start(qc)?))
+        }
+    }
+}
+
+/// Replaces each looked-up tool path with the configured one, where the config names one.
+fn use_configured_tools<const N: usize>(tools: [(&mut PathBuf, &PathBuf); N]) {
+    for (slot, configured) in tools {
+        if !configured.as_os_str().is_empty() {
+            *slot = configured.clone();
         }
     }
 }
