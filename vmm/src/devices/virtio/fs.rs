@@ -83,6 +83,9 @@ pub struct VhostUserFs {
 impl VhostUserFs {
     /// Connects to the daemon now, so that a missing or dead one is a clear start-up error.
     pub fn connect(cfg: &FsConfig) -> anyhow::Result<VhostUserFs> {
+        // The tag is copied into the config space below: a library caller may not have
+        // parsed it through the checked paths.
+        cfg.validate().map_err(anyhow::Error::msg)?;
         let frontend = Frontend::connect(&cfg.socket, QUEUE_SIZES.len() as u64)
             .with_context(|| format!("connecting to virtiofsd at {}", cfg.socket.display()))?;
         frontend.set_owner().context("vhost-user SET_OWNER")?;
