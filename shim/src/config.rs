@@ -38,6 +38,9 @@ pub struct HullConfig {
     pub log_level: String,
     /// Seconds to wait for a new VM's agent to answer.
     pub boot_timeout_s: u64,
+    /// Seconds any request/answer agent call may take before it fails; a process that
+    /// outlives a SIGKILL by this long gets its pod VM killed.
+    pub agent_timeout_s: u64,
     /// Seconds DestroySandbox and the VM's exit may take before the VM is killed.
     pub shutdown_timeout_s: u64,
     /// Per-pod directories (sockets, logs, the virtio-fs share).
@@ -59,6 +62,7 @@ impl Default for HullConfig {
             vhost_device_vsock: PathBuf::new(),
             log_level: "info".into(),
             boot_timeout_s: 60,
+            agent_timeout_s: 30,
             shutdown_timeout_s: 10,
             run_dir: PathBuf::from("/run/hull"),
         }
@@ -82,6 +86,9 @@ impl HullConfig {
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         if c.vcpus == 0 || c.memory_mib < 64 {
             anyhow::bail!("{}: vcpus must be ≥ 1 and memory_mib ≥ 64", path.display());
+        }
+        if c.agent_timeout_s == 0 {
+            anyhow::bail!("{}: agent_timeout_s must be ≥ 1", path.display());
         }
         Ok(c)
     }

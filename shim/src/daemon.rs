@@ -1,13 +1,131 @@
-//! A child process the shim owns (QEMU, virtiofsd, vhost-device-vsock): started with its
-//! output in a log file, optionally awaited until its socket appears, and killed and
-//! reaped when dropped, so none outlives the pod.
+//! A child process the shim owns (the VMM, virtiofsd, vhost-device-vsock): started with
+//! its output in a bounded log file, recorded in the pod's pid file the moment it exists,
+//! optionally awaited until its socket appears, and killed and reaped when dropped, so
+//! none outlives the pod. Each child also dies with the shim (`PR_SET_PDEATHSIG`), so a
+//! shim SIGKILLed in the middle of a boot leaves no VM running.
 
-use std::fs::File;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+/// The pid file of a VM's processes, in its run directory: one `pid start-time role name`
+/// line per process, appended as each one starts, for `shim delete` after a crash.
+pub const PID_FILE: &str = "pids";
+
+/// What a recorded process is to the pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The VMM: the VM lives as long as it does.
+    Vmm,
+    /// A device backend (virtiofsd, vhost-device-vsock).
+    Backend,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Vmm => "vmm",
+            Role::Backend => "backend",
+        }
+    }
+}
+
+/// One line of a pid file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PidRecord {
+    pub pid: i32,
+    /// Start time in clock ticks since boot (/proc/PID/stat field 22): with the pid, it
+    /// names one process even after the pid is reused.
+    pub start: u64,
+    pub role: String,
+    pub name: String,
+}
+
+impl PidRecord {
+    pub fn parse_file(text: &str) -> Vec<PidRecord> {
+        text.lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                Some(PidRecord {
+                    pid: f.next()?.parse().ok()?,
+                    start: f.next()?.parse().ok()?,
+                    role: f.next()?.to_string(),
+                    name: f.next()?.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Whether the process is still the one recorded (same pid, same start time).
+    pub fn is_alive(&self) -> bool {
+        start_time(self.pid) == Some(self.start)
+    }
+}
+
+/// A process's start time (field 22 of /proc/PID/stat), if it exists.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Requests to the thread that forks every child.
+type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// `PR_SET_PDEATHSIG` fires when the *thread* that forked a child exits, and tokio's
+/// blocking threads come and go: so every child is forked by one thread that lives as
+/// long as the shim.
+fn spawn_on_keeper(cmd: Command) -> std::io::Result<Child> {
+    static KEEPER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("child-keeper".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("starting the child-keeper thread");
+        Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = mpsc::channel();
+    keeper
+        .lock()
+        .expect("keeper lock")
+        .send((cmd, reply_tx))
+        .map_err(|_| std::io::Error::other("the child-keeper thread is gone"))?;
+    reply_rx
+        .recv()
+        .map_err(|_| std::io::Error::other("the child-keeper thread is gone"))?
+}
+
+/// Makes `cmd`'s child receive SIGKILL when the shim dies, also if it died while forking.
+fn die_with_parent(cmd: &mut Command) {
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and calls only prctl and
+    // getppid, which are async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::other(
+                    "the shim died while starting a child",
+                ));
+            }
+            Ok(())
+        });
+    }
+}
 
 pub struct Daemon {
     name: String,
@@ -16,19 +134,40 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> anyhow::Result<Daemon> {
-        let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    /// Starts `cmd` as `name`, its output in `<run_dir>/<name>.log` (mode 0600), and
+    /// records it in `<run_dir>/pids` before returning.
+    pub fn spawn(
+        name: &str,
+        role: Role,
+        mut cmd: Command,
+        run_dir: &Path,
+    ) -> anyhow::Result<Daemon> {
+        let log = run_dir.join(format!("{name}.log"));
+        let out = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&log)
+            .with_context(|| format!("creating {}", log.display()))?;
         let err = out.try_clone()?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {name} ({:?})", cmd.get_program()))?;
-        tracing::debug!(name, pid = child.id(), "started");
-        Ok(Daemon {
+        die_with_parent(&mut cmd);
+        let program = cmd.get_program().to_owned();
+        let child =
+            spawn_on_keeper(cmd).with_context(|| format!("starting {name} ({program:?})"))?;
+        let mut d = Daemon {
             name: name.to_string(),
             child: Some(child),
-            log: log.to_path_buf(),
-        })
+            log,
+        };
+        let pid = d.pid().unwrap_or_default() as i32;
+        if let Err(e) = record_pid(run_dir, pid, role, name) {
+            d.kill();
+            return Err(e.context(format!("recording {name}'s pid")));
+        }
+        tracing::debug!(name, pid, "started");
+        Ok(d)
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -93,6 +232,22 @@ impl Daemon {
             tracing::debug!(name = %self.name, "stopped");
         }
     }
+}
+
+/// Appends the process to `<run_dir>/pids` (mode 0600) and syncs it: a shim killed right
+/// after this line leaves a file that `shim delete` can act on.
+fn record_pid(run_dir: &Path, pid: i32, role: Role, name: &str) -> anyhow::Result<()> {
+    let start = start_time(pid).context("reading the start time")?;
+    let path = run_dir.join(PID_FILE);
+    let mut f = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    writeln!(f, "{pid} {start} {} {name}", role.as_str())?;
+    f.sync_data()?;
+    Ok(())
 }
 
 impl Drop for Daemon {

@@ -1,8 +1,11 @@
-//! One pod, one VM: booting it (QEMU, its daemons, the agent's sandbox), watching it die,
-//! shutting it down in order, and cleaning up what a killed shim left on disk.
+//! One pod, one VM: booting it (the VMM, its daemons, the agent's sandbox), watching it
+//! die, shutting it down in order, killing it when the agent stops answering, and cleaning
+//! up what a killed shim left on disk.
 //!
-//! A pod's directory `<run_dir>/<namespace>/<sandbox id>` holds `vm/` (sockets, logs),
-//! `shared/` (the virtio-fs share) and `pids` (the VM's processes, for `shim delete`).
+//! A pod's directory `<run_dir>/<namespace>/<sandbox id>` (mode 0700) holds `vm/`
+//! (sockets, logs, and `pids`: the VM's processes, for `shim delete`), `mounts/` (the
+//! host's working tree of the share) and `shared/` (its read-only view the guest gets over
+//! virtio-fs); see `share`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -16,9 +19,12 @@ use tokio::sync::watch;
 
 use crate::agent_client::AgentClient;
 use crate::config::HullConfig;
+use crate::daemon::{PID_FILE, PidRecord};
 use crate::hypervisor::qemu::SHARED_FS_TAG;
 use crate::hypervisor::{self, Vm, VmSpec};
-use crate::share::{self, GUEST_SHARED};
+use crate::ids::{self, InvalidId};
+use crate::pod_fs;
+use crate::share::{GUEST_SHARED, PodShare};
 use crate::sizing::PodSize;
 
 pub struct Pod {
@@ -29,8 +35,18 @@ pub struct Pod {
     dead: watch::Receiver<bool>,
 }
 
-pub fn pod_dir(cfg: &HullConfig, namespace: &str, sandbox_id: &str) -> PathBuf {
-    cfg.run_dir.join(namespace).join(dir_name(sandbox_id))
+/// `<run_dir>/<namespace>/<sandbox id>`, for a namespace and id that pass containerd's
+/// identifier rules (so the result is always a direct grandchild of run_dir).
+pub fn pod_dir(cfg: &HullConfig, namespace: &str, sandbox_id: &str) -> Result<PathBuf, InvalidId> {
+    ids::validate("namespace", namespace)?;
+    ids::validate("sandbox id", sandbox_id)?;
+    let dir = cfg.run_dir.join(namespace).join(dir_name(sandbox_id));
+    assert!(
+        dir.parent().and_then(Path::parent) == Some(cfg.run_dir.as_path()),
+        "pod directory {} escapes run_dir",
+        dir.display()
+    );
+    Ok(dir)
 }
 
 /// Unix socket paths (`<pod dir>/vm/vsock.vhost`) must stay under 108 bytes, and CRI ids
@@ -53,8 +69,8 @@ fn ctx(timeout: Duration) -> ttrpc::context::Context {
 }
 
 impl Pod {
-    pub fn share(&self) -> PathBuf {
-        self.dir.join("shared")
+    pub fn share(&self) -> PodShare {
+        PodShare::at(&self.dir)
     }
 
     pub async fn boot(
@@ -64,19 +80,27 @@ impl Pod {
         hostname: &str,
         size: PodSize,
     ) -> anyhow::Result<std::sync::Arc<Pod>> {
-        let dir = pod_dir(cfg, namespace, id);
+        let dir = pod_dir(cfg, namespace, id)?;
         if dir.exists() {
-            tracing::warn!(dir = %dir.display(), "removing a stale pod directory");
+            tracing::warn!(sandbox = %id, dir = %dir.display(), "removing a stale pod directory");
             cleanup_dir(&dir);
+        }
+        // Other host users may pass through run_dir, never list or read it.
+        for d in [&cfg.run_dir, &cfg.run_dir.join(namespace)] {
+            pod_fs::ensure_dir_mode(d, 0o711)?;
         }
         let run = dir.join("vm");
-        let shared = dir.join("shared");
-        std::fs::create_dir_all(&run).with_context(|| format!("creating {}", run.display()))?;
-        std::fs::create_dir_all(&shared)?;
-        if let Err(e) = share::make_shared_mount(&shared) {
-            cleanup_dir(&dir);
-            return Err(e);
+        for d in [&dir, &run] {
+            pod_fs::ensure_dir_mode(d, 0o700)
+                .with_context(|| format!("creating {}", d.display()))?;
         }
+        let shared = match PodShare::create(&dir) {
+            Ok(s) => s.shared,
+            Err(e) => {
+                cleanup_dir(&dir);
+                return Err(e);
+            }
+        };
 
         let spec = VmSpec {
             kernel: cfg.kernel.clone(),
@@ -94,8 +118,6 @@ impl Pod {
                 return Err(e);
             }
         };
-        let pids: Vec<String> = vm.pids().iter().map(u32::to_string).collect();
-        std::fs::write(dir.join("pids"), pids.join("\n"))?;
         let mut req = CreateSandboxRequest::new();
         req.sandbox_id = id.to_string();
         req.hostname = hostname.to_string();
@@ -139,17 +161,30 @@ impl Pod {
         *self.dead.borrow()
     }
 
+    /// Kills the VM at once (an agent that stops answering must not make a pod
+    /// unkillable); its tasks then end as the VM's death is noticed.
+    pub fn kill_vm(&self, why: &str) {
+        let vm = self.vm.lock().expect("vm lock").take();
+        if vm.is_some() {
+            tracing::warn!(sandbox = %self.id, reason = why, "killing the pod VM");
+        }
+        drop(vm);
+    }
+
     /// Orderly: DestroySandbox, wait for the VM to end, then kill whatever remains and
     /// remove the pod directory.
     pub async fn shutdown(&self, timeout: Duration) {
         if !self.is_dead() {
-            if let Err(e) = self
-                .agent
-                .agent
-                .destroy_sandbox(ctx(timeout), &DestroySandboxRequest::new())
-                .await
-            {
-                tracing::warn!(sandbox = %self.id, error = %e, "DestroySandbox failed; killing the VM");
+            let req = DestroySandboxRequest::new();
+            let call = self.agent.agent.destroy_sandbox(ctx(timeout), &req);
+            match tokio::time::timeout(timeout, call).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(sandbox = %self.id, error = %e, "DestroySandbox failed; killing the VM");
+                }
+                Err(_) => {
+                    tracing::warn!(sandbox = %self.id, "DestroySandbox did not answer; killing the VM");
+                }
             }
             let _ = tokio::time::timeout(timeout, self.died()).await;
         }
@@ -208,29 +243,20 @@ fn watch_vm(pod: std::sync::Weak<Pod>, dead: watch::Sender<bool>) {
     }
 }
 
-/// Kills the VM processes listed in `<dir>/pids` (only if they still belong to this pod),
-/// unmounts everything under `dir` and removes it. Safe to call on a half-made pod.
+/// Kills the VM processes recorded in `<dir>/vm/pids` (only those that are still the
+/// processes recorded: same pid and start time), unmounts everything under `dir` and
+/// removes it, never through a mount that is still there. Safe on a half-made pod.
 pub fn cleanup_dir(dir: &Path) {
-    let marker = dir.to_string_lossy().into_owned();
-    for pid in std::fs::read_to_string(dir.join("pids"))
-        .unwrap_or_default()
-        .lines()
-    {
-        let Ok(pid) = pid.trim().parse::<i32>() else {
-            continue;
-        };
-        // A pid may have been reused since: kill only a process whose command line names this pod.
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(&marker) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            wait_gone(pid);
+    let pids = std::fs::read_to_string(dir.join("vm").join(PID_FILE)).unwrap_or_default();
+    for p in PidRecord::parse_file(&pids) {
+        if p.is_alive() {
+            let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
+            wait_gone(p.pid);
         }
     }
-    share::unmount_under(dir);
-    if let Err(e) = std::fs::remove_dir_all(dir)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::warn!(dir = %dir.display(), error = %e, "removing the pod directory");
+    pod_fs::unmount_under(dir);
+    if let Err(e) = pod_fs::remove_within_mount(dir) {
+        tracing::error!(dir = %dir.display(), error = %e, "removing the pod directory");
     }
 }
 
@@ -251,6 +277,25 @@ fn wait_gone(pid: i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_dirs_stay_under_run_dir() {
+        let cfg = HullConfig::default();
+        assert_eq!(
+            pod_dir(&cfg, "k8s.io", "pod1").unwrap(),
+            Path::new("/run/hull/k8s.io/pod1")
+        );
+        for (ns, id) in [
+            ("default", "/etc"),
+            ("default", ".."),
+            ("default", "a/../../x"),
+            ("..", "pod"),
+            ("a/b", "pod"),
+            ("default", ""),
+        ] {
+            assert!(pod_dir(&cfg, ns, id).is_err(), "{ns} {id}");
+        }
+    }
 
     #[test]
     fn long_ids_get_short_stable_names() {

@@ -12,8 +12,9 @@ use containerd_shim_protos::api::DeleteResponse;
 use protobuf::well_known_types::timestamp::Timestamp;
 
 use crate::config::HullConfig;
+use crate::ids;
 use crate::pod::{cleanup_dir, pod_dir};
-use crate::share::ContainerShare;
+use crate::share::PodShare;
 use crate::task::{TaskService, bundle_spec};
 use crate::{is_sandbox_container, sandbox_id};
 
@@ -60,6 +61,10 @@ impl Shim for HullShim {
         let grouping = bundle_spec(Path::new("."))
             .and_then(|s| sandbox_id(&s))
             .unwrap_or_else(|| opts.id.clone());
+        // The grouping id names the shim's socket, and later the pod's directory.
+        for (what, id) in [("container id", &opts.id), ("sandbox id", &grouping)] {
+            ids::validate(what, id).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        }
         let address = spawn(opts, &grouping, Vec::new()).await?;
         Ok(address)
     }
@@ -71,13 +76,16 @@ impl Shim for HullShim {
             .as_ref()
             .and_then(sandbox_id)
             .unwrap_or_else(|| self.id.clone());
-        let dir = pod_dir(cfg, &self.namespace, &sandbox);
+        ids::validate("container id", &self.id)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let dir = pod_dir(cfg, &self.namespace, &sandbox)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let owns_pod = sandbox == self.id || spec.as_ref().is_some_and(is_sandbox_container);
         if owns_pod {
             tracing::warn!(sandbox = %sandbox, "cleaning up after a dead shim: VM, mounts, pod directory");
             cleanup_dir(&dir);
         } else {
-            ContainerShare::new(&dir.join("shared"), &self.id).remove();
+            PodShare::at(&dir).container(&self.id).remove();
         }
         let mut resp = DeleteResponse::new();
         resp.exit_status = 128 + libc::SIGKILL as u32;

@@ -13,7 +13,7 @@ use super::{
     GUEST_CID, SHARED_FS_TAG, VIRTIOFSD_SOCKET, Vm, VmSpec, diagnostics_report, find_tool,
     spawn_virtiofsd,
 };
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, Role};
 
 #[derive(Debug, Clone)]
 pub struct BuiltinConfig {
@@ -101,8 +101,8 @@ impl BuiltinVm {
         let fs = spawn_virtiofsd(&config.virtiofsd, &s.shared_dir, &s.run_dir)?;
         let mut cmd = Command::new(&config.hull_vmm);
         cmd.args(config.vmm_args()).env("HULL_LOG", "info");
-        let vmm = Daemon::spawn("hull-vmm", cmd, &s.run_dir.join("hull-vmm.log"))
-            .context("starting the VM")?;
+        let vmm =
+            Daemon::spawn("hull-vmm", Role::Vmm, cmd, &s.run_dir).context("starting the VM")?;
         tracing::info!(pid = vmm.pid(), "pod VM started (hull-vmm)");
         Ok(BuiltinVm { config, vmm, fs })
     }

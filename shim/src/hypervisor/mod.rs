@@ -13,7 +13,7 @@ use std::sync::Once;
 use std::time::Duration;
 
 use crate::config::{HullConfig, HypervisorKind};
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, Role};
 use accel::Accel;
 use builtin::{BuiltinConfig, BuiltinVm};
 use qemu::{QemuConfig, QemuVm};
@@ -172,7 +172,7 @@ pub fn spawn_virtiofsd(bin: &Path, dir: &Path, run_dir: &Path) -> anyhow::Result
             "--log-level",
             "error",
         ]);
-    let mut d = Daemon::spawn("virtiofsd", cmd, &run_dir.join("virtiofsd.log"))?;
+    let mut d = Daemon::spawn("virtiofsd", Role::Backend, cmd, run_dir)?;
     d.wait_for_socket(&sock, DAEMON_SOCKET_TIMEOUT)?;
     Ok(d)
 }

@@ -14,7 +14,7 @@ use super::accel::{Accel, host_tsc_khz};
 use super::{
     DAEMON_SOCKET_TIMEOUT, VIRTIOFSD_SOCKET, Vm, diagnostics_report, find_tool, spawn_virtiofsd,
 };
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, Role};
 
 pub use super::{GUEST_CID, SHARED_FS_TAG};
 
@@ -167,11 +167,7 @@ impl QemuVm {
             .arg(&vhost_vsock)
             .arg("--uds-path")
             .arg(config.vsock_uds());
-        let mut vsock = Daemon::spawn(
-            "vhost-device-vsock",
-            vsock_cmd,
-            &run.join("vhost-device-vsock.log"),
-        )?;
+        let mut vsock = Daemon::spawn("vhost-device-vsock", Role::Backend, vsock_cmd, run)?;
         vsock.wait_for_socket(&vhost_vsock, DAEMON_SOCKET_TIMEOUT)?;
 
         let fs = match &config.shared_dir {
@@ -181,7 +177,7 @@ impl QemuVm {
 
         let mut cmd = Command::new(&config.qemu);
         cmd.args(config.qemu_args());
-        let qemu = Daemon::spawn("qemu", cmd, &run.join("qemu.log")).context("starting the VM")?;
+        let qemu = Daemon::spawn("qemu", Role::Vmm, cmd, run).context("starting the VM")?;
         tracing::info!(accel = ?config.accel, pid = qemu.pid(), "pod VM started");
         Ok(QemuVm {
             config,

@@ -29,6 +29,7 @@ use crate::config::HullConfig;
 use crate::pod::Pod;
 use crate::sandbox_id;
 use crate::share::ContainerShare;
+
 use events::Events;
 use io::StdioPaths;
 use process::Process;
@@ -43,9 +44,18 @@ fn internal(e: impl std::fmt::Display) -> ttrpc::Error {
     err(Code::INTERNAL, e.to_string())
 }
 
-fn actx() -> ttrpc::context::Context {
+/// A call that waits for an event (a process exit, an OOM kill) for as long as it takes;
+/// it is cancelled when the pod VM dies.
+fn wait_ctx() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(0)
 }
+
+fn invalid_id(e: crate::ids::InvalidId) -> ttrpc::Error {
+    err(Code::INVALID_ARGUMENT, e.to_string())
+}
+
+/// OOM events forwarded per second at most: a guest can report as many as it likes.
+const OOM_EVENTS_PER_SECOND: u32 = 10;
 
 struct Container {
     id: String,
@@ -64,6 +74,8 @@ pub struct TaskService {
     exit: Arc<ExitSignal>,
     pod: tokio::sync::Mutex<Option<Arc<Pod>>>,
     containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// Ids of the containers created here, for checking what the guest reports.
+    known_ids: Arc<Mutex<std::collections::HashSet<String>>>,
     net_warned: std::sync::atomic::AtomicBool,
 }
 
@@ -81,8 +93,16 @@ impl TaskService {
             exit,
             pod: tokio::sync::Mutex::new(None),
             containers: Mutex::default(),
+            known_ids: Arc::default(),
             net_warned: Default::default(),
         }
+    }
+
+    /// Every request/answer agent call gets this deadline: a guest that stops answering
+    /// fails the call instead of hanging the task API.
+    fn actx(&self) -> ttrpc::context::Context {
+        let d = Duration::from_secs(self.cfg.agent_timeout_s);
+        ttrpc::context::with_timeout(d.as_nanos() as i64)
     }
 
     fn container(&self, id: &str) -> TResult<Arc<Container>> {
@@ -146,18 +166,36 @@ impl TaskService {
         Ok(pod)
     }
 
+    /// Forwards the guest's OOM kills as TaskOOM events: only for containers this shim
+    /// created, and at most `OOM_EVENTS_PER_SECOND`, whatever the guest sends.
     fn spawn_oom_forwarder(&self, pod: Arc<Pod>) {
         let events = self.events.clone();
+        let known = self.known_ids.clone();
         tokio::spawn(async move {
             let req = pb::GetOOMEventRequest::new();
+            let mut window = (std::time::Instant::now(), 0u32);
             loop {
                 let r = tokio::select! {
-                    r = pod.agent.agent.get_oom_event(actx(), &req) => r,
+                    r = pod.agent.agent.get_oom_event(wait_ctx(), &req) => r,
                     _ = pod.died() => return,
                 };
                 match r {
                     Ok(ev) => {
-                        tracing::info!(container = %ev.container_id, "OOM kill");
+                        if !known.lock().expect("ids lock").contains(&ev.container_id) {
+                            tracing::debug!(sandbox = %pod.id, "OOM event for an unknown container dropped");
+                            continue;
+                        }
+                        if window.0.elapsed() >= Duration::from_secs(1) {
+                            window = (std::time::Instant::now(), 0);
+                        }
+                        window.1 += 1;
+                        if window.1 > OOM_EVENTS_PER_SECOND {
+                            if window.1 == OOM_EVENTS_PER_SECOND + 1 {
+                                tracing::warn!(sandbox = %pod.id, "OOM events above the rate limit dropped");
+                            }
+                            continue;
+                        }
+                        tracing::info!(sandbox = %pod.id, container = %ev.container_id, "OOM kill");
                         let mut e = TaskOOM::new();
                         e.container_id = ev.container_id;
                         events.send(TASK_OOM_EVENT_TOPIC, Box::new(e)).await;
@@ -207,7 +245,7 @@ impl TaskService {
             req.container_id = cid.clone();
             req.exec_id = p.exec_id.clone();
             let status = tokio::select! {
-                r = pod.agent.agent.wait_process(actx(), &req) => r.map(|r| r.status).unwrap_or(255),
+                r = pod.agent.agent.wait_process(wait_ctx(), &req) => r.map(|r| r.status).unwrap_or(255),
                 _ = pod.died() => 255,
             };
             if tokio::time::timeout(Duration::from_secs(5), p.drain_output())
@@ -245,13 +283,15 @@ impl TaskService {
                 format!("container {} already exists", req.id),
             ));
         }
+        crate::ids::validate("container id", &req.id).map_err(invalid_id)?;
         let bundle = PathBuf::from(&req.bundle);
         let mut spec = Spec::load(bundle.join("config.json"))
             .map_err(|e| err(Code::INVALID_ARGUMENT, format!("reading the OCI spec: {e}")))?;
         let sandbox = sandbox_id(&spec).unwrap_or_else(|| req.id.clone());
+        crate::ids::validate("sandbox id", &sandbox).map_err(invalid_id)?;
         let pod = self.ensure_pod(&sandbox, &spec).await?;
 
-        let share = ContainerShare::new(&pod.share(), &req.id);
+        let share = pod.share().container(&req.id);
         let prepared = share
             .mount_rootfs(&req.rootfs, &bundle)
             .and_then(|_| self.prepare_spec(&mut spec, &share, &req.id))
@@ -266,10 +306,14 @@ impl TaskService {
         let mut creq = pb::CreateContainerRequest::new();
         creq.container_id = req.id.clone();
         creq.oci_spec = spec_json;
-        if let Err(e) = pod.agent.agent.create_container(actx(), &creq).await {
+        if let Err(e) = pod.agent.agent.create_container(self.actx(), &creq).await {
             share.remove();
             return Err(e);
         }
+        self.known_ids
+            .lock()
+            .expect("ids lock")
+            .insert(req.id.clone());
         let paths = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -315,7 +359,7 @@ impl TaskService {
         let p = if req.exec_id.is_empty() {
             let mut sreq = pb::StartContainerRequest::new();
             sreq.container_id = req.id.clone();
-            pod.agent.agent.start_container(actx(), &sreq).await?;
+            pod.agent.agent.start_container(self.actx(), &sreq).await?;
             c.init.set_running();
             c.init.clone()
         } else {
@@ -345,7 +389,7 @@ impl TaskService {
             ereq.container_id = req.id.clone();
             ereq.exec_id = req.exec_id.clone();
             ereq.process = spec;
-            if let Err(e) = pod.agent.agent.exec_process(actx(), &ereq).await {
+            if let Err(e) = pod.agent.agent.exec_process(self.actx(), &ereq).await {
                 c.execs.lock().expect("execs lock").remove(&req.exec_id);
                 return Err(e);
             }
@@ -393,7 +437,7 @@ impl TaskService {
             if !pod.is_dead() {
                 let mut rreq = pb::RemoveContainerRequest::new();
                 rreq.container_id = req.id.clone();
-                if let Err(e) = pod.agent.agent.remove_container(actx(), &rreq).await {
+                if let Err(e) = pod.agent.agent.remove_container(self.actx(), &rreq).await {
                     tracing::warn!(container = %req.id, error = %e, "RemoveContainer");
                 }
             }
@@ -403,6 +447,7 @@ impl TaskService {
                 .lock()
                 .expect("containers lock")
                 .remove(&req.id);
+            self.known_ids.lock().expect("ids lock").remove(&req.id);
             tracing::info!(container = %req.id, "container deleted");
             let mut e = TaskDelete::new();
             e.container_id = req.id.clone();
@@ -420,6 +465,7 @@ impl TaskService {
     }
 
     async fn do_exec(&self, req: &ExecProcessRequest) -> TResult<()> {
+        crate::ids::validate("exec id", &req.exec_id).map_err(invalid_id)?;
         let c = self.container(&req.id)?;
         if c.init.status() != Status::RUNNING {
             return Err(err(
@@ -473,8 +519,26 @@ impl TaskService {
         sreq.exec_id = req.exec_id.clone();
         sreq.signal = req.signal;
         sreq.all = req.all;
-        pod.agent.agent.signal_process(actx(), &sreq).await?;
-        Ok(())
+        let r = pod.agent.agent.signal_process(self.actx(), &sreq).await;
+        if req.signal == libc::SIGKILL as u32 {
+            // A SIGKILL must always work: a process the agent does not end in time (it is
+            // wedged, gone, or says it did and did not) gets its VM killed, which ends
+            // every task of the pod.
+            let deadline = Duration::from_secs(self.cfg.agent_timeout_s);
+            let what = p.display_id(&req.id);
+            tokio::spawn(async move {
+                if tokio::time::timeout(deadline, p.wait()).await.is_err() {
+                    pod.kill_vm(&format!("{what} still runs {deadline:?} after SIGKILL"));
+                }
+            });
+            if let Err(e) = &r
+                && !matches!(e, ttrpc::Error::RpcStatus(_))
+            {
+                tracing::warn!(container = %req.id, error = %e, "the agent did not answer a SIGKILL; the VM goes if the process does not");
+                return Ok(());
+            }
+        }
+        r.map(|_| ())
     }
 }
 
@@ -535,7 +599,7 @@ impl Task for TaskService {
         self.container(&req.id)?;
         let mut lreq = pb::ListProcessesRequest::new();
         lreq.container_id = req.id.clone();
-        let list = pod.agent.agent.list_processes(actx(), &lreq).await?;
+        let list = pod.agent.agent.list_processes(self.actx(), &lreq).await?;
         let mut resp = PidsResponse::new();
         resp.processes = list
             .processes
@@ -554,7 +618,7 @@ impl Task for TaskService {
         let c = self.container(&req.id)?;
         let mut preq = pb::PauseContainerRequest::new();
         preq.container_id = req.id.clone();
-        pod.agent.agent.pause_container(actx(), &preq).await?;
+        pod.agent.agent.pause_container(self.actx(), &preq).await?;
         c.init.set_paused(true);
         let mut e = TaskPaused::new();
         e.container_id = req.id.clone();
@@ -567,7 +631,7 @@ impl Task for TaskService {
         let c = self.container(&req.id)?;
         let mut rreq = pb::ResumeContainerRequest::new();
         rreq.container_id = req.id.clone();
-        pod.agent.agent.resume_container(actx(), &rreq).await?;
+        pod.agent.agent.resume_container(self.actx(), &rreq).await?;
         c.init.set_paused(false);
         let mut e = TaskResumed::new();
         e.container_id = req.id.clone();
@@ -604,7 +668,7 @@ impl Task for TaskService {
         rreq.exec_id = req.exec_id.clone();
         rreq.rows = req.height;
         rreq.columns = req.width;
-        pod.agent.agent.tty_win_resize(actx(), &rreq).await?;
+        pod.agent.agent.tty_win_resize(self.actx(), &rreq).await?;
         Ok(Empty::new())
     }
 
@@ -628,7 +692,7 @@ impl Task for TaskService {
         let mut ureq = pb::UpdateContainerRequest::new();
         ureq.container_id = req.id.clone();
         ureq.resources = resources;
-        pod.agent.agent.update_container(actx(), &ureq).await?;
+        pod.agent.agent.update_container(self.actx(), &ureq).await?;
         Ok(Empty::new())
     }
 
@@ -646,7 +710,7 @@ impl Task for TaskService {
         self.container(&req.id)?;
         let mut sreq = pb::StatsContainerRequest::new();
         sreq.container_id = req.id.clone();
-        let stats = pod.agent.agent.stats_container(actx(), &sreq).await?;
+        let stats = pod.agent.agent.stats_container(self.actx(), &sreq).await?;
         let mut resp = StatsResponse::new();
         resp.stats = Some(metrics::to_any(&metrics::to_metrics(&stats)).map_err(internal)?).into();
         Ok(resp)
