@@ -15,6 +15,28 @@ pub enum Mode {
     Host,
 }
 
+/// Misbehaviour on purpose (kernel parameter `hull.fault=`), so that the host side can be
+/// tested against an agent that is compromised or broken: the host must cope with any
+/// agent, and this is how the attack tier gets one. It only changes what this agent does
+/// inside its own VM, which a guest can always do anyway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// SignalProcess never answers (a wedged agent).
+    HangSignals,
+    /// SignalProcess answers OK and signals nothing (a lying agent).
+    IgnoreSignals,
+}
+
+impl Fault {
+    fn parse(s: &str) -> Option<Fault> {
+        match s {
+            "hang-signals" => Some(Fault::HangSignals),
+            "ignore-signals" => Some(Fault::IgnoreSignals),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub mode: Mode,
@@ -26,6 +48,8 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// tracing filter, e.g. `info` or `hull_agent=debug`.
     pub log: String,
+    /// Deliberate misbehaviour for tests of the host side; none normally.
+    pub fault: Option<Fault>,
 }
 
 impl AgentConfig {
@@ -35,12 +59,17 @@ impl AgentConfig {
             .find_map(|w| w.strip_prefix("hull.log="))
             .unwrap_or("warn")
             .to_string();
+        let fault = kernel_cmdline
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("hull.fault="))
+            .and_then(Fault::parse);
         AgentConfig {
             mode: Mode::Guest,
             listen: format!("vsock://-1:{AGENT_VSOCK_PORT}"),
             shared_dir: PathBuf::from("/run/hull/shared"),
             state_dir: PathBuf::from("/run/hull/state"),
             log,
+            fault,
         }
     }
 
@@ -70,5 +99,11 @@ mod tests {
         assert_eq!(c.log, "debug");
         assert_eq!(c.listen, "vsock://-1:1024");
         assert_eq!(AgentConfig::guest("console=ttyS0").log, "warn");
+        assert_eq!(AgentConfig::guest("console=ttyS0").fault, None);
+        assert_eq!(
+            AgentConfig::guest("hull.fault=hang-signals").fault,
+            Some(Fault::HangSignals)
+        );
+        assert_eq!(AgentConfig::guest("hull.fault=nonsense").fault, None);
     }
 }

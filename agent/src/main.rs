@@ -65,6 +65,7 @@ fn main() -> ExitCode {
             shared_dir: cli.shared_dir,
             state_dir: cli.state_dir,
             log: cli.log,
+            fault: None,
         };
         logging::init(&cfg.log);
         // Containers outlive the helper that creates them; they must come back to us.

@@ -32,7 +32,11 @@ pub async fn serve(cfg: AgentConfig) -> anyhow::Result<()> {
         sandbox: sandbox.clone(),
         oom_events: Mutex::new(oom_events),
         shutdown: shutdown.clone(),
+        fault: cfg.fault,
     });
+    if let Some(f) = cfg.fault {
+        tracing::warn!(fault = ?f, "misbehaving on purpose (hull.fault)");
+    }
 
     if let Some(path) = cfg.listen.strip_prefix("unix://") {
         let _ = std::fs::remove_file(path);

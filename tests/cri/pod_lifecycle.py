@@ -24,16 +24,24 @@ def check(cond, msg):
 
 
 def hypervisors(test_dir):
-    """QEMU processes started for this test (their command line names its directory)."""
+    """Running VMMs of this test's pods, whichever backend (QEMU or hull-vmm): the lines
+    with role "vmm" in each pod's pid file whose process still has its recorded start time."""
+    import glob
+
     found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if "qemu-system" in cmd and test_dir in cmd:
-            found.append(pid)
+    for pids in glob.glob(f"{test_dir}/run/*/*/vm/pids"):
+        with open(pids) as f:
+            for line in f:
+                pid, start, role, _name = line.split()
+                if role != "vmm":
+                    continue
+                try:
+                    with open(f"/proc/{pid}/stat") as st:
+                        fields = st.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if fields[19] == start:
+                    found.append(int(pid))
     return found
 
 

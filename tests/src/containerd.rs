@@ -25,16 +25,22 @@ pub struct Containerd {
 impl Containerd {
     /// `cri`: also enable containerd's CRI plugin with the `hull` runtime handler.
     pub fn start(cri: bool) -> Containerd {
-        Self::start_with(cri, false)
+        Self::start_with(cri, false, "")
+    }
+
+    /// Without CRI, with `extra` appended to the shim's hull.toml (later keys win; e.g. a
+    /// `kernel_params` line that replaces the default one).
+    pub fn start_with_hull_config(extra: &str) -> Containerd {
+        Self::start_with(false, false, extra)
     }
 
     /// CRI plus a CNI network (Debian's ptp plugin: a veth per pod, addresses from the
     /// 198.18.0.0/15 benchmarking range, IPAM state in the test directory).
     pub fn start_with_cni() -> Containerd {
-        Self::start_with(true, true)
+        Self::start_with(true, true, "")
     }
 
-    fn start_with(cri: bool, cni: bool) -> Containerd {
+    fn start_with(cri: bool, cni: bool, extra: &str) -> Containerd {
         crate::require_root();
         let dir = tempfile::Builder::new()
             .prefix("hull-ctrd")
@@ -43,10 +49,15 @@ impl Containerd {
         let d = dir.path();
         let build = crate::repo_root().join("build");
         let hull_toml = d.join("hull.toml");
+        let kernel_params = if extra.contains("kernel_params") {
+            String::new()
+        } else {
+            "kernel_params = \"hull.log=info\"\n".to_string()
+        };
         std::fs::write(
             &hull_toml,
             format!(
-                "kernel = \"{}\"\ninitrd = \"{}\"\nrun_dir = \"{}\"\nlog_level = \"debug\"\nboot_timeout_s = 45\nkernel_params = \"hull.log=info\"\n",
+                "kernel = \"{}\"\ninitrd = \"{}\"\nrun_dir = \"{}\"\nlog_level = \"debug\"\nboot_timeout_s = 45\n{kernel_params}{extra}\n",
                 build.join("vmlinux").display(),
                 build.join("initrd.img").display(),
                 d.join("run").display()
@@ -250,6 +261,31 @@ impl Containerd {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The directory of pod `sandbox` in namespace `namespace`.
+    pub fn pod_dir(&self, namespace: &str, sandbox: &str) -> PathBuf {
+        self.run_dir().join(namespace).join(sandbox)
+    }
+
+    /// The pid of pod `sandbox`'s VMM (QEMU or hull-vmm, whichever the host runs), from the
+    /// pod's pid file.
+    pub fn vmm_pid(&self, sandbox: &str) -> Option<i32> {
+        let pids =
+            std::fs::read_to_string(self.pod_dir(NAMESPACE, sandbox).join("vm/pids")).ok()?;
+        hull_shim::daemon::PidRecord::parse_file(&pids)
+            .into_iter()
+            .find(|r| r.role == "vmm")
+            .map(|r| r.pid)
+    }
+
+    /// The pid of this test's one shim process.
+    pub fn shim_pids(&self) -> Vec<i32> {
+        self.leftover_processes()
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains("containerd-shim-hull-v2"))
+            .map(|(p, _)| p)
+            .collect()
     }
 
     pub fn pid(&self) -> Option<u32> {

@@ -159,33 +159,36 @@ fn tty_run() {
     c.assert_clean();
 }
 
-/// Runs `id` detached (`sleep 600`), then SIGKILLs the one process of this test whose
-/// command line contains `needle` (the shim, QEMU, ...).
-fn run_detached_then_kill(c: &Containerd, id: &str, needle: &str) {
+/// Runs `id` detached (`sleep 600`), then SIGKILLs `pid_of(c, id)`: the shim, or the VMM
+/// (QEMU or hull-vmm: whichever backend the host runs, read from the pod's pid file).
+fn run_detached_then_kill(c: &Containerd, id: &str, pid_of: fn(&Containerd, &str) -> i32) {
     c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, id, "sleep", "600"]);
-    let pids: Vec<i32> = c
-        .leftover_processes()
-        .into_iter()
-        .filter(|(_, cmd)| cmd.contains(needle))
-        .map(|(p, _)| p)
-        .collect();
-    assert_eq!(
-        pids.len(),
-        1,
-        "one {needle} expected: {:?}",
-        c.leftover_processes()
-    );
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pids[0]),
+        nix::unistd::Pid::from_raw(pid_of(c, id)),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
 }
 
+fn the_shim(c: &Containerd, _id: &str) -> i32 {
+    let pids = c.shim_pids();
+    assert_eq!(
+        pids.len(),
+        1,
+        "one shim expected: {:?}",
+        c.leftover_processes()
+    );
+    pids[0]
+}
+
+fn the_vmm(c: &Containerd, id: &str) -> i32 {
+    c.vmm_pid(id).expect("the pod's pid file names its VMM")
+}
+
 #[test]
 fn killed_shim_is_cleaned_up() {
     let c = Containerd::start(false);
-    run_detached_then_kill(&c, "victim", "containerd-shim-hull-v2");
+    run_detached_then_kill(&c, "victim", the_shim);
     // containerd notices, runs `containerd-shim-hull-v2 delete`, and the task is gone.
     let gone = wait_until(Duration::from_secs(10), || {
         !c.ctr_ok(&["task", "ls"]).contains("victim")
@@ -198,7 +201,7 @@ fn killed_shim_is_cleaned_up() {
 #[test]
 fn dead_vm_ends_its_tasks() {
     let c = Containerd::start(false);
-    run_detached_then_kill(&c, "doomed", "qemu-system-x86_64");
+    run_detached_then_kill(&c, "doomed", the_vmm);
     let stopped = wait_until(Duration::from_secs(10), || {
         c.ctr_ok(&["task", "ls"]).contains("STOPPED")
     });

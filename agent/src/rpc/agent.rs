@@ -9,6 +9,7 @@ use tokio::sync::{Mutex, Notify, mpsc};
 use tracing::Instrument;
 use ttrpc::r#async::TtrpcContext;
 
+use crate::config::Fault;
 use crate::container::{self, Containers, Status};
 use crate::error::{AgentError, Result};
 use crate::sandbox::Sandbox;
@@ -22,6 +23,8 @@ pub struct AgentService {
     pub oom_events: Mutex<mpsc::UnboundedReceiver<String>>,
     /// Notified once DestroySandbox has cleaned up; main then stops the agent.
     pub shutdown: Arc<Notify>,
+    /// Deliberate misbehaviour for host-side tests (`hull.fault=`).
+    pub fault: Option<Fault>,
 }
 
 impl AgentService {
@@ -139,7 +142,13 @@ impl agent_ttrpc::AgentService for AgentService {
     ) -> ttrpc::Result<Empty> {
         self.run(
             self.span("SignalProcess", &req.container_id, &req.exec_id),
-            async { self.containers.signal(&req).await.map(|_| empty()) },
+            async {
+                match self.fault {
+                    Some(Fault::HangSignals) => std::future::pending().await,
+                    Some(Fault::IgnoreSignals) => Ok(empty()),
+                    None => self.containers.signal(&req).await.map(|_| empty()),
+                }
+            },
         )
         .await
     }

@@ -1,5 +1,11 @@
 //! The host side of the vsock device: the hybrid unix listener, the unix streams of each
 //! connection, and the translation between their bytes and vsock packets.
+//!
+//! The guest is hostile, so everything it can make the host hold is bounded: per
+//! connection, guest bytes buffered for a slow host stream never exceed the `buf_alloc`
+//! advertised to the guest (a guest that sends past its credit gets the connection reset);
+//! replies waiting for RX buffers are capped; connections per VM are capped; and a host
+//! stream the guest has no credit for is taken off epoll, so a hang-up cannot spin.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
@@ -23,6 +29,11 @@ const CONN_BUF_ALLOC: u32 = 256 * 1024;
 const MAX_CONNECT_LINE: usize = 32;
 /// Host ports handed to host-initiated connections start here.
 const FIRST_HOST_PORT: u32 = 1 << 30;
+/// Connections (both directions, handshakes included) one VM may hold at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Packets waiting for guest RX buffers; past this, replies are dropped (and the
+/// connection they belong to closed).
+pub const MAX_PENDING_CONTROL: usize = 2 * MAX_CONNECTIONS;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Key {
@@ -40,8 +51,10 @@ struct Conn {
     /// Bytes delivered to the host stream, and the count last told to the guest.
     fwd_cnt: u32,
     told_fwd_cnt: u32,
-    /// Guest bytes the host stream did not take yet.
+    /// Guest bytes the host stream did not take yet (at most `CONN_BUF_ALLOC`).
     out: Vec<u8>,
+    /// The events the stream is registered for; empty: not on epoll at all.
+    watched: EventSet,
 }
 
 impl Conn {
@@ -55,6 +68,7 @@ impl Conn {
             fwd_cnt: 0,
             told_fwd_cnt: 0,
             out: Vec::new(),
+            watched: EventSet::empty(),
         }
     }
 
@@ -196,15 +210,16 @@ impl Muxer {
                     self.reset_conn(key);
                     return;
                 }
-                let fd = c.stream.as_raw_fd();
-                let _ = self.watch(
-                    fd,
-                    EventSet::IN | EventSet::READ_HANG_UP,
-                    ControlOperation::Modify,
-                );
+                self.set_interest(key, EventSet::IN | EventSet::READ_HANG_UP);
             }
             (OP_RW, true) if self.conns[&key].established => {
                 let c = self.conns.get_mut(&key).expect("present");
+                if c.out.len() + p.data.len() > CONN_BUF_ALLOC as usize {
+                    // Past the credit the host gave: the guest broke the protocol.
+                    tracing::debug!(port = key.local, "vsock: guest sent past its credit");
+                    self.reset_conn(key);
+                    return;
+                }
                 c.out.extend_from_slice(&p.data);
                 self.flush(key);
             }
@@ -225,17 +240,18 @@ impl Muxer {
 
     /// A guest connection to host port P goes to `<uds>_P`.
     fn guest_connects(&mut self, key: Key) {
+        if self.connection_count() >= MAX_CONNECTIONS {
+            tracing::debug!(port = key.local, "vsock: connection limit reached");
+            self.reply(key, OP_RST, 0);
+            return;
+        }
         let path = format!("{}_{}", self.uds.display(), key.local);
         match UnixStream::connect(&path).and_then(|s| s.set_nonblocking(true).map(|_| s)) {
             Ok(stream) => {
                 let fd = stream.as_raw_fd();
                 self.conns.insert(key, Conn::new(stream, true));
                 self.fds.insert(fd, Token::Conn(key));
-                let _ = self.watch(
-                    fd,
-                    EventSet::IN | EventSet::READ_HANG_UP,
-                    ControlOperation::Add,
-                );
+                self.set_interest(key, EventSet::IN | EventSet::READ_HANG_UP);
                 self.reply(key, OP_RESPONSE, 0);
             }
             Err(_) => self.reply(key, OP_RST, 0),
@@ -261,13 +277,8 @@ impl Muxer {
         }
         c.out.drain(..written);
         c.fwd_cnt = c.fwd_cnt.wrapping_add(written as u32);
-        let fd = c.stream.as_raw_fd();
-        let mut events = EventSet::IN | EventSet::READ_HANG_UP;
-        if !c.out.is_empty() {
-            events |= EventSet::OUT;
-        }
         let tell = c.fwd_cnt.wrapping_sub(c.told_fwd_cnt) >= CONN_BUF_ALLOC / 2;
-        let _ = self.watch(fd, events, ControlOperation::Modify);
+        self.update_read_interest();
         if tell {
             self.reply(key, OP_CREDIT_UPDATE, 0);
         }
@@ -277,7 +288,53 @@ impl Muxer {
 
     fn reply(&mut self, key: Key, op: u16, flags: u32) {
         let p = self.packet_for(key, op, flags, Vec::new());
+        self.queue_control(p);
+    }
+
+    /// Queues a packet for the guest, unless the guest has let too many pile up (it posts
+    /// no RX buffers): then the packet is dropped and its connection closed on the host.
+    fn queue_control(&mut self, p: Packet) {
+        if self.control.len() >= MAX_PENDING_CONTROL {
+            let key = Key {
+                local: p.src_port,
+                peer: p.dst_port,
+            };
+            tracing::debug!(
+                port = key.local,
+                "vsock: reply queue full; dropping a reply"
+            );
+            self.drop_conn(key);
+            return;
+        }
         self.control.push_back(p);
+    }
+
+    fn connection_count(&self) -> usize {
+        self.conns.len()
+            + self
+                .fds
+                .values()
+                .filter(|t| matches!(t, Token::Handshake(..)))
+                .count()
+    }
+
+    /// Registers the connection's stream for `events`, or takes it off epoll entirely when
+    /// there is nothing to wait for (a hang-up would otherwise be reported forever).
+    fn set_interest(&mut self, key: Key, events: EventSet) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if c.watched == events {
+            return;
+        }
+        let fd = c.stream.as_raw_fd();
+        let op = match (c.watched.is_empty(), events.is_empty()) {
+            (true, _) => ControlOperation::Add,
+            (false, true) => ControlOperation::Delete,
+            (false, false) => ControlOperation::Modify,
+        };
+        c.watched = events;
+        let _ = self.epoll.ctl(op, fd, EpollEvent::new(events, fd as u64));
     }
 
     fn packet_for(&mut self, key: Key, op: u16, flags: u32, data: Vec<u8>) -> Packet {
@@ -376,7 +433,7 @@ impl Muxer {
                         self.packet_for(key, OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND, Vec::new());
                     let rst = self.packet_for(key, OP_RST, 0, Vec::new());
                     self.drop_conn(key);
-                    self.control.push_back(rst);
+                    self.queue_control(rst);
                     return Some(shutdown);
                 }
                 Ok(n) => {
@@ -397,42 +454,55 @@ impl Muxer {
     }
 
     /// Read host streams only while the guest can take their bytes: otherwise epoll would
-    /// report them readable forever.
+    /// report them readable (or hung up) forever. A stream with neither credit nor pending
+    /// output is not on epoll at all.
     fn update_read_interest(&mut self) {
-        for c in self.conns.values() {
-            if !c.established {
-                continue;
-            }
-            let mut events = EventSet::READ_HANG_UP;
-            if !self.rx_starved && c.credit() > 0 {
-                events |= EventSet::IN;
-            }
-            if !c.out.is_empty() {
-                events |= EventSet::OUT;
-            }
-            let _ = self.watch(c.stream.as_raw_fd(), events, ControlOperation::Modify);
+        let wanted: Vec<(Key, EventSet)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.established)
+            .map(|(k, c)| {
+                let mut events = EventSet::empty();
+                if !self.rx_starved && c.credit() > 0 {
+                    events |= EventSet::IN | EventSet::READ_HANG_UP;
+                }
+                if !c.out.is_empty() {
+                    events |= EventSet::OUT;
+                }
+                (*k, events)
+            })
+            .collect();
+        for (k, events) in wanted {
+            self.set_interest(k, events);
         }
     }
 
     fn reset_conn(&mut self, key: Key) {
         self.drop_conn(key);
         let p = self.packet_for(key, OP_RST, 0, Vec::new());
-        self.control.push_back(p);
+        self.queue_control(p);
     }
 
     fn drop_conn(&mut self, key: Key) {
         if let Some(c) = self.conns.remove(&key) {
             let fd = c.stream.as_raw_fd();
-            let _ = self.watch(fd, EventSet::empty(), ControlOperation::Delete);
+            if !c.watched.is_empty() {
+                let _ = self.watch(fd, EventSet::empty(), ControlOperation::Delete);
+            }
             self.fds.remove(&fd);
         }
+    }
+
+    /// Open connections and pending replies, for tests and metrics.
+    pub fn load(&self) -> (usize, usize) {
+        (self.conns.len(), self.control.len())
     }
 
     // ---------------------------------------------------------------- host sockets
 
     fn accept(&mut self) {
         while let Ok((stream, _)) = self.listener.accept() {
-            if stream.set_nonblocking(true).is_err() {
+            if self.connection_count() >= MAX_CONNECTIONS || stream.set_nonblocking(true).is_err() {
                 continue;
             }
             let fd = stream.as_raw_fd();
@@ -473,10 +543,10 @@ impl Muxer {
         let local = self.next_port;
         self.next_port = self.next_port.checked_add(1).unwrap_or(FIRST_HOST_PORT);
         let key = Key { local, peer: port };
-        // Not read until the guest accepts: only a hang-up matters meanwhile.
-        let _ = self.watch(fd, EventSet::READ_HANG_UP, ControlOperation::Add);
         self.conns.insert(key, Conn::new(stream, false));
         self.fds.insert(fd, Token::Conn(key));
+        // Not read until the guest accepts: only a hang-up matters meanwhile.
+        self.set_interest(key, EventSet::READ_HANG_UP);
         self.reply(key, OP_REQUEST, 0);
         self.fill_rx();
     }
@@ -551,6 +621,135 @@ mod tests {
         assert_eq!(parse_connect(b"CONNECT x"), None);
         assert_eq!(parse_connect(b"connect 1"), None);
         assert_eq!(parse_connect(&[0xff, 0xfe]), None);
+    }
+
+    fn guest_packet(src_port: u32, dst_port: u32, op: u16, data: Vec<u8>) -> Packet {
+        Packet {
+            src_cid: 3,
+            dst_cid: HOST_CID,
+            src_port,
+            dst_port,
+            type_: TYPE_STREAM,
+            op,
+            flags: 0,
+            buf_alloc: CONN_BUF_ALLOC,
+            fwd_cnt: 0,
+            data,
+        }
+    }
+
+    /// A muxer whose host side listens on port 1234 (accepting in a thread, keeping each
+    /// stream unread), and the accepted streams.
+    fn muxer_with_host_service(
+        dir: &std::path::Path,
+    ) -> (Muxer, std::sync::mpsc::Receiver<UnixStream>) {
+        let uds = dir.join("v.sock");
+        let host = UnixListener::bind(format!("{}_1234", uds.display())).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for s in host.incoming() {
+                if tx.send(s.unwrap()).is_err() {
+                    return;
+                }
+            }
+        });
+        (Muxer::new(3, uds).unwrap(), rx)
+    }
+
+    fn raise_fd_limit() {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit read or write the one struct passed.
+        unsafe {
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+            lim.rlim_cur = lim.rlim_max.min(1 << 16);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+
+    /// A guest that keeps sending to a host stream nobody reads is held to the credit the
+    /// host advertised: the host never buffers more, and resets the connection.
+    #[test]
+    fn guest_sending_past_its_credit_is_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut m, _accepted) = muxer_with_host_service(dir.path());
+        m.handle_guest_packet(guest_packet(5000, 1234, OP_REQUEST, Vec::new()));
+        assert_eq!(m.load().0, 1);
+        let chunk = vec![0x41u8; MAX_PKT_DATA as usize];
+        let mut reset = false;
+        for _ in 0..200 {
+            m.handle_guest_packet(guest_packet(5000, 1234, OP_RW, chunk.clone()));
+            match m.conns.values().next() {
+                Some(c) => assert!(c.out.len() <= CONN_BUF_ALLOC as usize),
+                None => {
+                    reset = true;
+                    break;
+                }
+            }
+        }
+        assert!(reset, "12 MiB past a 256 KiB credit and still connected");
+        assert!(
+            m.control
+                .iter()
+                .any(|p| p.op == OP_RST && p.dst_port == 5000)
+        );
+    }
+
+    #[test]
+    fn connections_per_vm_are_capped() {
+        raise_fd_limit();
+        let dir = tempfile::tempdir().unwrap();
+        let (mut m, accepted) = muxer_with_host_service(dir.path());
+        for port in 0..(MAX_CONNECTIONS as u32 + 50) {
+            m.handle_guest_packet(guest_packet(10_000 + port, 1234, OP_REQUEST, Vec::new()));
+        }
+        assert_eq!(m.load().0, MAX_CONNECTIONS);
+        let refused = m
+            .control
+            .iter()
+            .filter(|p| p.op == OP_RST && p.dst_port >= 10_000 + MAX_CONNECTIONS as u32)
+            .count();
+        assert_eq!(refused, 50);
+        drop(accepted);
+    }
+
+    /// A guest that posts no RX buffers and keeps provoking replies cannot grow the
+    /// reply queue without bound.
+    #[test]
+    fn replies_waiting_for_rx_buffers_are_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Muxer::new(3, dir.path().join("v.sock")).unwrap();
+        for port in 0..(3 * MAX_PENDING_CONTROL as u32) {
+            // RW on a connection that does not exist: each earns an RST.
+            m.handle_guest_packet(guest_packet(port, 77, OP_RW, vec![1]));
+        }
+        assert_eq!(m.load().1, MAX_PENDING_CONTROL);
+    }
+
+    /// A host stream that hung up while the guest gives no credit is taken off epoll:
+    /// nothing keeps reporting it, so the event loop sleeps instead of spinning.
+    #[test]
+    fn hang_up_without_credit_does_not_spin() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut m, accepted) = muxer_with_host_service(dir.path());
+        let mut p = guest_packet(5000, 1234, OP_REQUEST, Vec::new());
+        p.buf_alloc = 0;
+        m.handle_guest_packet(p);
+        let host_end = accepted.recv().unwrap();
+        drop(host_end);
+        m.update_read_interest();
+        let mut events = vec![EpollEvent::default(); 8];
+        let n = m.epoll.wait(50, &mut events).unwrap();
+        let conn_events = events[..n]
+            .iter()
+            .filter(|e| matches!(m.fds.get(&(e.data() as RawFd)), Some(Token::Conn(_))))
+            .count();
+        assert_eq!(
+            conn_events, 0,
+            "a connection without credit is still polled"
+        );
     }
 
     #[test]

@@ -1,0 +1,300 @@
+//! Attack tier: the guest (or whoever writes a container's spec) plays the attacker, and
+//! each test checks the outcome on the host. A private containerd runs the pods with
+//! `io.containerd.hull.v2` on whatever backend this host picks (QEMU TCG here, hull-vmm
+//! where KVM runs guests); none of these tests depends on one backend's process names.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use hull_tests::containerd::{Containerd, IMAGE, NAMESPACE};
+use hull_tests::wait_until;
+
+const RUNTIME: &str = "io.containerd.hull.v2";
+
+/// A sandbox id is joined into a host path: one that names a host directory (absolute, or
+/// with `..`) is refused before anything is started or removed.
+#[test]
+fn sandbox_id_annotations_cannot_name_host_paths() {
+    let c = Containerd::start(false);
+    let victim = tempfile::Builder::new()
+        .prefix("hull-victim")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::write(victim.path().join("precious"), b"keep").unwrap();
+    let escape = format!("../../../..{}", victim.path().display());
+    for (i, sandbox) in [victim.path().to_str().unwrap(), &escape, "a,b=c"]
+        .iter()
+        .enumerate()
+    {
+        let id = format!("evil{i}");
+        let out = c.ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--annotation",
+            &format!("io.kubernetes.cri.sandbox-id={sandbox}"),
+            IMAGE,
+            &id,
+            "true",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "sandbox id {sandbox:?} was accepted");
+        assert!(stderr.contains("invalid sandbox id"), "{stderr}");
+        let _ = c.ctr(&["containers", "rm", &id]);
+    }
+    assert_eq!(
+        std::fs::read(victim.path().join("precious")).unwrap(),
+        b"keep"
+    );
+    c.assert_clean();
+}
+
+/// A privileged container mounts the pod's virtio-fs share itself and tries to plant
+/// entries (a directory, symlinks where the shim mounts things) and to swap its rootfs:
+/// the tree the shim works in is read-only to the guest, while the rootfs stays writable.
+#[test]
+fn guest_cannot_plant_or_swap_paths_in_the_share() {
+    let c = Containerd::start(false);
+    let script = "mount -t virtiofs hullShared /mnt || exit 9; \
+        mkdir /mnt/planted 2>&1; ln -s /etc /mnt/pwn/mounts-link 2>&1; \
+        ln -s /etc/cron.d /mnt/planted-link 2>&1; mv /mnt/pwn/rootfs /mnt/pwn/moved 2>&1; \
+        rm -rf /mnt/pwn/mounts 2>&1; \
+        ls -a /mnt /mnt/pwn | tr '\\n' ' '; echo; \
+        touch /mnt/pwn/rootfs/tmp/written && echo rootfs-writable";
+    let out = c.ctr_ok(&[
+        "run",
+        "--rm",
+        "--privileged",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "pwn",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert!(
+        out.matches("Read-only file system").count() >= 4,
+        "every write to the share tree must fail with EROFS:\n{out}"
+    );
+    assert!(!out.contains("planted"), "{out}");
+    assert!(!out.contains("moved"), "{out}");
+    assert!(out.contains("rootfs-writable"), "{out}");
+    assert!(!Path::new("/etc/cron.d/planted-link").exists());
+    c.assert_clean();
+}
+
+/// The guest makes a setuid-root binary and a device node in a read-write volume. On the
+/// host, the share that carries them is nosuid/nodev and inside a 0700 pod directory: no
+/// other host user reaches the binary, and the device node cannot be opened through it.
+#[test]
+fn setuid_files_and_device_nodes_from_the_guest_are_inert_on_the_host() {
+    let c = Containerd::start(false);
+    let vol = tempfile::Builder::new()
+        .prefix("hull-vol")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(vol.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mount = format!(
+        "type=bind,src={},dst=/vol,options=rbind:rw",
+        vol.path().display()
+    );
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--privileged",
+        "--runtime",
+        RUNTIME,
+        "--mount",
+        &mount,
+        IMAGE,
+        "suid",
+        "sh",
+        "-c",
+        "cp /bin/busybox /vol/rootsh && chmod 4755 /vol/rootsh && \
+         (mknod /vol/mem c 1 1 || true) && touch /vol/done && sleep 600",
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(60), || vol.path().join("done").exists()),
+        "the container did not write its files"
+    );
+    let pod = c.pod_dir(NAMESPACE, "suid");
+    let mode = std::fs::metadata(&pod).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "pod directory mode");
+    let run_mode = std::fs::metadata(c.run_dir()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        run_mode & 0o044,
+        0,
+        "run_dir must not be readable by others"
+    );
+    for log in ["console.log", "pids"] {
+        let m = std::fs::metadata(pod.join("vm").join(log)).unwrap();
+        assert_eq!(m.permissions().mode() & 0o077, 0, "{log} mode");
+    }
+
+    let shared_vol = std::fs::read_dir(pod.join("shared/suid/mounts"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("rootsh").exists())
+        .expect("the volume in the share");
+    use nix::sys::statvfs::{FsFlags, statvfs};
+    let flags = statvfs(&shared_vol).unwrap().flags();
+    assert!(
+        flags.contains(FsFlags::ST_NOSUID | FsFlags::ST_NODEV),
+        "{flags:?}"
+    );
+    // Another host user cannot even reach the setuid binary through the share.
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(shared_vol.join("rootsh"))
+        .args(["id", "-u"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success() && !String::from_utf8_lossy(&out.stdout).contains('0'),
+        "an unprivileged user ran the guest's setuid file: {out:?}"
+    );
+    if shared_vol.join("mem").exists() {
+        let e = std::fs::File::open(shared_vol.join("mem")).unwrap_err();
+        assert_eq!(
+            e.raw_os_error(),
+            Some(libc::EACCES),
+            "a device node from the guest opened on the host"
+        );
+    }
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "suid"]);
+    assert!(wait_until(Duration::from_secs(30), || {
+        c.ctr_ok(&["task", "ls"]).contains("STOPPED")
+    }));
+    c.ctr_ok(&["task", "delete", "suid"]);
+    c.ctr_ok(&["containers", "rm", "suid"]);
+    c.assert_clean();
+    assert!(
+        vol.path().join("rootsh").exists(),
+        "the volume's data is the user's"
+    );
+}
+
+/// An agent that never answers SignalProcess (wedged), or answers and does nothing (lying):
+/// a SIGKILL still ends the task within the agent deadline, by killing the pod VM, and
+/// the pod is deleted with nothing left.
+fn sigkill_ends_the_pod_despite(fault: &str) {
+    let c = Containerd::start_with_hull_config(&format!(
+        "agent_timeout_s = 5\nkernel_params = \"hull.log=info hull.fault={fault}\""
+    ));
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "stuck",
+        "sleep",
+        "600",
+    ]);
+    let started = Instant::now();
+    let kill = c
+        .ctr_cmd(&["task", "kill", "-s", "SIGKILL", "stuck"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        kill.status.success(),
+        "{}",
+        String::from_utf8_lossy(&kill.stderr)
+    );
+    let stopped = wait_until(Duration::from_secs(40), || {
+        c.ctr_ok(&["task", "ls"]).contains("STOPPED")
+    });
+    assert!(
+        stopped,
+        "task still running {:?} after SIGKILL with a {fault} agent:\n{}",
+        started.elapsed(),
+        c.tail_log()
+    );
+    let del = c.ctr(&["task", "delete", "stuck"]);
+    assert!(
+        String::from_utf8_lossy(&del.stderr).contains("exit code 255"),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
+    );
+    c.ctr_ok(&["containers", "rm", "stuck"]);
+    c.assert_clean();
+}
+
+#[test]
+fn wedged_agent_cannot_make_its_pod_unkillable() {
+    sigkill_ends_the_pod_despite("hang-signals");
+}
+
+#[test]
+fn lying_agent_cannot_make_its_pod_unkillable() {
+    sigkill_ends_the_pod_despite("ignore-signals");
+}
+
+/// The shim is SIGKILLed while the VM boots (its VMM is running, the agent not yet
+/// answering): the VMM and its daemons die with it, and containerd's `shim delete` leaves
+/// nothing behind.
+#[test]
+fn shim_killed_during_boot_leaves_nothing() {
+    let c = Containerd::start(false);
+    let mut run = c
+        .ctr_cmd(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "early",
+            "sleep",
+            "600",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut vmm = None;
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            vmm = c.vmm_pid("early");
+            vmm.is_some()
+        }),
+        "the VMM never started"
+    );
+    let console = c.pod_dir(NAMESPACE, "early").join("vm/console.log");
+    let booted = std::fs::read_to_string(&console).unwrap_or_default();
+    assert!(
+        !booted.contains("hull-agent ready"),
+        "too late: the agent already answers"
+    );
+    for pid in c.shim_pids() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let vmm = vmm.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            !Path::new(&format!("/proc/{vmm}")).exists()
+                || std::fs::read_to_string(format!("/proc/{vmm}/stat")).is_ok_and(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+        }),
+        "the VMM outlived its shim"
+    );
+    let out = run.wait().unwrap();
+    assert!(!out.success(), "ctr run succeeded with its shim killed");
+    let _ = c.ctr(&["task", "delete", "early"]);
+    let _ = c.ctr(&["containers", "rm", "early"]);
+    c.assert_clean();
+}
