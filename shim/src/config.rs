@@ -7,6 +7,8 @@ use anyhow::Context;
 use serde::Deserialize;
 
 pub const DEFAULT_PATH: &str = "/etc/hull/config.toml";
+/// Default bound of each pod log (console, VMM, daemons), in KiB.
+pub const DEFAULT_LOG_MAX_KIB: u64 = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -45,6 +47,8 @@ pub struct HullConfig {
     pub shutdown_timeout_s: u64,
     /// Per-pod directories (sockets, logs, the virtio-fs share).
     pub run_dir: PathBuf,
+    /// KiB each pod log (console, VMM, daemons) may hold; output past it is discarded.
+    pub log_max_kib: u64,
 }
 
 impl Default for HullConfig {
@@ -65,6 +69,7 @@ impl Default for HullConfig {
             agent_timeout_s: 30,
             shutdown_timeout_s: 10,
             run_dir: PathBuf::from("/run/hull"),
+            log_max_kib: DEFAULT_LOG_MAX_KIB,
         }
     }
 }

@@ -4,14 +4,14 @@
 //! none outlives the pod. Each child also dies with the shim (`PR_SET_PDEATHSIG`), so a
 //! shim SIGKILLed in the middle of a boot leaves no VM running.
 
-use std::fs::OpenOptions;
-use std::io::Write;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -78,6 +78,72 @@ pub fn start_time(pid: i32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// The serial console's log in a VM's run directory.
+pub const CONSOLE_LOG: &str = "console.log";
+
+fn create_log(path: &Path) -> anyhow::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))
+}
+
+/// What ends a log that reached its bound.
+fn truncation_marker(max: u64) -> String {
+    format!("\n[hull: log truncated at {max} bytes; further output discarded]\n")
+}
+
+/// Writes what it can of `buf` to a log that already holds `*written` bytes, never past
+/// `max`; the write that reaches the bound also writes the marker.
+fn write_bounded(file: &mut File, written: &mut u64, max: u64, buf: &[u8]) {
+    if *written >= max {
+        return;
+    }
+    let room = (max - *written).min(buf.len() as u64) as usize;
+    let _ = file.write_all(&buf[..room]);
+    *written += room as u64;
+    if *written >= max {
+        let _ = file.write_all(truncation_marker(max).as_bytes());
+    }
+}
+
+/// Copies `from` into `file` until end of file, keeping at most `max` bytes; the rest is
+/// read and discarded, so the writer never blocks on a full pipe.
+fn copy_bounded(from: impl Read + Send + 'static, file: File, max: u64) {
+    copy_bounded_shared(from, Arc::new(Mutex::new((file, 0))), max);
+}
+
+/// As `copy_bounded`, for several streams into one file and one bound.
+fn copy_bounded_shared(
+    mut from: impl Read + Send + 'static,
+    to: Arc<Mutex<(File, u64)>>,
+    max: u64,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("log-copier".into())
+        .spawn(move || {
+            let mut buf = [0u8; 8192];
+            loop {
+                match from.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        let mut g = to.lock().expect("log lock");
+                        let (file, written) = &mut *g;
+                        write_bounded(file, written, max, &buf[..n]);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => return,
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "starting a log copier");
+    }
+}
+
 /// Requests to the thread that forks every child.
 type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
 
@@ -134,28 +200,65 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `cmd` as `name`, its output in `<run_dir>/<name>.log` (mode 0600), and
-    /// records it in `<run_dir>/pids` before returning.
+    /// Starts `cmd` as `name`, its output in `<run_dir>/<name>.log` (mode 0600, at most
+    /// `log_max` bytes), and records it in `<run_dir>/pids` before returning.
     pub fn spawn(
+        name: &str,
+        role: Role,
+        cmd: Command,
+        run_dir: &Path,
+        log_max: u64,
+    ) -> anyhow::Result<Daemon> {
+        Self::start(name, role, cmd, run_dir, log_max, false)
+    }
+
+    /// As `spawn`, with the process's stdout (a VMM's serial console) going to
+    /// `<run_dir>/console.log` instead, bounded the same way.
+    pub fn spawn_with_console(
+        name: &str,
+        role: Role,
+        cmd: Command,
+        run_dir: &Path,
+        log_max: u64,
+    ) -> anyhow::Result<Daemon> {
+        Self::start(name, role, cmd, run_dir, log_max, true)
+    }
+
+    fn start(
         name: &str,
         role: Role,
         mut cmd: Command,
         run_dir: &Path,
+        log_max: u64,
+        console: bool,
     ) -> anyhow::Result<Daemon> {
         let log = run_dir.join(format!("{name}.log"));
-        let out = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&log)
-            .with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone()?;
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        // Output reaches its file through a pipe and a copier that stops at `log_max`: what
+        // a guest makes a VMM or daemon print must not fill the host's disk.
+        let log_file = create_log(&log)?;
+        let console_file = console
+            .then(|| create_log(&run_dir.join(CONSOLE_LOG)))
+            .transpose()?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         die_with_parent(&mut cmd);
         let program = cmd.get_program().to_owned();
-        let child =
+        let mut child =
             spawn_on_keeper(cmd).with_context(|| format!("starting {name} ({program:?})"))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        match console_file {
+            Some(console) => {
+                copy_bounded(stdout, console, log_max);
+                copy_bounded(stderr, log_file, log_max);
+            }
+            None => {
+                let shared = Arc::new(Mutex::new((log_file, 0u64)));
+                copy_bounded_shared(stdout, shared.clone(), log_max);
+                copy_bounded_shared(stderr, shared, log_max);
+            }
+        }
         let mut d = Daemon {
             name: name.to_string(),
             child: Some(child),
@@ -253,5 +356,40 @@ fn record_pid(run_dir: &Path, pid: i32, role: Role, name: &str) -> anyhow::Resul
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_records_round_trip_and_spot_reuse() {
+        let me = std::process::id() as i32;
+        let start = start_time(me).unwrap();
+        let text = format!(
+            "{me} {start} vmm qemu\n{me} {} backend virtiofsd\nbad line\n",
+            start + 1
+        );
+        let recs = PidRecord::parse_file(&text);
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[0].role, "vmm");
+        assert!(recs[0].is_alive());
+        assert!(!recs[1].is_alive(), "same pid, other start time: not ours");
+    }
+
+    #[test]
+    fn daemon_output_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "head -c 100000 /dev/zero | tr '\\0' x; echo err >&2"]);
+        let mut d = Daemon::spawn("chatty", Role::Backend, cmd, dir.path(), 1000).unwrap();
+        assert!(d.wait_timeout(Duration::from_secs(10)).unwrap().is_some());
+        std::thread::sleep(Duration::from_millis(200));
+        let log = std::fs::read_to_string(dir.path().join("chatty.log")).unwrap();
+        assert!(log.len() < 1200, "{}", log.len());
+        assert!(log.contains("truncated at 1000 bytes"));
+        let pids = std::fs::read_to_string(dir.path().join(PID_FILE)).unwrap();
+        assert!(pids.contains(" backend chatty"), "{pids}");
     }
 }

@@ -110,6 +110,7 @@ impl Pod {
             cmdline_extra: cfg.kernel_params.clone(),
             run_dir: run,
             shared_dir: shared,
+            log_max_bytes: cfg.log_max_kib * 1024,
         };
         let (vm, agent) = match boot_vm(cfg, spec).await {
             Ok(v) => v,

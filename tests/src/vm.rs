@@ -51,6 +51,7 @@ impl TestVm {
             cmdline_extra: "hull.log=info".into(),
             run_dir: run,
             shared_dir: shared,
+            log_max_bytes: 1 << 20,
         };
         let started = Instant::now();
         let vm = hull_shim::hypervisor::boot(&cfg, spec)?;

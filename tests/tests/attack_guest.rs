@@ -298,3 +298,42 @@ fn shim_killed_during_boot_leaves_nothing() {
     let _ = c.ctr(&["containers", "rm", "early"]);
     c.assert_clean();
 }
+
+/// A privileged container floods the serial console: the host keeps a bounded console
+/// log (a truncation marker, then nothing), and the pod keeps working.
+#[test]
+fn console_flood_is_bounded_on_the_host() {
+    let c = Containerd::start_with_hull_config("log_max_kib = 64");
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--privileged",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "spam",
+        "sh",
+        "-c",
+        "mknod /tmp/con c 4 64 && head -c 400000 /dev/zero | tr '\\0' x > /tmp/con; sleep 600",
+    ]);
+    let console = c.pod_dir(NAMESPACE, "spam").join("vm/console.log");
+    assert!(
+        wait_until(Duration::from_secs(120), || {
+            std::fs::read_to_string(&console).is_ok_and(|t| t.contains("truncated"))
+        }),
+        "the console log never reached its bound:\n{}",
+        c.tail_log()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let size = std::fs::metadata(&console).unwrap().len();
+    assert!(size <= 64 * 1024 + 200, "console.log grew to {size} bytes");
+    let out = c.ctr_ok(&["task", "exec", "--exec-id", "e1", "spam", "echo", "alive"]);
+    assert_eq!(out.trim(), "alive");
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "spam"]);
+    assert!(wait_until(Duration::from_secs(30), || {
+        c.ctr_ok(&["task", "ls"]).contains("STOPPED")
+    }));
+    c.ctr_ok(&["task", "delete", "spam"]);
+    c.ctr_ok(&["containers", "rm", "spam"]);
+    c.assert_clean();
+}

@@ -39,11 +39,20 @@ pub struct VmConfig {
     pub fs: Vec<FsConfig>,
     #[serde(default)]
     pub serial_log: Option<PathBuf>,
+    /// Bytes of guest console output kept in `serial_log`; the rest is discarded.
+    #[serde(default = "default_serial_log_max")]
+    pub serial_log_max: u64,
     #[serde(default)]
     pub api_sock: Option<PathBuf>,
 }
 
 pub const DEFAULT_MEMORY_MIB: u32 = 256;
+/// Console output kept by default: 4 MiB.
+pub const DEFAULT_SERIAL_LOG_MAX: u64 = 4 << 20;
+
+fn default_serial_log_max() -> u64 {
+    DEFAULT_SERIAL_LOG_MAX
+}
 
 fn default_memory() -> u32 {
     DEFAULT_MEMORY_MIB

@@ -26,6 +26,7 @@ use crate::devices::virtio::mmio::{MMIO_LEN, MmioTransport};
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::{Action, PioBus};
+use crate::log_budget::LogBudget;
 use crate::memory::{self, GuestRam};
 use crate::seccomp::{self, ThreadKind};
 use crate::{boot, cpu};
@@ -299,10 +300,14 @@ fn run_vcpu(
                 match bus.lock().expect("bus lock").write(port, data) {
                     Action::Reset => return Ok(ExitReason::Reset),
                     Action::GuestReady => {
-                        tracing::info!(
-                            ms = process_start().elapsed().as_millis() as u64,
-                            "guest agent ready"
-                        )
+                        // The guest may write the boot-timer port as often as it likes.
+                        static READY: LogBudget = LogBudget::new(1);
+                        if READY.spend() {
+                            tracing::info!(
+                                ms = process_start().elapsed().as_millis() as u64,
+                                "guest agent ready"
+                            )
+                        }
                     }
                     Action::None => {}
                 }

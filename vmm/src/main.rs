@@ -4,12 +4,14 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use hull_vmm::boot::DEFAULT_CMDLINE;
-use hull_vmm::config::{DEFAULT_MEMORY_MIB, VmConfig};
+use hull_vmm::config::{DEFAULT_MEMORY_MIB, DEFAULT_SERIAL_LOG_MAX, VmConfig};
+use hull_vmm::devices::serial::BoundedWriter;
 use hull_vmm::devices::virtio::block::DiskConfig;
 use hull_vmm::devices::virtio::fs::FsConfig;
 use hull_vmm::machine::{Boot, DEFAULT_CID, ExitReason, Machine, MachineConfig, VsockConfig};
@@ -37,6 +39,9 @@ struct Cli {
     /// Serial console output file (default: stdout).
     #[arg(long)]
     serial_log: Option<PathBuf>,
+    /// Bytes of console output kept in the serial log; the rest is discarded.
+    #[arg(long, default_value_t = DEFAULT_SERIAL_LOG_MAX)]
+    serial_log_max: u64,
     /// virtio-vsock's hybrid unix socket (host side of the guest's vsock).
     #[arg(long)]
     vsock_uds: Option<PathBuf>,
@@ -75,21 +80,25 @@ impl Cli {
             disks: self.disk,
             fs: self.fs_socket,
             serial_log: self.serial_log,
+            serial_log_max: self.serial_log_max,
             api_sock: self.api_sock,
         })
     }
 }
 
 fn run(cfg: VmConfig) -> anyhow::Result<ExitReason> {
+    // The guest decides how much it prints: only the first serial_log_max bytes are kept.
     let serial_out: Box<dyn Write + Send> = match &cfg.serial_log {
-        Some(p) => Box::new(
+        Some(p) => Box::new(BoundedWriter::new(
             OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(p)
                 .map_err(|e| anyhow::anyhow!("opening {}: {e}", p.display()))?,
-        ),
-        None => Box::new(std::io::stdout()),
+            cfg.serial_log_max,
+        )),
+        None => Box::new(BoundedWriter::new(std::io::stdout(), cfg.serial_log_max)),
     };
     let cmdline = if cfg.cmdline.is_empty() {
         DEFAULT_CMDLINE.to_string()

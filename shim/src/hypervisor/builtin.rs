@@ -13,7 +13,7 @@ use super::{
     GUEST_CID, SHARED_FS_TAG, VIRTIOFSD_SOCKET, Vm, VmSpec, diagnostics_report, find_tool,
     spawn_virtiofsd,
 };
-use crate::daemon::{Daemon, Role};
+use crate::daemon::{CONSOLE_LOG, Daemon, Role};
 
 #[derive(Debug, Clone)]
 pub struct BuiltinConfig {
@@ -37,7 +37,7 @@ impl BuiltinConfig {
     }
 
     pub fn serial_log(&self) -> PathBuf {
-        self.spec.run_dir.join("console.log")
+        self.spec.run_dir.join(CONSOLE_LOG)
     }
 
     pub fn api_sock(&self) -> PathBuf {
@@ -74,6 +74,8 @@ impl BuiltinConfig {
             ),
             "--serial-log".into(),
             path(self.serial_log()),
+            "--serial-log-max".into(),
+            s.log_max_bytes.to_string(),
             "--api-sock".into(),
             path(self.api_sock()),
         ]
@@ -98,11 +100,16 @@ impl BuiltinVm {
         if s.vcpus == 0 || s.vcpus > u32::from(u8::MAX) {
             bail!("hull-vmm takes 1 to 255 vCPUs, not {}", s.vcpus);
         }
-        let fs = spawn_virtiofsd(&config.virtiofsd, &s.shared_dir, &s.run_dir)?;
+        let fs = spawn_virtiofsd(
+            &config.virtiofsd,
+            &s.shared_dir,
+            &s.run_dir,
+            s.log_max_bytes,
+        )?;
         let mut cmd = Command::new(&config.hull_vmm);
         cmd.args(config.vmm_args()).env("HULL_LOG", "info");
-        let vmm =
-            Daemon::spawn("hull-vmm", Role::Vmm, cmd, &s.run_dir).context("starting the VM")?;
+        let vmm = Daemon::spawn("hull-vmm", Role::Vmm, cmd, &s.run_dir, s.log_max_bytes)
+            .context("starting the VM")?;
         tracing::info!(pid = vmm.pid(), "pod VM started (hull-vmm)");
         Ok(BuiltinVm { config, vmm, fs })
     }
@@ -153,6 +160,7 @@ mod tests {
             cmdline_extra: "hull.log=debug".into(),
             run_dir: "/run/hull/p".into(),
             shared_dir: "/run/hull/p/shared".into(),
+            log_max_bytes: 4096,
         });
         let a = c.vmm_args().join(" ");
         assert!(a.contains("--memory 512 --vcpus 2"), "{a}");
@@ -166,5 +174,6 @@ mod tests {
             "{a}"
         );
         assert!(a.contains("--api-sock /run/hull/p/api.sock"), "{a}");
+        assert!(a.contains("--serial-log-max 4096"), "{a}");
     }
 }

@@ -54,6 +54,8 @@ pub struct VmSpec {
     pub run_dir: PathBuf,
     /// Exported to the guest over virtio-fs.
     pub shared_dir: PathBuf,
+    /// Bytes each log of the VM (console, VMM, daemons) may hold.
+    pub log_max_bytes: u64,
 }
 
 static BACKEND_NOTICE: Once = Once::new();
@@ -108,6 +110,7 @@ pub fn boot(cfg: &HullConfig, spec: VmSpec) -> anyhow::Result<Box<dyn Vm>> {
             qc.memory_mib = spec.memory_mib;
             qc.cmdline_extra = spec.cmdline_extra;
             qc.shared_dir = Some(spec.shared_dir);
+            qc.log_max_bytes = spec.log_max_bytes;
             Ok(Box::new(QemuVm::start(qc)?))
         }
     }
@@ -158,7 +161,12 @@ pub fn diagnostics_report(console: &str, logs: &[(&str, String)]) -> String {
 }
 
 /// Starts virtiofsd exporting `dir` on `run_dir`/fs.vhost and waits for its socket.
-pub fn spawn_virtiofsd(bin: &Path, dir: &Path, run_dir: &Path) -> anyhow::Result<Daemon> {
+pub fn spawn_virtiofsd(
+    bin: &Path,
+    dir: &Path,
+    run_dir: &Path,
+    log_max: u64,
+) -> anyhow::Result<Daemon> {
     let sock = run_dir.join(VIRTIOFSD_SOCKET);
     let mut cmd = Command::new(bin);
     cmd.arg("--socket-path")
@@ -172,7 +180,7 @@ pub fn spawn_virtiofsd(bin: &Path, dir: &Path, run_dir: &Path) -> anyhow::Result
             "--log-level",
             "error",
         ]);
-    let mut d = Daemon::spawn("virtiofsd", Role::Backend, cmd, run_dir)?;
+    let mut d = Daemon::spawn("virtiofsd", Role::Backend, cmd, run_dir, log_max)?;
     d.wait_for_socket(&sock, DAEMON_SOCKET_TIMEOUT)?;
     Ok(d)
 }

@@ -14,7 +14,7 @@ use super::accel::{Accel, host_tsc_khz};
 use super::{
     DAEMON_SOCKET_TIMEOUT, VIRTIOFSD_SOCKET, Vm, diagnostics_report, find_tool, spawn_virtiofsd,
 };
-use crate::daemon::{Daemon, Role};
+use crate::daemon::{CONSOLE_LOG, Daemon, Role};
 
 pub use super::{GUEST_CID, SHARED_FS_TAG};
 
@@ -34,6 +34,8 @@ pub struct QemuConfig {
     pub run_dir: PathBuf,
     /// Exported to the guest over virtio-fs, if set.
     pub shared_dir: Option<PathBuf>,
+    /// Bytes each log (console, QEMU, daemons) may hold.
+    pub log_max_bytes: u64,
 }
 
 impl QemuConfig {
@@ -52,6 +54,7 @@ impl QemuConfig {
             accel,
             run_dir,
             shared_dir: None,
+            log_max_bytes: crate::config::DEFAULT_LOG_MAX_KIB * 1024,
         }
     }
 
@@ -60,7 +63,7 @@ impl QemuConfig {
     }
 
     pub fn serial_log(&self) -> PathBuf {
-        self.run_dir.join("console.log")
+        self.run_dir.join(CONSOLE_LOG)
     }
 
     /// hull's kernel command line for this VM.
@@ -105,8 +108,9 @@ impl QemuConfig {
             "-no-user-config",
             "-nographic",
             "-no-reboot",
+            // The console is QEMU's stdout, which the shim copies into a bounded log.
             "-serial",
-            &format!("file:{}", self.serial_log().display()),
+            "stdio",
             "-kernel",
             &self.kernel.to_string_lossy(),
             "-initrd",
@@ -167,17 +171,20 @@ impl QemuVm {
             .arg(&vhost_vsock)
             .arg("--uds-path")
             .arg(config.vsock_uds());
-        let mut vsock = Daemon::spawn("vhost-device-vsock", Role::Backend, vsock_cmd, run)?;
+        let log_max = config.log_max_bytes;
+        let mut vsock =
+            Daemon::spawn("vhost-device-vsock", Role::Backend, vsock_cmd, run, log_max)?;
         vsock.wait_for_socket(&vhost_vsock, DAEMON_SOCKET_TIMEOUT)?;
 
         let fs = match &config.shared_dir {
-            Some(dir) => Some(spawn_virtiofsd(&config.virtiofsd, dir, run)?),
+            Some(dir) => Some(spawn_virtiofsd(&config.virtiofsd, dir, run, log_max)?),
             None => None,
         };
 
         let mut cmd = Command::new(&config.qemu);
         cmd.args(config.qemu_args());
-        let qemu = Daemon::spawn("qemu", Role::Vmm, cmd, run).context("starting the VM")?;
+        let qemu = Daemon::spawn_with_console("qemu", Role::Vmm, cmd, run, log_max)
+            .context("starting the VM")?;
         tracing::info!(accel = ?config.accel, pid = qemu.pid(), "pod VM started");
         Ok(QemuVm {
             config,

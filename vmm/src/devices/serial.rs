@@ -47,6 +47,48 @@ impl Serial {
     }
 }
 
+/// A sink that passes on the first `max` bytes, then one marker line, then nothing: the
+/// guest's console output cannot grow a host file without bound. Never fails, so a
+/// guest cannot make the UART error out either.
+pub struct BoundedWriter<W: Write> {
+    inner: W,
+    written: u64,
+    max: u64,
+}
+
+impl<W: Write> BoundedWriter<W> {
+    pub fn new(inner: W, max: u64) -> BoundedWriter<W> {
+        BoundedWriter {
+            inner,
+            written: 0,
+            max,
+        }
+    }
+}
+
+impl<W: Write> Write for BoundedWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.written < self.max {
+            let room = (self.max - self.written).min(buf.len() as u64) as usize;
+            let _ = self.inner.write_all(&buf[..room]);
+            self.written += room as u64;
+            if self.written >= self.max {
+                let marker = format!(
+                    "\n[hull-vmm: console truncated at {} bytes; further output discarded]\n",
+                    self.max
+                );
+                let _ = self.inner.write_all(marker.as_bytes());
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.inner.flush();
+        Ok(())
+    }
+}
+
 /// A byte sink tests can read back.
 #[derive(Clone, Default)]
 pub struct SharedBuffer(Arc<Mutex<Vec<u8>>>);
@@ -64,5 +106,25 @@ impl Write for SharedBuffer {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_output_stops_at_its_bound() {
+        let sink = SharedBuffer::default();
+        let mut w = BoundedWriter::new(sink.clone(), 100);
+        for _ in 0..1000 {
+            assert_eq!(w.write(b"0123456789abcdef").unwrap(), 16);
+        }
+        let out = sink.contents();
+        assert!(out.starts_with(b"0123456789abcdef"));
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.len() < 200, "{}", text.len());
+        assert!(text.ends_with("further output discarded]\n"), "{text}");
+        assert_eq!(text.matches("truncated").count(), 1);
     }
 }

@@ -7,6 +7,7 @@
 //! The daemon is a separate, possibly failing process: every error from it fails the
 //! device (logged), never the VMM.
 
+use crate::log_budget::LogBudget;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -201,7 +202,10 @@ impl VirtioDevice for VhostUserFs {
         if let Some(k) = self.kicks.get(usize::from(index))
             && let Err(e) = k.write(1)
         {
-            tracing::warn!(error = %e, "virtio-fs: kicking the daemon");
+            static KICKS: LogBudget = LogBudget::new(8);
+            if KICKS.spend() {
+                tracing::warn!(error = %e, "virtio-fs: kicking the daemon");
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 //! driver uses to discover the device, negotiate features, place the queues, and notify.
 //! Every value the guest writes is checked; a bad setup fails the device, never the VMM.
 
+use crate::log_budget::LogBudget;
 use std::sync::atomic::Ordering;
 
 use virtio_queue::{Queue, QueueT};
@@ -193,7 +194,10 @@ impl MmioTransport {
             match result {
                 Ok(()) => self.activated = true,
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "virtio device failed to activate");
+                    static FAILED: LogBudget = LogBudget::new(8);
+                    if FAILED.spend() {
+                        tracing::warn!(error = %format!("{e:#}"), "virtio device failed to activate");
+                    }
                     self.status |= STATUS_FAILED;
                 }
             }
