@@ -25,6 +25,9 @@ pub enum Fault {
     HangSignals,
     /// SignalProcess answers OK and signals nothing (a lying agent).
     IgnoreSignals,
+    /// Before each CreateContainer, tries to plant symlinks and swap the rootfs in the
+    /// pod's share (see `fault::plant_in_share`).
+    PlantShare,
 }
 
 impl Fault {
@@ -32,6 +35,7 @@ impl Fault {
         match s {
             "hang-signals" => Some(Fault::HangSignals),
             "ignore-signals" => Some(Fault::IgnoreSignals),
+            "plant-share" => Some(Fault::PlantShare),
             _ => None,
         }
     }

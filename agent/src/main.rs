@@ -6,6 +6,7 @@ mod cgroups;
 mod config;
 mod container;
 mod error;
+mod fault;
 mod helper;
 mod init;
 mod logging;

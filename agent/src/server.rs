@@ -33,6 +33,7 @@ pub async fn serve(cfg: AgentConfig) -> anyhow::Result<()> {
         oom_events: Mutex::new(oom_events),
         shutdown: shutdown.clone(),
         fault: cfg.fault,
+        shared_dir: cfg.shared_dir.clone(),
     });
     if let Some(f) = cfg.fault {
         tracing::warn!(fault = ?f, "misbehaving on purpose (hull.fault)");

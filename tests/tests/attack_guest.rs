@@ -52,38 +52,61 @@ fn sandbox_id_annotations_cannot_name_host_paths() {
     c.assert_clean();
 }
 
-/// A privileged container mounts the pod's virtio-fs share itself and tries to plant
-/// entries (a directory, symlinks where the shim mounts things) and to swap its rootfs:
-/// the tree the shim works in is read-only to the guest, while the rootfs stays writable.
+/// A compromised agent (`hull.fault=plant-share`) tries, before creating its container,
+/// to plant a directory and symlinks in the pod's share and to swap the container's rootfs
+/// for a symlink: the shim's working tree is read-only to the guest, every attempt fails
+/// with EROFS, and nothing appears on the host.
 #[test]
 fn guest_cannot_plant_or_swap_paths_in_the_share() {
-    let c = Containerd::start(false);
-    let script = "mount -t virtiofs hullShared /mnt || exit 9; \
-        mkdir /mnt/planted 2>&1; ln -s /etc /mnt/pwn/mounts-link 2>&1; \
-        ln -s /etc/cron.d /mnt/planted-link 2>&1; mv /mnt/pwn/rootfs /mnt/pwn/moved 2>&1; \
-        rm -rf /mnt/pwn/mounts 2>&1; \
-        ls -a /mnt /mnt/pwn | tr '\\n' ' '; echo; \
-        touch /mnt/pwn/rootfs/tmp/written && echo rootfs-writable";
-    let out = c.ctr_ok(&[
+    let c = Containerd::start_with_hull_config(
+        "kernel_params = \"hull.log=info hull.fault=plant-share\"",
+    );
+    c.ctr_ok(&[
         "run",
-        "--rm",
-        "--privileged",
+        "-d",
         "--runtime",
         RUNTIME,
         IMAGE,
         "pwn",
-        "sh",
-        "-c",
-        script,
+        "sleep",
+        "600",
     ]);
+    let pod = c.pod_dir(NAMESPACE, "pwn");
+    let console = std::fs::read_to_string(pod.join("vm/console.log")).unwrap();
+    let attempts: Vec<&str> = console
+        .lines()
+        .filter(|l| l.contains("hull.fault plant-share"))
+        .collect();
+    assert_eq!(attempts.len(), 5, "{console}");
+    for a in &attempts {
+        assert!(
+            a.contains("refused") && a.contains("Read-only file system"),
+            "{a}"
+        );
+    }
+    for planted in [
+        "mounts/planted",
+        "mounts/planted-link",
+        "mounts/pwn/mounts-link",
+        "mounts/pwn/moved",
+    ] {
+        assert!(
+            std::fs::symlink_metadata(pod.join(planted)).is_err(),
+            "{planted} exists on the host"
+        );
+    }
     assert!(
-        out.matches("Read-only file system").count() >= 4,
-        "every write to the share tree must fail with EROFS:\n{out}"
+        std::fs::symlink_metadata(pod.join("mounts/pwn/rootfs"))
+            .unwrap()
+            .is_dir()
     );
-    assert!(!out.contains("planted"), "{out}");
-    assert!(!out.contains("moved"), "{out}");
-    assert!(out.contains("rootfs-writable"), "{out}");
     assert!(!Path::new("/etc/cron.d/planted-link").exists());
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "pwn"]);
+    assert!(wait_until(Duration::from_secs(30), || {
+        c.ctr_ok(&["task", "ls"]).contains("STOPPED")
+    }));
+    c.ctr_ok(&["task", "delete", "pwn"]);
+    c.ctr_ok(&["containers", "rm", "pwn"]);
     c.assert_clean();
 }
 

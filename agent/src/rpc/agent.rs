@@ -25,6 +25,8 @@ pub struct AgentService {
     pub shutdown: Arc<Notify>,
     /// Deliberate misbehaviour for host-side tests (`hull.fault=`).
     pub fault: Option<Fault>,
+    /// Where the pod's share is mounted (for `hull.fault=plant-share`).
+    pub shared_dir: std::path::PathBuf,
 }
 
 impl AgentService {
@@ -89,6 +91,9 @@ impl agent_ttrpc::AgentService for AgentService {
         req: CreateContainerRequest,
     ) -> ttrpc::Result<Empty> {
         self.run(self.span("CreateContainer", &req.container_id, ""), async {
+            if self.fault == Some(Fault::PlantShare) {
+                crate::fault::plant_in_share(&self.shared_dir, &req.container_id);
+            }
             self.containers.create(&req).await.map(|_| empty())
         })
         .await
@@ -146,7 +151,7 @@ impl agent_ttrpc::AgentService for AgentService {
                 match self.fault {
                     Some(Fault::HangSignals) => std::future::pending().await,
                     Some(Fault::IgnoreSignals) => Ok(empty()),
-                    None => self.containers.signal(&req).await.map(|_| empty()),
+                    _ => self.containers.signal(&req).await.map(|_| empty()),
                 }
             },
         )
