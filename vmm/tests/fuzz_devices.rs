@@ -29,13 +29,9 @@ impl Rng {
         let seed = std::env::var("HULL_FUZZ_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-                    | 1
-            });
+            // A fixed default: every CI run replays the same inputs; set the variable to
+            // explore others.
+            .unwrap_or(0x9e37_79b9_7f4a_7c15);
         eprintln!("{target}: HULL_FUZZ_SEED={seed}");
         Rng(seed)
     }
@@ -186,34 +182,141 @@ fn fuzz_virtio_blk_requests_and_descriptor_chains() {
     );
 }
 
+/// A virtio-vsock header (44 bytes, little endian) with guest-chosen fields, written at `a`.
+#[allow(clippy::too_many_arguments)]
+fn write_vsock_header(
+    mem: &GuestMemoryMmap,
+    a: u64,
+    cids: (u64, u64),
+    ports: (u32, u32),
+    len: u32,
+    type_: u16,
+    op: u16,
+    flags: u32,
+    buf_alloc: u32,
+    fwd_cnt: u32,
+) {
+    let g = |off: u64| GuestAddress(a + off);
+    mem.write_obj(cids.0, g(0)).unwrap();
+    mem.write_obj(cids.1, g(8)).unwrap();
+    mem.write_obj(ports.0, g(16)).unwrap();
+    mem.write_obj(ports.1, g(20)).unwrap();
+    mem.write_obj(len, g(24)).unwrap();
+    mem.write_obj(type_, g(28)).unwrap();
+    mem.write_obj(op, g(30)).unwrap();
+    mem.write_obj(flags, g(32)).unwrap();
+    mem.write_obj(buf_alloc, g(36)).unwrap();
+    mem.write_obj(fwd_cnt, g(40)).unwrap();
+}
+
+/// Publishes `n` single-descriptor chains on queue `q` (descriptors 0..n), each `len`
+/// bytes at `addrs[i]`, device-writable when `write`.
+fn publish_chains(
+    mem: &GuestMemoryMmap,
+    q: u64,
+    addrs: &[(u64, u32)],
+    write: bool,
+    avail_idx: &mut u16,
+) {
+    let base = q * 0x1000;
+    for (i, (a, len)) in addrs.iter().enumerate() {
+        let d = base + i as u64 * 16;
+        mem.write_obj(*a, GuestAddress(d)).unwrap();
+        mem.write_obj(*len, GuestAddress(d + 8)).unwrap();
+        mem.write_obj(if write { 2u16 } else { 0 }, GuestAddress(d + 12))
+            .unwrap();
+        mem.write_obj(0u16, GuestAddress(d + 14)).unwrap();
+        let slot = u64::from(avail_idx.wrapping_add(i as u16) % QUEUE_SIZE);
+        mem.write_obj(i as u16, GuestAddress(base + 0x404 + slot * 2))
+            .unwrap();
+    }
+    *avail_idx = avail_idx.wrapping_add(addrs.len() as u16);
+    mem.write_obj(*avail_idx, GuestAddress(base + 0x402))
+        .unwrap();
+}
+
+/// Packets with every header field in the right place, steered towards what the device
+/// acts on (the guest's cid, the host's, ports with live host peers, every op), mixed with
+/// random descriptor tables. Host peers: port 1234 accepts and never reads (credit), 1235
+/// accepts and hangs up at once. The device must never hold more than its bounds.
 #[test]
 fn fuzz_vsock_packets_from_the_guest() {
     let mut r = Rng::from_env("virtio-vsock");
     let dir = tempfile::tempdir().unwrap();
-    let vsock = Vsock::new(3, dir.path().join("v.sock")).unwrap();
+    let uds = dir.path().join("v.sock");
+    let keep = std::os::unix::net::UnixListener::bind(format!("{}_1234", uds.display())).unwrap();
+    let hang_up =
+        std::os::unix::net::UnixListener::bind(format!("{}_1235", uds.display())).unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in keep.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    std::thread::spawn(move || for _s in hang_up.incoming() {});
+    let vsock = Vsock::new(3, uds).unwrap();
+    let probe = vsock.probe();
     let (mut t, mem) = transport(Box::new(vsock));
     bring_up(&mut t, 3);
     let mut avail = [0u16; 2];
+    let (mut max_conns, mut max_replies) = (0, 0);
     for _ in 0..iterations() {
-        // Packet headers: cids, ports, type, op, flags, credit; then payload bytes.
-        for _ in 0..32 {
-            let a = BUFFERS + r.below(0x1_0000);
-            let (x, y) = (r.next(), r.next());
-            let hdr: [u64; 5] = [
-                r.pick(&[3u64, 2, x]),
-                r.pick(&[2u64, 3, y]),
-                (r.below(2000) << 32) | r.below(2000),
-                r.pick(&[1u64, 2, 3]) | (r.below(9) << 16) | (r.below(4) << 32),
-                r.next(),
-            ];
-            for (i, v) in hdr.iter().enumerate() {
-                mem.write_obj(*v, GuestAddress(a + i as u64 * 8)).unwrap();
-            }
+        if r.below(4) == 0 {
+            let q = r.below(2);
+            scribble_buffers(&mem, &mut r);
+            scribble_queue(&mem, &mut r, q, &mut avail[q as usize]);
+            t.write(0x50, &(q as u32).to_le_bytes());
+            continue;
         }
-        let q = r.below(2);
-        scribble_queue(&mem, &mut r, q, &mut avail[q as usize]);
-        t.write(0x50, &(q as u32).to_le_bytes());
+        // RX buffers now and then: without them replies must queue, boundedly.
+        if r.below(3) == 0 {
+            let bufs: Vec<(u64, u32)> = (0..4)
+                .map(|i| (BUFFERS + 0x8000 + i * 0x1000, 4096))
+                .collect();
+            publish_chains(&mem, 0, &bufs, true, &mut avail[0]);
+            t.write(0x50, &0u32.to_le_bytes());
+        }
+        let n = r.below(4) + 1;
+        let mut chains = Vec::new();
+        for i in 0..n {
+            let a = BUFFERS + i * 0x200;
+            let data = r.pick(&[0u32, 1, 44, 64, 256]);
+            let any = r.next();
+            let len = if r.below(8) == 0 {
+                r.next() as u32
+            } else {
+                data
+            };
+            write_vsock_header(
+                &mem,
+                a,
+                (r.pick(&[3u64, 3, 3, any]), r.pick(&[2u64, 2, 2, 3, any])),
+                (
+                    5000 + r.below(4) as u32,
+                    r.pick(&[1234u32, 1234, 1235, 4321, any as u32]),
+                ),
+                len,
+                r.pick(&[1u16, 1, 1, 2, any as u16]),
+                r.below(9) as u16,
+                r.below(4) as u32,
+                r.pick(&[0u32, 4096, 262_144, u32::MAX]),
+                r.next() as u32,
+            );
+            chains.push((a, 44 + data));
+        }
+        publish_chains(&mem, 1, &chains, false, &mut avail[1]);
+        t.write(0x50, &1u32.to_le_bytes());
+        let (conns, replies) = probe.load();
+        assert!(
+            conns <= 1024 && replies <= 2048,
+            "{conns} connections, {replies} replies"
+        );
+        max_conns = max_conns.max(conns);
+        max_replies = max_replies.max(replies);
     }
+    // Reach: packets parsed, connections made to host peers, replies produced.
+    assert!(max_conns > 0, "no guest packet ever opened a connection");
+    assert!(max_replies > 0, "no guest packet ever earned a reply");
 }
 
 #[test]
