@@ -47,6 +47,11 @@ pub struct HullConfig {
     pub shutdown_timeout_s: u64,
     /// Per-pod directories (sockets, logs, the virtio-fs share).
     pub run_dir: PathBuf,
+    /// Jail hull-vmm (own namespaces, pivot_root into the VM's run directory, no
+    /// capabilities) as `vmm_uid`:`vmm_gid`. Only for the builtin backend.
+    pub jail_vmm: bool,
+    pub vmm_uid: u32,
+    pub vmm_gid: u32,
     /// KiB each pod log (console, VMM, daemons) may hold; output past it is discarded.
     pub log_max_kib: u64,
 }
@@ -70,6 +75,9 @@ impl Default for HullConfig {
             shutdown_timeout_s: 10,
             run_dir: PathBuf::from("/run/hull"),
             log_max_kib: DEFAULT_LOG_MAX_KIB,
+            jail_vmm: true,
+            vmm_uid: 65534,
+            vmm_gid: 65534,
         }
     }
 }
@@ -91,6 +99,9 @@ impl HullConfig {
             toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         if c.vcpus == 0 || c.memory_mib < 64 {
             anyhow::bail!("{}: vcpus must be ≥ 1 and memory_mib ≥ 64", path.display());
+        }
+        if c.jail_vmm && (c.vmm_uid == 0 || c.vmm_gid == 0) {
+            anyhow::bail!("{}: vmm_uid and vmm_gid must not be 0", path.display());
         }
         if c.agent_timeout_s == 0 {
             anyhow::bail!("{}: agent_timeout_s must be ≥ 1", path.display());

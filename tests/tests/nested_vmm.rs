@@ -130,10 +130,68 @@ fn inside_ctr_run_with_the_builtin_backend() {
         "the shim should have booted hull-vmm:\n{}",
         c.tail_log()
     );
+    assert_vmm_is_jailed(&c);
     assert!(hull_tests::wait_until(Duration::from_secs(20), || c
         .leftover_processes()
         .is_empty()));
     c.assert_clean();
+}
+
+/// The pod's hull-vmm runs jailed: unprivileged, no capabilities, no_new_privs, seccomp,
+/// its root the VM's run directory, containerd's socket out of its sight.
+fn assert_vmm_is_jailed(c: &Containerd) {
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        "io.containerd.hull.v2",
+        IMAGE,
+        "jailed",
+        "sleep",
+        "600",
+    ]);
+    let waiter = c.vmm_pid("jailed").expect("the VMM's pid");
+    let children =
+        std::fs::read_to_string(format!("/proc/{waiter}/task/{waiter}/children")).unwrap();
+    let vmm: i32 = children
+        .split_whitespace()
+        .next()
+        .expect("the jailed VMM")
+        .parse()
+        .unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{vmm}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    assert_ne!(field("Uid"), "0", "{status}");
+    assert_ne!(field("Gid"), "0", "{status}");
+    assert_eq!(field("CapEff"), "0000000000000000", "{status}");
+    assert_eq!(field("CapBnd"), "0000000000000000", "{status}");
+    assert_eq!(field("NoNewPrivs"), "1", "{status}");
+    assert_eq!(field("Seccomp"), "2", "{status}");
+    let root = std::path::PathBuf::from(format!("/proc/{vmm}/root"));
+    let seen: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(seen.iter().any(|n| n == "console.log"), "{seen:?}");
+    assert!(!seen.iter().any(|n| n == "etc" || n == "tmp"), "{seen:?}");
+    let ctrd = c.socket();
+    assert!(
+        !root.join(ctrd.strip_prefix("/").unwrap()).exists(),
+        "containerd's socket is visible from the jail"
+    );
+    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "jailed"]);
+    assert!(hull_tests::wait_until(Duration::from_secs(30), || c
+        .ctr_ok(&["task", "ls"])
+        .contains("STOPPED")));
+    c.ctr_ok(&["task", "delete", "jailed"]);
+    c.ctr_ok(&["containers", "rm", "jailed"]);
 }
 
 #[test]

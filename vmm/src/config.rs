@@ -42,6 +42,9 @@ pub struct VmConfig {
     /// Bytes of guest console output kept in `serial_log`; the rest is discarded.
     #[serde(default = "default_serial_log_max")]
     pub serial_log_max: u64,
+    /// Jail the VMM (see `jail`); none: it runs with the caller's privileges.
+    #[serde(default)]
+    pub jail: Option<crate::jail::JailConfig>,
     #[serde(default)]
     pub api_sock: Option<PathBuf>,
 }

@@ -11,6 +11,7 @@
 //! | `config` | the VM description, from flags or `--config vm.json` |
 //! | `api` | the API socket (ping, shutdown) |
 //! | `seccomp` | the per-thread seccomp filters and the SIGSYS report |
+//! | `jail` | the namespaces, pivot_root and privilege drop hull-vmm confines itself with |
 //! | `log_budget` | bounds on log lines a guest can trigger |
 
 pub mod api;
@@ -18,6 +19,7 @@ pub mod boot;
 pub mod config;
 pub mod cpu;
 pub mod devices;
+pub mod jail;
 pub mod layout;
 pub mod log_budget;
 pub mod machine;

@@ -14,6 +14,7 @@ use hull_vmm::config::{DEFAULT_MEMORY_MIB, DEFAULT_SERIAL_LOG_MAX, VmConfig};
 use hull_vmm::devices::serial::BoundedWriter;
 use hull_vmm::devices::virtio::block::DiskConfig;
 use hull_vmm::devices::virtio::fs::FsConfig;
+use hull_vmm::jail::{self, JailConfig};
 use hull_vmm::machine::{Boot, DEFAULT_CID, ExitReason, Machine, MachineConfig, VsockConfig};
 
 #[derive(Debug, Parser)]
@@ -57,6 +58,16 @@ struct Cli {
     /// The API socket (JSON lines; `{"action":"shutdown"}` stops the VM).
     #[arg(long)]
     api_sock: Option<PathBuf>,
+    /// Jail the VMM in this directory (new namespaces, pivot_root, --uid/--gid, no
+    /// capabilities); its sockets and serial log must lie inside it.
+    #[arg(long)]
+    jail: Option<PathBuf>,
+    /// The unprivileged uid the jailed VMM runs as.
+    #[arg(long, default_value_t = 65534, requires = "jail")]
+    uid: u32,
+    /// The unprivileged gid the jailed VMM runs as.
+    #[arg(long, default_value_t = 65534, requires = "jail")]
+    gid: u32,
     /// Run without seccomp filters (debugging only).
     #[arg(long)]
     no_seccomp: bool,
@@ -81,6 +92,11 @@ impl Cli {
             fs: self.fs_socket,
             serial_log: self.serial_log,
             serial_log_max: self.serial_log_max,
+            jail: self.jail.map(|root| JailConfig {
+                root,
+                uid: self.uid,
+                gid: self.gid,
+            }),
             api_sock: self.api_sock,
         })
     }
@@ -121,7 +137,38 @@ fn run(cfg: VmConfig) -> anyhow::Result<ExitReason> {
     if let Some(p) = &cfg.api_sock {
         hull_vmm::api::serve(p, machine.exit_sender())?;
     }
+    if let Some(j) = &cfg.jail {
+        // Everything is open; nothing of the host is needed from here on.
+        jail::confine(j, cfg.serial_log_max.saturating_add(1 << 20))?;
+    }
     machine.run()
+}
+
+/// Enters the jail's namespaces (forking: only the VMM child returns) and makes the
+/// paths inside the jail relative to it, so they hold after the pivot.
+fn enter_jail(mut cfg: VmConfig) -> anyhow::Result<VmConfig> {
+    let Some(j) = cfg.jail.clone() else {
+        return Ok(cfg);
+    };
+    // The jail changes the working directory: paths given relative to the caller's first.
+    cfg.kernel = std::path::absolute(&cfg.kernel)?;
+    if let Some(i) = cfg.initrd.as_mut() {
+        *i = std::path::absolute(&*i)?;
+    }
+    for d in &mut cfg.disks {
+        d.path = std::path::absolute(&d.path)?;
+    }
+    jail::enter_namespaces(&j)?;
+    if let Some(v) = cfg.vsock.as_mut() {
+        v.uds = jail::inside(&j, &v.uds);
+    }
+    for p in [&mut cfg.api_sock, &mut cfg.serial_log]
+        .into_iter()
+        .flatten()
+    {
+        *p = jail::inside(&j, p);
+    }
+    Ok(cfg)
 }
 
 fn main() -> ExitCode {
@@ -138,7 +185,7 @@ fn main() -> ExitCode {
         eprintln!("hull-vmm: installing the SIGSYS handler: {e}");
         return ExitCode::FAILURE;
     }
-    match cli.vm_config().and_then(run) {
+    match cli.vm_config().and_then(enter_jail).and_then(run) {
         Ok(ExitReason::Reset) => {
             eprintln!("hull-vmm: guest reset: VM ended");
             ExitCode::SUCCESS

@@ -20,6 +20,8 @@ pub struct BuiltinConfig {
     pub hull_vmm: PathBuf,
     pub virtiofsd: PathBuf,
     pub spec: VmSpec,
+    /// uid and gid of the jailed VMM; none: not jailed.
+    pub jail: Option<(u32, u32)>,
 }
 
 impl BuiltinConfig {
@@ -29,6 +31,7 @@ impl BuiltinConfig {
             hull_vmm: find_tool("hull-vmm"),
             virtiofsd: find_tool("virtiofsd"),
             spec,
+            jail: Some((65534, 65534)),
         }
     }
 
@@ -52,7 +55,7 @@ impl BuiltinConfig {
             cmdline.push_str(&s.cmdline_extra);
         }
         let path = |p: PathBuf| p.to_string_lossy().into_owned();
-        vec![
+        let mut args: Vec<String> = vec![
             "--kernel".into(),
             path(s.kernel.clone()),
             "--initrd".into(),
@@ -78,7 +81,19 @@ impl BuiltinConfig {
             s.log_max_bytes.to_string(),
             "--api-sock".into(),
             path(self.api_sock()),
-        ]
+        ];
+        if let Some((uid, gid)) = self.jail {
+            // The jail is the VM's run directory, which holds its sockets and logs.
+            args.extend([
+                "--jail".into(),
+                path(s.run_dir.clone()),
+                "--uid".into(),
+                uid.to_string(),
+                "--gid".into(),
+                gid.to_string(),
+            ]);
+        }
+        args
     }
 }
 
@@ -175,5 +190,9 @@ mod tests {
         );
         assert!(a.contains("--api-sock /run/hull/p/api.sock"), "{a}");
         assert!(a.contains("--serial-log-max 4096"), "{a}");
+        assert!(
+            a.ends_with("--jail /run/hull/p --uid 65534 --gid 65534"),
+            "{a}"
+        );
     }
 }

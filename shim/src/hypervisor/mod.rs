@@ -93,6 +93,7 @@ pub fn boot(cfg: &HullConfig, spec: VmSpec) -> anyhow::Result<Box<dyn Vm>> {
                 anyhow::bail!("hypervisor \"builtin\" needs hardware KVM, and {why}");
             }
             let mut bc = BuiltinConfig::new(spec);
+            bc.jail = cfg.jail_vmm.then_some((cfg.vmm_uid, cfg.vmm_gid));
             use_configured_tools([
                 (&mut bc.hull_vmm, &cfg.hull_vmm),
                 (&mut bc.virtiofsd, &cfg.virtiofsd),
