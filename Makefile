@@ -10,7 +10,7 @@ STATIC_ENV   := RUSTFLAGS="-C target-feature=+crt-static" \
 PREFIX       ?= /usr/local
 DESTDIR      ?=
 
-.PHONY: all setup kernel test-host-kernel agent-static initrd guest build release lint test demo bench bench-vmm install clean
+.PHONY: all setup kernel test-host-kernel agent-static initrd guest build release lint test fuzz demo bench bench-vmm install clean
 
 all: build guest
 
@@ -46,6 +46,13 @@ lint:
 ## everything CI runs: set-up, guest artifacts, lint, unit + host integration + VM tests
 test: setup guest test-host-kernel build lint
 	$(CARGO) test --locked --workspace
+
+## the device fuzz targets at 10^6 rounds each, alone and with a thread racing the device
+## on guest memory (not in CI: minutes); FUZZ_ITERS and HULL_FUZZ_SEED override
+FUZZ_ITERS ?= 1000000
+fuzz:
+	HULL_FUZZ_ITERS=$(FUZZ_ITERS) $(CARGO) test --release --locked -p hull-vmm --test fuzz_devices -- --nocapture --test-threads=1
+	HULL_FUZZ_RACE=1 HULL_FUZZ_ITERS=$(FUZZ_ITERS) $(CARGO) test --release --locked -p hull-vmm --test fuzz_devices -- --nocapture --test-threads=1
 
 release:
 	$(CARGO) build --release --locked -p hull-shim -p hull-vmm
