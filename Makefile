@@ -10,7 +10,7 @@ STATIC_ENV   := RUSTFLAGS="-C target-feature=+crt-static" \
 PREFIX       ?= /usr/local
 DESTDIR      ?=
 
-.PHONY: all setup kernel test-host-kernel agent-static initrd guest build release lint test fuzz demo bench bench-vmm install clean
+.PHONY: all setup kernel test-host-kernel agent-static initrd guest build release lint test fuzz boot-loop demo bench bench-vmm install clean
 
 all: build guest
 
@@ -53,6 +53,11 @@ FUZZ_ITERS ?= 1000000
 fuzz:
 	HULL_FUZZ_ITERS=$(FUZZ_ITERS) $(CARGO) test --release --locked -p hull-vmm --test fuzz_devices -- --nocapture --test-threads=1
 	HULL_FUZZ_RACE=1 HULL_FUZZ_ITERS=$(FUZZ_ITERS) $(CARGO) test --release --locked -p hull-vmm --test fuzz_devices -- --nocapture --test-threads=1
+
+## N (default 100) consecutive QEMU boots to agent-ready, with figures and failures
+BOOTS ?= 100
+boot-loop: guest
+	HULL_BOOT_LOOP=$(BOOTS) $(CARGO) test --locked -p hull-tests --test vm_qemu qemu_boot_loop -- --ignored --nocapture
 
 release:
 	$(CARGO) build --release --locked -p hull-shim -p hull-vmm
