@@ -263,6 +263,29 @@ impl Containerd {
         }
     }
 
+    /// Waits up to `timeout` for task `id` to be STOPPED.
+    pub fn wait_stopped(&self, id: &str, timeout: Duration) -> bool {
+        crate::wait_until(timeout, || {
+            self.ctr_ok(&["task", "ls"])
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(id) && l.contains("STOPPED"))
+        })
+    }
+
+    /// SIGKILLs task `id`, waits for it to stop, deletes it and its container; returns
+    /// what `task delete` said (ctr prints the exit code on stderr).
+    pub fn kill_and_remove(&self, id: &str) -> String {
+        self.ctr_ok(&["task", "kill", "-s", "SIGKILL", id]);
+        assert!(
+            self.wait_stopped(id, Duration::from_secs(40)),
+            "task {id} did not stop after SIGKILL:\n{}",
+            self.tail_log()
+        );
+        let del = self.ctr(&["task", "delete", id]);
+        self.ctr_ok(&["containers", "rm", id]);
+        String::from_utf8_lossy(&del.stderr).into_owned()
+    }
+
     /// The directory of pod `sandbox` in namespace `namespace`.
     pub fn pod_dir(&self, namespace: &str, sandbox: &str) -> PathBuf {
         self.run_dir().join(namespace).join(sandbox)

@@ -101,12 +101,7 @@ fn guest_cannot_plant_or_swap_paths_in_the_share() {
             .is_dir()
     );
     assert!(!Path::new("/etc/cron.d/planted-link").exists());
-    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "pwn"]);
-    assert!(wait_until(Duration::from_secs(30), || {
-        c.ctr_ok(&["task", "ls"]).contains("STOPPED")
-    }));
-    c.ctr_ok(&["task", "delete", "pwn"]);
-    c.ctr_ok(&["containers", "rm", "pwn"]);
+    c.kill_and_remove("pwn");
     c.assert_clean();
 }
 
@@ -189,12 +184,7 @@ fn setuid_files_and_device_nodes_from_the_guest_are_inert_on_the_host() {
             "a device node from the guest opened on the host"
         );
     }
-    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "suid"]);
-    assert!(wait_until(Duration::from_secs(30), || {
-        c.ctr_ok(&["task", "ls"]).contains("STOPPED")
-    }));
-    c.ctr_ok(&["task", "delete", "suid"]);
-    c.ctr_ok(&["containers", "rm", "suid"]);
+    c.kill_and_remove("suid");
     c.assert_clean();
     assert!(
         vol.path().join("rootsh").exists(),
@@ -220,32 +210,12 @@ fn sigkill_ends_the_pod_despite(fault: &str) {
         "600",
     ]);
     let started = Instant::now();
-    let kill = c
-        .ctr_cmd(&["task", "kill", "-s", "SIGKILL", "stuck"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let deleted = c.kill_and_remove("stuck");
     assert!(
-        kill.status.success(),
-        "{}",
-        String::from_utf8_lossy(&kill.stderr)
+        deleted.contains("exit code 255"),
+        "after {:?} with a {fault} agent: {deleted}",
+        started.elapsed()
     );
-    let stopped = wait_until(Duration::from_secs(40), || {
-        c.ctr_ok(&["task", "ls"]).contains("STOPPED")
-    });
-    assert!(
-        stopped,
-        "task still running {:?} after SIGKILL with a {fault} agent:\n{}",
-        started.elapsed(),
-        c.tail_log()
-    );
-    let del = c.ctr(&["task", "delete", "stuck"]);
-    assert!(
-        String::from_utf8_lossy(&del.stderr).contains("exit code 255"),
-        "{}",
-        String::from_utf8_lossy(&del.stderr)
-    );
-    c.ctr_ok(&["containers", "rm", "stuck"]);
     c.assert_clean();
 }
 
@@ -352,11 +322,6 @@ fn console_flood_is_bounded_on_the_host() {
     assert!(size <= 64 * 1024 + 200, "console.log grew to {size} bytes");
     let out = c.ctr_ok(&["task", "exec", "--exec-id", "e1", "spam", "echo", "alive"]);
     assert_eq!(out.trim(), "alive");
-    c.ctr_ok(&["task", "kill", "-s", "SIGKILL", "spam"]);
-    assert!(wait_until(Duration::from_secs(30), || {
-        c.ctr_ok(&["task", "ls"]).contains("STOPPED")
-    }));
-    c.ctr_ok(&["task", "delete", "spam"]);
-    c.ctr_ok(&["containers", "rm", "spam"]);
+    c.kill_and_remove("spam");
     c.assert_clean();
 }
