@@ -175,13 +175,16 @@ fn spawn_on_keeper(cmd: Command) -> std::io::Result<Child> {
         .map_err(|_| std::io::Error::other("the child-keeper thread is gone"))?
 }
 
-/// Makes `cmd`'s child receive SIGKILL when the shim dies, also if it died while forking.
+/// Makes `cmd`'s child receive SIGKILL when the shim dies, also if it died while forking,
+/// and lead a process group of its own: whatever it forks (virtiofsd's sandbox, the
+/// jailed VMM behind its waiter) is killed with it.
 fn die_with_parent(cmd: &mut Command) {
     let parent = std::process::id();
-    // SAFETY: the closure runs in the forked child before exec and calls only prctl and
-    // getppid, which are async-signal-safe; it allocates nothing.
+    // SAFETY: the closure runs in the forked child before exec and calls only prctl,
+    // setpgid and getppid, which are async-signal-safe; it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))?;
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
             if libc::getppid() as u32 != parent {
                 return Err(std::io::Error::other(
@@ -328,12 +331,26 @@ impl Daemon {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
+    /// Kills the daemon's whole process group and returns once every process of it is
+    /// gone: nothing of this daemon (a lock, a socket, a forked helper) outlives the call.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let group = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
             let _ = c.kill();
             let _ = c.wait();
+            wait_group_gone(group);
             tracing::debug!(name = %self.name, "stopped");
         }
+    }
+}
+
+/// Waits (2 s at most) until no process of `group` is left, SIGKILLing stragglers.
+pub fn wait_group_gone(group: nix::unistd::Pid) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while nix::sys::signal::killpg(group, None).is_ok() && Instant::now() < deadline {
+        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

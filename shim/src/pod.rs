@@ -251,8 +251,11 @@ pub fn cleanup_dir(dir: &Path) {
     let pids = std::fs::read_to_string(dir.join("vm").join(PID_FILE)).unwrap_or_default();
     for p in PidRecord::parse_file(&pids) {
         if p.is_alive() {
+            // Each VM process leads its own process group (see `daemon`): its helpers go too.
+            let _ = nix::sys::signal::killpg(Pid::from_raw(p.pid), Signal::SIGKILL);
             let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
             wait_gone(p.pid);
+            crate::daemon::wait_group_gone(Pid::from_raw(p.pid));
         }
     }
     pod_fs::unmount_under(dir);
