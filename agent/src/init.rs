@@ -177,6 +177,26 @@ pub fn signal_boot_timer() {
     }
 }
 
+/// Tells the host, over a vsock connection to its port `AGENT_READY_PORT`, that the agent
+/// serves. Best effort (the host may not listen): one attempt, then the connection closes.
+pub fn announce_ready() {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, VsockAddr, connect, socket};
+    const HOST_CID: u32 = 2;
+    let result = socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .and_then(|fd| {
+        let addr = VsockAddr::new(HOST_CID, hull_protocols::AGENT_READY_PORT);
+        connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr)
+    });
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "the host took no ready announcement");
+    }
+}
+
 /// Flushes and ends the VM. PID 1 must never just exit: that panics the kernel.
 ///
 /// A reset is the end of a hull VM (Firecracker's model): hull-vmm exits on the guest's

@@ -51,6 +51,8 @@ pub async fn serve(cfg: AgentConfig) -> anyhow::Result<()> {
     tracing::info!(listen = %cfg.listen, mode = ?cfg.mode, "hull-agent ready");
     if cfg.mode == crate::config::Mode::Guest {
         crate::init::signal_boot_timer();
+        // A blocking connect, off the runtime's threads.
+        tokio::task::spawn_blocking(crate::init::announce_ready);
     }
 
     let mut term = signal(SignalKind::terminate())?;

@@ -7,6 +7,12 @@ pub const API_VERSION: &str = "1.0.0";
 /// The vsock port the agent's ttrpc server listens on inside the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
+/// The host vsock port the agent connects to once its server listens ("I am ready"): the
+/// host connects to the agent only after that, when the guest has shown its vsock device
+/// works both ways. (vhost-device-vsock 0.3 loses its worker thread for good if a host
+/// connection arrives while the guest is still setting the device's rings up.)
+pub const AGENT_READY_PORT: u32 = 1025;
+
 #[allow(warnings, clippy::all, clippy::undocumented_unsafe_blocks)]
 pub mod agent {
     include!(concat!(env!("OUT_DIR"), "/agent.rs"));

@@ -1,11 +1,12 @@
-//! ttrpc clients for the guest agent over a hybrid-vsock stream.
+//! ttrpc clients for the guest agent over a hybrid-vsock stream, and the agent's "ready"
+//! announcement that comes before them.
 
 use std::path::Path;
 use std::time::Duration;
 
-use hull_protocols::AGENT_VSOCK_PORT;
 use hull_protocols::agent_ttrpc::AgentServiceClient;
 use hull_protocols::health_ttrpc::HealthClient;
+use hull_protocols::{AGENT_READY_PORT, AGENT_VSOCK_PORT};
 
 use crate::hybrid_vsock;
 
@@ -25,5 +26,69 @@ impl AgentClient {
             agent: AgentServiceClient::new(client.clone()),
             health: HealthClient::new(client),
         })
+    }
+}
+
+/// Where the agent's ready announcement arrives: the VMM turns a guest connection to host
+/// port P into a connection to `<hybrid vsock socket>_P`.
+pub struct ReadySignal {
+    listener: tokio::net::UnixListener,
+    path: std::path::PathBuf,
+}
+
+impl ReadySignal {
+    /// Listens for the announcement of the VM whose hybrid vsock socket is `uds`. Bind it
+    /// before the guest can boot that far (right after the VMM starts).
+    pub fn bind(uds: &Path) -> anyhow::Result<ReadySignal> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::path::PathBuf::from(format!("{}_{AGENT_READY_PORT}", uds.display()));
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path)
+            .map_err(|e| anyhow::anyhow!("binding {}: {e}", path.display()))?;
+        // A jailed VMM connects as an unprivileged user; the directory keeps others out.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+        Ok(ReadySignal { listener, path })
+    }
+
+    /// Waits until the agent announces itself. The guest only opens a connection (what
+    /// it sends is never read), so it can make the shim wait no longer than `timeout`.
+    pub async fn wait(&self, timeout: Duration) -> anyhow::Result<()> {
+        match tokio::time::timeout(timeout, self.listener.accept()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => anyhow::bail!("waiting for the agent's ready announcement: {e}"),
+            Err(_) => anyhow::bail!("the agent did not announce itself within {timeout:?}"),
+        }
+    }
+}
+
+impl Drop for ReadySignal {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Connects to the agent of a VM that is booting: waits for its ready announcement (at
+/// most `timeout`; a VMM that exits meanwhile fails at once), then connects.
+pub async fn connect_when_ready(
+    vm: &mut Box<dyn crate::hypervisor::Vm>,
+    timeout: Duration,
+) -> anyhow::Result<AgentClient> {
+    let ready = ReadySignal::bind(&vm.vsock_uds())?;
+    let uds = vm.vsock_uds();
+    tokio::select! {
+        r = ready.wait(timeout) => r?,
+        e = vmm_exit(vm) => anyhow::bail!("the VMM exited during boot ({e})"),
+    }
+    AgentClient::connect(&uds, timeout).await
+}
+
+/// Resolves when the VMM has exited, with its status.
+async fn vmm_exit(vm: &mut Box<dyn crate::hypervisor::Vm>) -> String {
+    loop {
+        match vm.wait_exit(Duration::ZERO) {
+            Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Ok(Some(status)) => return status.to_string(),
+            Err(e) => return format!("{e:#}"),
+        }
     }
 }

@@ -17,7 +17,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::sync::watch;
 
-use crate::agent_client::AgentClient;
+use crate::agent_client::{AgentClient, connect_when_ready};
 use crate::config::HullConfig;
 use crate::daemon::{PID_FILE, PidRecord};
 use crate::hypervisor::qemu::SHARED_FS_TAG;
@@ -90,8 +90,10 @@ impl Pod {
             pod_fs::ensure_dir_mode(d, 0o711)?;
         }
         let run = dir.join("vm");
-        for d in [&dir, &run] {
-            pod_fs::ensure_dir_mode(d, 0o700)
+        // vm/ is a jailed VMM's whole filesystem: it must pass through it (0711) to reach
+        // the agent's ready socket; its files stay the shim's (0600).
+        for (d, mode) in [(&dir, 0o700), (&run, 0o711)] {
+            pod_fs::ensure_dir_mode(d, mode)
                 .with_context(|| format!("creating {}", d.display()))?;
         }
         let shared = match PodShare::create(&dir) {
@@ -199,17 +201,19 @@ impl Pod {
 /// How many times a VM whose agent stays silent is booted before the pod fails.
 const BOOT_ATTEMPTS: u32 = 2;
 
-/// Boots the VM and connects to its agent. An agent that does not answer within the boot
-/// timeout gets its VM killed and booted once more (seen here, rarely, under QEMU TCG: the
-/// vsock backend accepts CONNECT and never answers); the failure is logged with every log
-/// of that VM.
+/// Boots the VM and connects to its agent once the agent has announced itself (see
+/// `ReadySignal`: the shim must not knock on the guest's vsock while the guest is still
+/// setting the device up). A VMM that exits during boot fails the attempt at once; an
+/// agent that stays silent for the boot timeout gets its VM killed and booted once more,
+/// and each failure is logged with every log of that VM.
 async fn boot_vm(cfg: &HullConfig, spec: VmSpec) -> anyhow::Result<(Box<dyn Vm>, AgentClient)> {
     let mut attempt = 1;
     loop {
         let (boot_cfg, boot_spec) = (cfg.clone(), spec.clone());
-        let vm =
+        let mut vm =
             tokio::task::spawn_blocking(move || hypervisor::boot(&boot_cfg, boot_spec)).await??;
-        match AgentClient::connect(&vm.vsock_uds(), Duration::from_secs(cfg.boot_timeout_s)).await {
+        let timeout = Duration::from_secs(cfg.boot_timeout_s);
+        match connect_when_ready(&mut vm, timeout).await {
             Ok(agent) => return Ok((vm, agent)),
             Err(e) => {
                 let report = vm.diagnostics();

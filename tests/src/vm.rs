@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hull_protocols::agent::{CreateSandboxRequest, Storage};
-use hull_shim::agent_client::AgentClient;
+use hull_shim::agent_client::{AgentClient, connect_when_ready};
 use hull_shim::config::{HullConfig, HypervisorKind};
 use hull_shim::hypervisor::{SHARED_FS_TAG, Vm, VmSpec};
 use tempfile::TempDir;
@@ -54,8 +54,8 @@ impl TestVm {
             log_max_bytes: 1 << 20,
         };
         let started = Instant::now();
-        let vm = hull_shim::hypervisor::boot(&cfg, spec)?;
-        let client = match AgentClient::connect(&vm.vsock_uds(), AGENT_TIMEOUT).await {
+        let mut vm = hull_shim::hypervisor::boot(&cfg, spec)?;
+        let client = match connect_when_ready(&mut vm, AGENT_TIMEOUT).await {
             Ok(c) => c,
             Err(e) => anyhow::bail!("{e:#}\n{}", vm.diagnostics()),
         };
