@@ -31,6 +31,10 @@ const MAX_CONNECT_LINE: usize = 32;
 const FIRST_HOST_PORT: u32 = 1 << 30;
 /// Connections (both directions, handshakes included) one VM may hold at once.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Guest bytes held for slow host streams, all connections of the VM together: below
+/// `MAX_CONNECTIONS × CONN_BUF_ALLOC`, so a guest that fills every connection's credit
+/// gets connections reset instead of growing the VMM by a quarter GiB.
+pub const MAX_BUFFERED_BYTES: usize = 16 << 20;
 /// Packets waiting for guest RX buffers; past this, replies are dropped (and the
 /// connection they belong to closed).
 pub const MAX_PENDING_CONTROL: usize = 2 * MAX_CONNECTIONS;
@@ -103,6 +107,8 @@ pub struct Muxer {
     control: VecDeque<Packet>,
     rx_starved: bool,
     next_port: u32,
+    /// The sum of every connection's `out`.
+    buffered: usize,
 }
 
 impl Muxer {
@@ -122,6 +128,7 @@ impl Muxer {
             control: VecDeque::new(),
             rx_starved: false,
             next_port: FIRST_HOST_PORT,
+            buffered: 0,
         };
         let fd = m.listener.as_raw_fd();
         m.watch(fd, EventSet::IN, ControlOperation::Add)?;
@@ -220,6 +227,12 @@ impl Muxer {
                     self.reset_conn(key);
                     return;
                 }
+                if self.buffered + p.data.len() > MAX_BUFFERED_BYTES {
+                    tracing::debug!(port = key.local, "vsock: VM buffer budget spent");
+                    self.reset_conn(key);
+                    return;
+                }
+                self.buffered += p.data.len();
                 c.out.extend_from_slice(&p.data);
                 self.flush(key);
             }
@@ -276,6 +289,11 @@ impl Muxer {
             }
         }
         c.out.drain(..written);
+        self.buffered -= written;
+        if c.out.is_empty() && c.out.capacity() > 64 * 1024 {
+            // A burst's buffer goes back; an idle connection holds nothing.
+            c.out = Vec::new();
+        }
         c.fwd_cnt = c.fwd_cnt.wrapping_add(written as u32);
         let tell = c.fwd_cnt.wrapping_sub(c.told_fwd_cnt) >= CONN_BUF_ALLOC / 2;
         self.update_read_interest();
@@ -485,6 +503,7 @@ impl Muxer {
 
     fn drop_conn(&mut self, key: Key) {
         if let Some(c) = self.conns.remove(&key) {
+            self.buffered -= c.out.len();
             let fd = c.stream.as_raw_fd();
             if !c.watched.is_empty() {
                 let _ = self.watch(fd, EventSet::empty(), ControlOperation::Delete);
@@ -496,6 +515,11 @@ impl Muxer {
     /// Open connections and pending replies, for tests and metrics.
     pub fn load(&self) -> (usize, usize) {
         (self.conns.len(), self.control.len())
+    }
+
+    /// Guest bytes held for host streams.
+    pub fn buffered(&self) -> usize {
+        self.buffered
     }
 
     // ---------------------------------------------------------------- host sockets
@@ -694,6 +718,33 @@ mod tests {
             m.control
                 .iter()
                 .any(|p| p.op == OP_RST && p.dst_port == 5000)
+        );
+    }
+
+    /// Many connections, each filled up to its credit, never make the VMM hold more than
+    /// its per-VM budget.
+    #[test]
+    fn guest_bytes_held_per_vm_are_capped() {
+        raise_fd_limit();
+        let dir = tempfile::tempdir().unwrap();
+        let (mut m, _accepted) = muxer_with_host_service(dir.path());
+        let chunk = vec![0x42u8; MAX_PKT_DATA as usize];
+        let mut most = 0;
+        // The host streams' socket buffers take ~200 KiB each; the rest of each
+        // connection's 256 KiB credit stays in the VMM: 800 of them would hold ~40 MiB.
+        for port in 0..800u32 {
+            m.handle_guest_packet(guest_packet(20_000 + port, 1234, OP_REQUEST, Vec::new()));
+            for _ in 0..(CONN_BUF_ALLOC / MAX_PKT_DATA) {
+                m.handle_guest_packet(guest_packet(20_000 + port, 1234, OP_RW, chunk.clone()));
+                assert!(m.buffered() <= MAX_BUFFERED_BYTES);
+                most = most.max(m.buffered());
+            }
+        }
+        let held: usize = m.conns.values().map(|c| c.out.len()).sum();
+        assert_eq!(held, m.buffered());
+        assert!(
+            most > MAX_BUFFERED_BYTES - MAX_PKT_DATA as usize,
+            "the budget never bound: at most {most} bytes held"
         );
     }
 
