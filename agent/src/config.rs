@@ -28,6 +28,10 @@ pub enum Fault {
     /// Before each CreateContainer, tries to plant symlinks and swap the rootfs in the
     /// pod's share (see `fault::plant_in_share`).
     PlantShare,
+    /// From the first CreateContainer on, opens as many vsock connections to host port
+    /// `fault::FLOOD_PORT` as it can and fills each one past the host's credit (see
+    /// `fault::flood_vsock`).
+    VsockFlood,
 }
 
 impl Fault {
@@ -36,6 +40,7 @@ impl Fault {
             "hang-signals" => Some(Fault::HangSignals),
             "ignore-signals" => Some(Fault::IgnoreSignals),
             "plant-share" => Some(Fault::PlantShare),
+            "vsock-flood" => Some(Fault::VsockFlood),
             _ => None,
         }
     }

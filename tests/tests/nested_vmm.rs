@@ -137,6 +137,114 @@ fn inside_ctr_run_with_the_builtin_backend() {
     c.assert_clean();
 }
 
+/// The jailed VMM: the child of the waiter the pid file names (the test host's kernel has
+/// no /proc/PID/task/TID/children).
+fn jailed_vmm(waiter: i32) -> i32 {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+                st.rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().nth(1))
+                    == Some(waiter.to_string().as_str())
+            })
+        })
+        .expect("the jailed VMM, child of its waiter")
+}
+
+fn status_field(pid: i32, name: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+/// Attack tier on hull-vmm: a compromised agent (`hull.fault=vsock-flood`) opens more
+/// vsock connections to a host service than a VM may hold and fills each past the host's
+/// credit, while the service never reads. The VMM holds at most 1024 connections and
+/// 16 MiB of guest bytes (its private memory stays small), and the pod is still killed
+/// and removed with nothing left.
+#[test]
+fn vsock_flood_from_the_guest_is_bounded_in_hull_vmm() {
+    run_own_test("inside_vsock_flood_is_bounded", 600);
+}
+
+#[test]
+#[ignore = "runs inside the nested test host"]
+fn inside_vsock_flood_is_bounded() {
+    use std::os::unix::fs::PermissionsExt;
+    require_inside();
+    let c = Containerd::start_with_hull_config(
+        "kernel_params = \"hull.log=info hull.fault=vsock-flood\"",
+    );
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        "io.containerd.hull.v2",
+        IMAGE,
+        "flood",
+        "sleep",
+        "600",
+    ]);
+    let vm_dir = c
+        .pod_dir(hull_tests::containerd::NAMESPACE, "flood")
+        .join("vm");
+    // The host service: accepts every connection and never reads.
+    let sock = vm_dir.join("vm.vsock_2000");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_flag = stop.clone();
+    let service = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while !stop_flag.load(std::sync::atomic::Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((s, _)) => held.push(s),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        held.len()
+    });
+    let console = vm_dir.join("console.log");
+    let done = hull_tests::wait_until(Duration::from_secs(150), || {
+        std::fs::read_to_string(&console).is_ok_and(|t| t.contains("vsock-flood: done"))
+    });
+    let vmm = jailed_vmm(c.vmm_pid("flood").expect("the VMM's pid"));
+    let anon_kib: u64 = status_field(vmm, "RssAnon").parse().unwrap_or(0);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let accepted = service.join().unwrap();
+    let flood_line = std::fs::read_to_string(&console)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("vsock-flood"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        done,
+        "the flood did not finish:\n{flood_line}\n{}",
+        c.tail_log()
+    );
+    eprintln!("flood: {flood_line}; host accepted {accepted}; VMM RssAnon {anon_kib} KiB");
+    assert!(
+        accepted > 100,
+        "the flood hardly reached the host: {accepted}"
+    );
+    assert!(accepted <= 1024, "{accepted} connections held for one VM");
+    assert!(
+        anon_kib > 0 && anon_kib < 40 * 1024,
+        "VMM private memory {anon_kib} KiB"
+    );
+    c.kill_and_remove("flood");
+    c.assert_clean();
+}
+
 /// The pod's hull-vmm runs jailed: unprivileged, no capabilities, no_new_privs, seccomp,
 /// its root the VM's run directory, containerd's socket out of its sight.
 fn assert_vmm_is_jailed(c: &Containerd) {
@@ -151,28 +259,9 @@ fn assert_vmm_is_jailed(c: &Containerd) {
         "600",
     ]);
     let waiter = c.vmm_pid("jailed").expect("the VMM's pid");
-    // The waiter's child (the test host's kernel has no /proc/PID/task/TID/children).
-    let vmm: i32 = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .find(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
-                st.rsplit(')')
-                    .next()
-                    .and_then(|r| r.split_whitespace().nth(1))
-                    == Some(waiter.to_string().as_str())
-            })
-        })
-        .expect("the jailed VMM, child of its waiter");
+    let vmm = jailed_vmm(waiter);
     let status = std::fs::read_to_string(format!("/proc/{vmm}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}:")))
-            .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
-            .unwrap_or_default()
-    };
+    let field = |name: &str| status_field(vmm, name);
     assert_ne!(field("Uid"), "0", "{status}");
     assert_ne!(field("Gid"), "0", "{status}");
     assert_eq!(field("CapEff"), "0000000000000000", "{status}");

@@ -91,8 +91,12 @@ impl agent_ttrpc::AgentService for AgentService {
         req: CreateContainerRequest,
     ) -> ttrpc::Result<Empty> {
         self.run(self.span("CreateContainer", &req.container_id, ""), async {
-            if self.fault == Some(Fault::PlantShare) {
-                crate::fault::plant_in_share(&self.shared_dir, &req.container_id);
+            match self.fault {
+                Some(Fault::PlantShare) => {
+                    crate::fault::plant_in_share(&self.shared_dir, &req.container_id)
+                }
+                Some(Fault::VsockFlood) => crate::fault::start_vsock_flood(),
+                _ => {}
             }
             self.containers.create(&req).await.map(|_| empty())
         })
