@@ -263,6 +263,15 @@ impl Containerd {
         }
     }
 
+    /// Runs container `id` (`sleep 600`) detached with hull's runtime, and `extra` ctr run
+    /// options before the image.
+    pub fn run_sleeper(&self, id: &str, extra: &[&str]) {
+        let mut args = vec!["run", "-d", "--runtime", "io.containerd.hull.v2"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[IMAGE, id, "sleep", "600"]);
+        self.ctr_ok(&args);
+    }
+
     /// Waits up to `timeout` for task `id` to be STOPPED.
     pub fn wait_stopped(&self, id: &str, timeout: Duration) -> bool {
         crate::wait_until(timeout, || {

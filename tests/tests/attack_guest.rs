@@ -61,16 +61,7 @@ fn guest_cannot_plant_or_swap_paths_in_the_share() {
     let c = Containerd::start_with_hull_config(
         "kernel_params = \"hull.log=info hull.fault=plant-share\"",
     );
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "pwn",
-        "sleep",
-        "600",
-    ]);
+    c.run_sleeper("pwn", &[]);
     let pod = c.pod_dir(NAMESPACE, "pwn");
     let console = std::fs::read_to_string(pod.join("vm/console.log")).unwrap();
     let attempts: Vec<&str> = console
@@ -199,16 +190,7 @@ fn sigkill_ends_the_pod_despite(fault: &str) {
     let c = Containerd::start_with_hull_config(&format!(
         "agent_timeout_s = 5\nkernel_params = \"hull.log=info hull.fault={fault}\""
     ));
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "stuck",
-        "sleep",
-        "600",
-    ]);
+    c.run_sleeper("stuck", &[]);
     let started = Instant::now();
     let deleted = c.kill_and_remove("stuck");
     assert!(

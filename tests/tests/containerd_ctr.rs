@@ -162,7 +162,7 @@ fn tty_run() {
 /// Runs `id` detached (`sleep 600`), then SIGKILLs `pid_of(c, id)`: the shim, or the VMM
 /// (QEMU or hull-vmm: whichever backend the host runs, read from the pod's pid file).
 fn run_detached_then_kill(c: &Containerd, id: &str, pid_of: fn(&Containerd, &str) -> i32) {
-    c.ctr_ok(&["run", "-d", "--runtime", RUNTIME, IMAGE, id, "sleep", "600"]);
+    c.run_sleeper(id, &[]);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid_of(c, id)),
         nix::sys::signal::Signal::SIGKILL,

@@ -182,16 +182,7 @@ fn inside_vsock_flood_is_bounded() {
     let c = Containerd::start_with_hull_config(
         "kernel_params = \"hull.log=info hull.fault=vsock-flood\"",
     );
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        "io.containerd.hull.v2",
-        IMAGE,
-        "flood",
-        "sleep",
-        "600",
-    ]);
+    c.run_sleeper("flood", &[]);
     let vm_dir = c
         .pod_dir(hull_tests::containerd::NAMESPACE, "flood")
         .join("vm");
@@ -248,16 +239,7 @@ fn inside_vsock_flood_is_bounded() {
 /// The pod's hull-vmm runs jailed: unprivileged, no capabilities, no_new_privs, seccomp,
 /// its root the VM's run directory, containerd's socket out of its sight.
 fn assert_vmm_is_jailed(c: &Containerd) {
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        "io.containerd.hull.v2",
-        IMAGE,
-        "jailed",
-        "sleep",
-        "600",
-    ]);
+    c.run_sleeper("jailed", &[]);
     let waiter = c.vmm_pid("jailed").expect("the VMM's pid");
     let vmm = jailed_vmm(waiter);
     let status = std::fs::read_to_string(format!("/proc/{vmm}/status")).unwrap();
