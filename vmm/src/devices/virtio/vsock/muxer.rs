@@ -296,7 +296,7 @@ impl Muxer {
         }
         c.fwd_cnt = c.fwd_cnt.wrapping_add(written as u32);
         let tell = c.fwd_cnt.wrapping_sub(c.told_fwd_cnt) >= CONN_BUF_ALLOC / 2;
-        self.update_read_interest();
+        self.refresh_interest(key);
         if tell {
             self.reply(key, OP_CREDIT_UPDATE, 0);
         }
@@ -475,24 +475,26 @@ impl Muxer {
     /// report them readable (or hung up) forever. A stream with neither credit nor pending
     /// output is not on epoll at all.
     fn update_read_interest(&mut self) {
-        let wanted: Vec<(Key, EventSet)> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.established)
-            .map(|(k, c)| {
-                let mut events = EventSet::empty();
-                if !self.rx_starved && c.credit() > 0 {
-                    events |= EventSet::IN | EventSet::READ_HANG_UP;
-                }
-                if !c.out.is_empty() {
-                    events |= EventSet::OUT;
-                }
-                (*k, events)
-            })
-            .collect();
-        for (k, events) in wanted {
-            self.set_interest(k, events);
+        let keys: Vec<Key> = self.conns.keys().copied().collect();
+        for k in keys {
+            self.refresh_interest(k);
         }
+    }
+
+    /// What one established connection's stream waits for now (see
+    /// `update_read_interest`); the per-packet path refreshes just its own connection.
+    fn refresh_interest(&mut self, key: Key) {
+        let Some(c) = self.conns.get(&key).filter(|c| c.established) else {
+            return;
+        };
+        let mut events = EventSet::empty();
+        if !self.rx_starved && c.credit() > 0 {
+            events |= EventSet::IN | EventSet::READ_HANG_UP;
+        }
+        if !c.out.is_empty() {
+            events |= EventSet::OUT;
+        }
+        self.set_interest(key, events);
     }
 
     fn reset_conn(&mut self, key: Key) {
