@@ -10,6 +10,7 @@ mod fault;
 mod helper;
 mod init;
 mod logging;
+mod network;
 mod process;
 mod reaper;
 mod rpc;

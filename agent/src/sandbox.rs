@@ -33,6 +33,11 @@ impl Sandbox {
         }
     }
 
+    /// Whether this agent is PID 1 of a pod VM (not a test agent on a host).
+    pub fn is_guest(&self) -> bool {
+        self.cfg.mode == Mode::Guest
+    }
+
     pub fn id(&self) -> Option<String> {
         self.state
             .lock()

@@ -2,7 +2,7 @@
 //! and the guest agent (server). Generated from `protos/` at build time.
 
 /// Agent API version; bump the major on an incompatible change to `agent.proto`.
-pub const API_VERSION: &str = "1.0.0";
+pub const API_VERSION: &str = "1.1.0";
 
 /// The vsock port the agent's ttrpc server listens on inside the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;

@@ -196,6 +196,51 @@ fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+/// The fd number the first fd passed to a child gets (`pass_fds`); the next ones follow.
+/// High, so it lands past whatever the child's own setup holds open.
+pub const PASSED_FD_BASE: i32 = 100;
+/// At most this many fds are passed to one child.
+const MAX_PASSED_FDS: usize = 16;
+
+/// Makes `fds` appear in `cmd`'s child as `PASSED_FD_BASE`, `PASSED_FD_BASE + 1`, …,
+/// open across exec (the shim's own fds stay close-on-exec, so nothing else leaks into
+/// the child). A target number already open in the child fails the spawn instead of
+/// replacing what is there.
+pub fn pass_fds(cmd: &mut Command, fds: &[std::os::fd::RawFd]) -> anyhow::Result<()> {
+    if fds.len() > MAX_PASSED_FDS {
+        bail!("{} fds to pass, at most {MAX_PASSED_FDS}", fds.len());
+    }
+    let mut src = [-1; MAX_PASSED_FDS];
+    src[..fds.len()].copy_from_slice(fds);
+    let n = fds.len();
+    // SAFETY: the closure runs in the forked child before exec; it calls only fcntl and
+    // dup2 (async-signal-safe) on a fixed-size array, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut parked = [-1; MAX_PASSED_FDS];
+            let end = PASSED_FD_BASE + n as i32;
+            for i in 0..n {
+                if libc::fcntl(PASSED_FD_BASE + i as i32, libc::F_GETFD) != -1 {
+                    return Err(std::io::Error::other("a passed fd's number is in use"));
+                }
+                // Parked above every target, so no dup2 below replaces a source.
+                parked[i] = libc::fcntl(src[i], libc::F_DUPFD_CLOEXEC, end);
+                if parked[i] < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (i, p) in parked.iter().enumerate().take(n) {
+                // dup2 leaves the new fd without FD_CLOEXEC: it survives exec.
+                if libc::dup2(*p, PASSED_FD_BASE + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
 pub struct Daemon {
     name: String,
     child: Option<Child>,

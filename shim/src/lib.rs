@@ -8,6 +8,7 @@ pub mod hybrid_vsock;
 pub mod hypervisor;
 pub mod ids;
 pub mod logging;
+pub mod network;
 pub mod pod;
 pub mod pod_fs;
 pub mod share;

@@ -12,7 +12,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
-use hull_protocols::agent::{CreateSandboxRequest, DestroySandboxRequest, Storage};
+use hull_protocols::agent::{
+    AddARPNeighborsRequest, CreateSandboxRequest, DestroySandboxRequest, Storage,
+    UpdateInterfaceRequest, UpdateRoutesRequest,
+};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::sync::watch;
@@ -23,6 +26,7 @@ use crate::daemon::{PID_FILE, PidRecord};
 use crate::hypervisor::qemu::SHARED_FS_TAG;
 use crate::hypervisor::{self, Vm, VmSpec};
 use crate::ids::{self, InvalidId};
+use crate::network::{self, PodNetwork};
 use crate::pod_fs;
 use crate::share::{GUEST_SHARED, PodShare};
 use crate::sizing::PodSize;
@@ -33,6 +37,17 @@ pub struct Pod {
     pub agent: AgentClient,
     vm: Mutex<Option<Box<dyn Vm>>>,
     dead: watch::Receiver<bool>,
+    /// Holds the taps' fds while the pod lives.
+    _network: PodNetwork,
+}
+
+/// What a pod VM is made of, beyond hull.toml.
+pub struct PodOptions {
+    pub hostname: String,
+    pub size: PodSize,
+    pub network: network::Mode,
+    /// Lines of the pod's resolv.conf.
+    pub dns: Vec<String>,
 }
 
 /// `<run_dir>/<namespace>/<sandbox id>`, for a namespace and id that pass containerd's
@@ -77,10 +92,12 @@ impl Pod {
         cfg: &HullConfig,
         namespace: &str,
         id: &str,
-        hostname: &str,
-        size: PodSize,
+        opts: PodOptions,
     ) -> anyhow::Result<std::sync::Arc<Pod>> {
         let dir = pod_dir(cfg, namespace, id)?;
+        if opts.network == network::Mode::Host {
+            anyhow::bail!(network::HOST_NETWORK_REFUSED);
+        }
         if dir.exists() {
             tracing::warn!(sandbox = %id, dir = %dir.display(), "removing a stale pod directory");
             cleanup_dir(&dir);
@@ -104,6 +121,20 @@ impl Pod {
             }
         };
 
+        let net = match &opts.network {
+            network::Mode::Netns(path) => {
+                let (d, p) = (dir.clone(), path.clone());
+                match tokio::task::spawn_blocking(move || PodNetwork::attach(&d, &p)).await? {
+                    Ok(n) => n,
+                    Err(e) => {
+                        cleanup_dir(&dir);
+                        return Err(e.context("connecting the pod's network"));
+                    }
+                }
+            }
+            _ => PodNetwork::default(),
+        };
+        let size = opts.size;
         let spec = VmSpec {
             kernel: cfg.kernel.clone(),
             initrd: cfg.initrd.clone(),
@@ -113,6 +144,7 @@ impl Pod {
             run_dir: run,
             shared_dir: shared,
             log_max_bytes: cfg.log_max_kib * 1024,
+            nics: net.nics.clone(),
         };
         let (vm, agent) = match boot_vm(cfg, spec).await {
             Ok(v) => v,
@@ -123,7 +155,8 @@ impl Pod {
         };
         let mut req = CreateSandboxRequest::new();
         req.sandbox_id = id.to_string();
-        req.hostname = hostname.to_string();
+        req.hostname = opts.hostname;
+        req.dns = opts.dns;
         let mut fs = Storage::new();
         fs.driver = "virtiofs".into();
         fs.source = SHARED_FS_TAG.into();
@@ -139,6 +172,13 @@ impl Pod {
             cleanup_dir(&dir);
             anyhow::bail!("CreateSandbox: {e}");
         }
+        if let Err(e) =
+            configure_guest_network(&agent, &net, Duration::from_secs(cfg.agent_timeout_s)).await
+        {
+            drop(vm);
+            cleanup_dir(&dir);
+            return Err(e);
+        }
 
         let (dead_tx, dead) = watch::channel(false);
         let pod = std::sync::Arc::new(Pod {
@@ -147,6 +187,7 @@ impl Pod {
             agent,
             vm: Mutex::new(Some(vm)),
             dead,
+            _network: net,
         });
         let watched = std::sync::Arc::downgrade(&pod);
         std::thread::spawn(move || watch_vm(watched, dead_tx));
@@ -196,6 +237,43 @@ impl Pod {
         cleanup_dir(&self.dir);
         tracing::info!(sandbox = %self.id, "pod VM gone");
     }
+}
+
+/// Gives the guest's NICs the pod links' names and addresses, then the routes and
+/// neighbours.
+async fn configure_guest_network(
+    agent: &AgentClient,
+    net: &PodNetwork,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    for nic in &net.nics {
+        let mut req = UpdateInterfaceRequest::new();
+        req.interface = Some(nic.link.interface()).into();
+        agent
+            .agent
+            .update_interface(ctx(timeout), &req)
+            .await
+            .with_context(|| format!("UpdateInterface {}", nic.link.name))?;
+    }
+    if !net.routes.is_empty() {
+        let mut req = UpdateRoutesRequest::new();
+        req.routes = net.routes.clone();
+        agent
+            .agent
+            .update_routes(ctx(timeout), &req)
+            .await
+            .context("UpdateRoutes")?;
+    }
+    if !net.neighbors.is_empty() {
+        let mut req = AddARPNeighborsRequest::new();
+        req.neighbors = net.neighbors.clone();
+        agent
+            .agent
+            .add_arp_neighbors(ctx(timeout), &req)
+            .await
+            .context("AddARPNeighbors")?;
+    }
+    Ok(())
 }
 
 /// How many times a VM whose agent stays silent is booted before the pod fails.
@@ -262,6 +340,7 @@ pub fn cleanup_dir(dir: &Path) {
             crate::daemon::wait_group_gone(Pid::from_raw(p.pid));
         }
     }
+    network::detach(dir);
     pod_fs::unmount_under(dir);
     if let Err(e) = pod_fs::remove_within_mount(dir) {
         tracing::error!(dir = %dir.display(), error = %e, "removing the pod directory");

@@ -50,7 +50,7 @@ def main():
     rt = rpc.RuntimeServiceStub(grpc.insecure_channel(f"unix://{sock}"))
     print("CRI runtime:", rt.Version(api.VersionRequest()).runtime_name)
 
-    ns = api.NamespaceOption(network=api.NODE)
+    ns = api.NamespaceOption(network=api.POD)
     pod_cfg = api.PodSandboxConfig(
         metadata=api.PodSandboxMetadata(name="hull-pod", uid="uid-hull-1", namespace="default"),
         hostname="hull-pod",

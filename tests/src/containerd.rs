@@ -20,27 +20,32 @@ pub const CRI_NAMESPACE: &str = "k8s.io";
 pub struct Containerd {
     pub dir: TempDir,
     child: Option<Child>,
+    /// With CRI: the network namespace containerd runs in (its CNI bridge lives there).
+    netns: Option<String>,
 }
 
+/// The pod network of CRI tests: CNI's `bridge` plugin on a bridge in containerd's own
+/// network namespace (so test traffic never touches the host's), host-local IPAM, dual
+/// stack.
+pub const POD_SUBNET_V4: &str = "198.18.0.0/24";
+pub const POD_SUBNET_V6: &str = "fd42:4855:4c4c::/64";
+pub const POD_GATEWAY_V4: &str = "198.18.0.1";
+
 impl Containerd {
-    /// `cri`: also enable containerd's CRI plugin with the `hull` runtime handler.
+    /// `cri`: also enable containerd's CRI plugin with the `hull` runtime handler and a CNI
+    /// pod network (see `POD_SUBNET_V4`); containerd then runs in a network namespace of
+    /// its own.
     pub fn start(cri: bool) -> Containerd {
-        Self::start_with(cri, false, "")
+        Self::start_with(cri, "")
     }
 
     /// Without CRI, with `extra` appended to the shim's hull.toml (later keys win; e.g. a
     /// `kernel_params` line that replaces the default one).
     pub fn start_with_hull_config(extra: &str) -> Containerd {
-        Self::start_with(false, false, extra)
+        Self::start_with(false, extra)
     }
 
-    /// CRI plus a CNI network (Debian's ptp plugin: a veth per pod, addresses from the
-    /// 198.18.0.0/15 benchmarking range, IPAM state in the test directory).
-    pub fn start_with_cni() -> Containerd {
-        Self::start_with(true, true, "")
-    }
-
-    fn start_with(cri: bool, cni: bool, extra: &str) -> Containerd {
+    fn start_with(cri: bool, extra: &str) -> Containerd {
         crate::require_root();
         let dir = tempfile::Builder::new()
             .prefix("hull-ctrd")
@@ -64,13 +69,11 @@ impl Containerd {
             ),
         )
         .unwrap();
-        let cni_section = if cni {
+        let cni_section = if cri {
             let conf_dir = d.join("cni");
             std::fs::create_dir_all(&conf_dir).unwrap();
             let conflist = format!(
-                r#"{{"cniVersion":"0.4.0","name":"hull-test-{pid}","plugins":[{{"type":"ptp","ipMasq":false,"ipam":{{"type":"host-local","subnet":"198.18.{net}.0/24","dataDir":"{ipam}"}}}}]}}"#,
-                pid = std::process::id(),
-                net = std::process::id() % 250,
+                r#"{{"cniVersion":"0.4.0","name":"hull-test","plugins":[{{"type":"bridge","bridge":"hullbr0","isGateway":true,"ipMasq":false,"hairpinMode":true,"ipam":{{"type":"host-local","ranges":[[{{"subnet":"{POD_SUBNET_V4}"}}],[{{"subnet":"{POD_SUBNET_V6}"}}]],"routes":[{{"dst":"0.0.0.0/0"}},{{"dst":"::/0"}}],"dataDir":"{ipam}"}}}}]}}"#,
                 ipam = d.join("cni-ipam").display()
             );
             std::fs::write(conf_dir.join("10-hull-test.conflist"), conflist).unwrap();
@@ -105,7 +108,16 @@ impl Containerd {
             std::env::var("PATH").unwrap_or_default()
         );
         let log = std::fs::File::create(d.join("containerd.log")).unwrap();
-        let child = Command::new("containerd")
+        let netns = cri.then(new_netns);
+        let mut cmd = match &netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg("containerd");
+                c
+            }
+            None => Command::new("containerd"),
+        };
+        let child = cmd
             .arg("--config")
             .arg(d.join("config.toml"))
             .env("PATH", path)
@@ -118,6 +130,7 @@ impl Containerd {
         let c = Containerd {
             dir,
             child: Some(child),
+            netns,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !c.socket().exists() {
@@ -150,6 +163,20 @@ impl Containerd {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+        c
+    }
+
+    /// `program args` run in containerd's network namespace (where the pod bridge is):
+    /// "the host" as the pods see it.
+    pub fn host_net_cmd(&self, program: &str, args: &[&str]) -> Command {
+        let ns = self
+            .netns
+            .as_ref()
+            .expect("containerd runs in a netns only with CRI");
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{ns}"))
+            .arg(program)
+            .args(args);
         c
     }
 
@@ -347,5 +374,31 @@ impl Drop for Containerd {
         for m in crate::agent::mounts_under(self.dir.path()) {
             let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
         }
+        if let Some(ns) = &self.netns {
+            let _ = Command::new("ip").args(["netns", "delete", ns]).status();
+        }
     }
+}
+
+/// A new named network namespace with loopback up, for one test's containerd.
+fn new_netns() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "hull-ctrd-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    );
+    for args in [
+        vec!["netns", "add", name.as_str()],
+        vec!["-n", name.as_str(), "link", "set", "lo", "up"],
+    ] {
+        let out = Command::new("ip").args(&args).output().expect("running ip");
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    name
 }

@@ -120,6 +120,8 @@ pub async fn containers_over_vsock_and_virtiofs(kind: HypervisorKind) {
     assert!(stats.memory.oom_kill >= 1);
     remove(a, "hog").await.unwrap();
 
+    bad_network_requests_change_nothing(a, &guest_rootfs).await;
+
     // DestroySandbox ends the VM: QEMU exits by itself, cleanly.
     let left = spec(&guest_rootfs, &["sleep", "600"]);
     create(a, "left", &left).await.unwrap();
@@ -131,4 +133,97 @@ pub async fn containers_over_vsock_and_virtiofs(kind: HypervisorKind) {
     let status = status
         .unwrap_or_else(|| panic!("VM still running after DestroySandbox\n{}", t.vm.console()));
     assert!(status.success(), "the VMM exited with {status}");
+}
+
+/// The agent refuses malformed network requests whole (InvalidArgument) and applies none
+/// of a batch with one bad entry; what a container in the pod's network sees proves it.
+async fn bad_network_requests_change_nothing(
+    a: &hull_protocols::agent_ttrpc::AgentServiceClient,
+    guest_rootfs: &std::path::Path,
+) {
+    fn invalid<T>(r: ttrpc::Result<T>, what: &str) {
+        match r {
+            Err(ttrpc::Error::RpcStatus(s)) => assert_eq!(
+                s.code(),
+                ttrpc::Code::INVALID_ARGUMENT,
+                "{what}: {}",
+                s.message()
+            ),
+            Err(e) => panic!("{what}: {e}"),
+            Ok(_) => panic!("{what} was accepted"),
+        }
+    }
+    let iface = |mac: &str, addr: &str| {
+        let mut i = Interface::new();
+        i.name = "eth0".into();
+        i.hw_addr = mac.into();
+        i.ip_addresses = vec![addr.into()];
+        i.mtu = 1500;
+        let mut r = UpdateInterfaceRequest::new();
+        r.interface = Some(i).into();
+        r
+    };
+    let lo_mac = "00:00:00:00:00:00";
+    invalid(
+        a.update_interface(ctx(), &iface("02:00:00:00:00:09", "10.9.0.2/24"))
+            .await,
+        "a MAC no guest link has",
+    );
+    invalid(
+        a.update_interface(ctx(), &iface(lo_mac, "10.9.0.2/33"))
+            .await,
+        "an IPv4 prefix past /32",
+    );
+    invalid(
+        a.update_interface(ctx(), &iface(lo_mac, "fd00::2/129"))
+            .await,
+        "an IPv6 prefix past /128",
+    );
+    invalid(
+        a.update_interface(ctx(), &iface("02:00:00:00:0009", "10.9.0.2/24"))
+            .await,
+        "a malformed MAC",
+    );
+    let route = |dest: &str, dev: &str| {
+        let mut r = Route::new();
+        r.dest = dest.into();
+        r.device = dev.into();
+        r.scope = 253;
+        r
+    };
+    let mut req = UpdateRoutesRequest::new();
+    req.routes = vec![route("10.9.0.0/16", "lo"), route("10.8.0.0/16", "eth9")];
+    invalid(
+        a.update_routes(ctx(), &req).await,
+        "a route on an unknown link",
+    );
+    req.routes = vec![route("10.9.0.0/16", "lo"), route("10.8.0.0/40", "lo")];
+    invalid(
+        a.update_routes(ctx(), &req).await,
+        "a route with a bad prefix",
+    );
+
+    // A container in the pod's network (its spec joins a network namespace by path, as
+    // CRI's do) sees the VM's links and routes: none of the above was applied.
+    let mut s = spec(guest_rootfs, &["sh", "-c", "ip route; ip addr show lo"]);
+    let mut linux = s.linux().clone().unwrap();
+    let mut nss = linux.namespaces().clone().unwrap_or_default();
+    nss.retain(|n| n.typ() != oci_spec::runtime::LinuxNamespaceType::Network);
+    nss.push(
+        oci_spec::runtime::LinuxNamespaceBuilder::default()
+            .typ(oci_spec::runtime::LinuxNamespaceType::Network)
+            .path("/var/run/netns/pod")
+            .build()
+            .unwrap(),
+    );
+    linux.set_namespaces(Some(nss));
+    s.set_linux(Some(linux));
+    let r = run(a, "netcheck", &s).await;
+    assert!(
+        !r.stdout.contains("10.9.") && !r.stdout.contains("10.8."),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("127.0.0.1/8"), "{}", r.stdout);
+    remove(a, "netcheck").await.unwrap();
 }

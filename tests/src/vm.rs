@@ -52,6 +52,7 @@ impl TestVm {
             run_dir: run,
             shared_dir: shared,
             log_max_bytes: 1 << 20,
+            nics: Vec::new(),
         };
         let started = Instant::now();
         let mut vm = hull_shim::hypervisor::boot(&cfg, spec)?;

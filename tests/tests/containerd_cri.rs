@@ -1,17 +1,23 @@
 //! The CRI path as the kubelet uses it: containerd's CRI plugin with a `hull` runtime
 //! handler, driven by PyPI's CRI client (scripts in tests/cri).
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use hull_tests::containerd::Containerd;
 
-/// Runs a CRI client script from tests/cri with the set-up script's Python; returns stdout.
-fn run_script(c: &Containerd, name: &str, extra: &[&std::ffi::OsStr]) -> String {
-    let python = std::env::var("HULL_CACHE")
+/// The set-up script's Python (with the CRI client).
+fn python() -> PathBuf {
+    std::env::var("HULL_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/hull"))
-        .join("venv/bin/python");
+        .join("venv/bin/python")
+}
+
+/// Runs a CRI client script from tests/cri with the set-up script's Python; returns stdout.
+fn run_script(c: &Containerd, name: &str, extra: &[&std::ffi::OsStr]) -> String {
+    let python = python();
     let logs = c.dir.path().join("pod-logs");
     std::fs::create_dir_all(&logs).unwrap();
     let script = hull_tests::repo_root().join("tests/cri").join(name);
@@ -47,37 +53,70 @@ fn pod_with_two_containers_in_one_vm() {
     c.assert_clean();
 }
 
-/// Host-side veths (ptp's) present now.
-fn veths() -> Vec<String> {
-    std::fs::read_dir("/sys/class/net")
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("veth"))
-        .collect()
-}
-
+/// Pods on a CNI bridge: the guest's eth0 has the pod IP, pods reach each other and the
+/// bridge's side reaches them (ping, HTTP), containers of a pod share localhost,
+/// resolv.conf is the pod's DNSConfig, a hostNetwork pod is refused, and nothing is left.
 #[test]
-fn pod_with_a_cni_network_starts_with_loopback_only() {
-    let before = veths();
-    let c = Containerd::start_with_cni();
-    let out = run_script(&c, "pod_network.py", &[]);
-    assert!(out.contains("pod network ok"));
-    let warnings = c
-        .log()
-        .lines()
-        .filter(|l| l.contains("pod network is not connected"))
-        .count();
-    assert_eq!(
-        warnings,
-        1,
-        "the shim should warn exactly once:\n{}",
+fn pods_on_a_cni_bridge_reach_each_other_and_the_host() {
+    let c = Containerd::start(true);
+    let python = python();
+    let logs = c.dir.path().join("pod-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut script = Command::new(&python)
+        .arg(hull_tests::repo_root().join("tests/cri/pod_network.py"))
+        .arg(c.socket())
+        .arg(&logs)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting pod_network.py");
+    let mut out = BufReader::new(script.stdout.take().unwrap());
+    let mut seen = String::new();
+    let ip = loop {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            let status = script.wait().unwrap();
+            panic!(
+                "pod_network.py ended ({status}) before READY:\n{seen}\n{}",
+                c.tail_log()
+            );
+        }
+        eprint!("{line}");
+        seen.push_str(&line);
+        if let Some(ip) = line.strip_prefix("READY ") {
+            break ip.trim().to_string();
+        }
+    };
+    let host = |args: &[&str]| {
+        let o = c.host_net_cmd("busybox", args).output().unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    let (pinged, _) = host(&["ping", "-c", "1", "-W", "5", &ip]);
+    let (fetched, page) = host(&[
+        "timeout",
+        "10",
+        "busybox",
+        "wget",
+        "-qO-",
+        &format!("http://{ip}:8080/index.html"),
+    ]);
+    script.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    eprint!("{rest}");
+    let status = script.wait().unwrap();
+    assert!(pinged, "the bridge's side cannot ping pod {ip}");
+    assert!(
+        fetched && page.trim() == "hull-web-ok",
+        "HTTP from the bridge's side to {ip}: {page:?}"
+    );
+    assert!(
+        status.success() && rest.contains("pod network ok"),
+        "{seen}{rest}\n{}",
         c.tail_log()
     );
     c.assert_clean();
-    let left: Vec<String> = veths()
-        .into_iter()
-        .filter(|v| !before.contains(v))
-        .collect();
-    assert!(left.is_empty(), "veth left behind: {left:?}");
 }

@@ -55,6 +55,20 @@ impl AgentService {
     }
 }
 
+impl AgentService {
+    /// Network changes are for the pod VM's own links: an agent serving on a host
+    /// (`--listen unix://`, for tests) must not touch the host's network.
+    fn guest_network(&self) -> Result<()> {
+        if self.sandbox.is_guest() {
+            Ok(())
+        } else {
+            Err(AgentError::FailedPrecondition(
+                "network changes are refused outside a pod VM".into(),
+            ))
+        }
+    }
+}
+
 fn empty() -> Empty {
     Empty::new()
 }
@@ -374,12 +388,11 @@ impl agent_ttrpc::AgentService for AgentService {
     async fn update_interface(
         &self,
         _c: &TtrpcContext,
-        _req: UpdateInterfaceRequest,
+        req: UpdateInterfaceRequest,
     ) -> ttrpc::Result<Interface> {
         self.run(self.span("UpdateInterface", "", ""), async {
-            Err(AgentError::Unimplemented(
-                "pod networking is not connected yet: the guest has loopback only".into(),
-            ))
+            self.guest_network()?;
+            crate::network::update_interface(&req.interface).await
         })
         .await
     }
@@ -387,12 +400,27 @@ impl agent_ttrpc::AgentService for AgentService {
     async fn update_routes(
         &self,
         _c: &TtrpcContext,
-        _req: UpdateRoutesRequest,
+        req: UpdateRoutesRequest,
     ) -> ttrpc::Result<Routes> {
         self.run(self.span("UpdateRoutes", "", ""), async {
-            Err(AgentError::Unimplemented(
-                "pod networking is not connected yet: the guest has loopback only".into(),
-            ))
+            self.guest_network()?;
+            let mut r = Routes::new();
+            r.routes = crate::network::update_routes(&req.routes).await?;
+            Ok(r)
+        })
+        .await
+    }
+
+    async fn add_arp_neighbors(
+        &self,
+        _c: &TtrpcContext,
+        req: AddARPNeighborsRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.run(self.span("AddARPNeighbors", "", ""), async {
+            self.guest_network()?;
+            crate::network::add_neighbors(&req.neighbors)
+                .await
+                .map(|_| empty())
         })
         .await
     }

@@ -176,6 +176,7 @@ mod tests {
             run_dir: "/run/hull/p".into(),
             shared_dir: "/run/hull/p/shared".into(),
             log_max_bytes: 4096,
+            nics: Vec::new(),
         });
         let a = c.vmm_args().join(" ");
         assert!(a.contains("--memory 512 --vcpus 2"), "{a}");

@@ -56,6 +56,8 @@ pub struct VmSpec {
     pub shared_dir: PathBuf,
     /// Bytes each log of the VM (console, VMM, daemons) may hold.
     pub log_max_bytes: u64,
+    /// The pod's NICs (see `network`); empty: loopback only.
+    pub nics: Vec<crate::network::Nic>,
 }
 
 static BACKEND_NOTICE: Once = Once::new();
@@ -92,6 +94,13 @@ pub fn boot(cfg: &HullConfig, spec: VmSpec) -> anyhow::Result<Box<dyn Vm>> {
             if accel != Accel::Kvm {
                 anyhow::bail!("hypervisor \"builtin\" needs hardware KVM, and {why}");
             }
+            if !spec.nics.is_empty() {
+                anyhow::bail!(
+                    "the pod has a network ({} link(s)) and hull-vmm has no virtio-net device yet: \
+                     set hypervisor = \"qemu\" in hull.toml for pods with a CNI network",
+                    spec.nics.len()
+                );
+            }
             let mut bc = BuiltinConfig::new(spec);
             bc.jail = cfg.jail_vmm.then_some((cfg.vmm_uid, cfg.vmm_gid));
             use_configured_tools([
@@ -112,6 +121,7 @@ pub fn boot(cfg: &HullConfig, spec: VmSpec) -> anyhow::Result<Box<dyn Vm>> {
             qc.cmdline_extra = spec.cmdline_extra;
             qc.shared_dir = Some(spec.shared_dir);
             qc.log_max_bytes = spec.log_max_bytes;
+            qc.nics = spec.nics;
             Ok(Box::new(QemuVm::start(qc)?))
         }
     }

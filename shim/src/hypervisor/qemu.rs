@@ -4,6 +4,7 @@
 //! share directory through virtiofsd as virtio-fs tag `hullShared`.
 //! The three processes live and die together: dropping the VM kills and reaps them all.
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
@@ -14,7 +15,8 @@ use super::accel::{Accel, host_tsc_khz};
 use super::{
     DAEMON_SOCKET_TIMEOUT, VIRTIOFSD_SOCKET, Vm, diagnostics_report, find_tool, spawn_virtiofsd,
 };
-use crate::daemon::{CONSOLE_LOG, Daemon, Role};
+use crate::daemon::{CONSOLE_LOG, Daemon, PASSED_FD_BASE, Role, pass_fds};
+use crate::network::Nic;
 
 pub use super::{GUEST_CID, SHARED_FS_TAG};
 
@@ -36,6 +38,8 @@ pub struct QemuConfig {
     pub shared_dir: Option<PathBuf>,
     /// Bytes each log (console, QEMU, daemons) may hold.
     pub log_max_bytes: u64,
+    /// The pod's NICs: taps whose fds QEMU inherits.
+    pub nics: Vec<Nic>,
 }
 
 impl QemuConfig {
@@ -55,6 +59,7 @@ impl QemuConfig {
             run_dir,
             shared_dir: None,
             log_max_bytes: crate::config::DEFAULT_LOG_MAX_KIB * 1024,
+            nics: Vec::new(),
         }
     }
 
@@ -142,6 +147,24 @@ impl QemuConfig {
                 format!("vhost-user-fs-device,chardev=fs,tag={SHARED_FS_TAG}"),
             ]);
         }
+        // The in-kernel data path needs KVM's ioeventfds; under TCG QEMU moves the frames.
+        let vhost = self.accel == Accel::Kvm && std::path::Path::new("/dev/vhost-net").exists();
+        for (i, nic) in self.nics.iter().enumerate() {
+            a.extend([
+                "-netdev".to_string(),
+                format!(
+                    "tap,id=net{i},fd={}{}",
+                    PASSED_FD_BASE + i as i32,
+                    if vhost { ",vhost=on" } else { "" }
+                ),
+                "-device".to_string(),
+                format!(
+                    "virtio-net-device,netdev=net{i},mac={},host_mtu={}",
+                    nic.link.mac_string(),
+                    nic.link.mtu
+                ),
+            ]);
+        }
         a
     }
 }
@@ -183,6 +206,8 @@ impl QemuVm {
 
         let mut cmd = Command::new(&config.qemu);
         cmd.args(config.qemu_args());
+        let taps: Vec<_> = config.nics.iter().map(|n| n.tap.as_raw_fd()).collect();
+        pass_fds(&mut cmd, &taps)?;
         let qemu = Daemon::spawn_with_console("qemu", Role::Vmm, cmd, run, log_max)
             .context("starting the VM")?;
         tracing::info!(accel = ?config.accel, pid = qemu.pid(), "pod VM started");

@@ -21,12 +21,12 @@ use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::topics::*;
 use containerd_shim_protos::types::task::Status;
 use hull_protocols::agent as pb;
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::Spec;
 use ttrpc::r#async::TtrpcContext;
 use ttrpc::{Code, get_status};
 
 use crate::config::HullConfig;
-use crate::pod::Pod;
+use crate::pod::{Pod, PodOptions};
 use crate::sandbox_id;
 use crate::share::ContainerShare;
 
@@ -76,7 +76,6 @@ pub struct TaskService {
     containers: Mutex<HashMap<String, Arc<Container>>>,
     /// Ids of the containers created here, for checking what the guest reports.
     known_ids: Arc<Mutex<std::collections::HashSet<String>>>,
-    net_warned: std::sync::atomic::AtomicBool,
 }
 
 impl TaskService {
@@ -94,7 +93,6 @@ impl TaskService {
             pod: tokio::sync::Mutex::new(None),
             containers: Mutex::default(),
             known_ids: Arc::default(),
-            net_warned: Default::default(),
         }
     }
 
@@ -147,7 +145,14 @@ impl TaskService {
             }
             return Ok(p.clone());
         }
-        let hostname = spec.hostname().clone().unwrap_or_default();
+        let network = crate::network::mode(spec);
+        if network == crate::network::Mode::Host {
+            return Err(err(
+                Code::FAILED_PRECONDITION,
+                crate::network::HOST_NETWORK_REFUSED,
+            ));
+        }
+        let dns = crate::network::dns_lines(spec).map_err(|e| internal(format!("{e:#}")))?;
         let cpus = std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1);
@@ -156,9 +161,16 @@ impl TaskService {
             sandbox,
             vcpus = size.vcpus,
             memory_mib = size.memory_mib,
+            network = ?network,
             "booting the pod VM"
         );
-        let pod = Pod::boot(&self.cfg, &self.namespace, sandbox, &hostname, size)
+        let opts = PodOptions {
+            hostname: spec.hostname().clone().unwrap_or_default(),
+            size,
+            network,
+            dns,
+        };
+        let pod = Pod::boot(&self.cfg, &self.namespace, sandbox, opts)
             .await
             .map_err(|e| internal(format!("{e:#}")))?;
         self.spawn_oom_forwarder(pod.clone());
@@ -217,21 +229,6 @@ impl TaskService {
         if spec.hooks().is_some() {
             tracing::warn!(container = %id, "OCI hooks run on the host's side and are not run inside the VM");
             spec.set_hooks(None);
-        }
-        let joins_netns = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.namespaces().as_ref())
-            .is_some_and(|ns| {
-                ns.iter()
-                    .any(|n| n.typ() == LinuxNamespaceType::Network && n.path().is_some())
-            });
-        if joins_netns
-            && !self
-                .net_warned
-                .swap(true, std::sync::atomic::Ordering::Relaxed)
-        {
-            tracing::warn!(container = %id, "the pod network is not connected to the VM yet: the guest has loopback only");
         }
         Ok(())
     }
