@@ -7,6 +7,7 @@ pub mod agent_ops;
 pub mod bundle;
 pub mod containerd;
 pub mod nested;
+pub mod netns;
 pub mod scenarios;
 pub mod vm;
 

@@ -236,6 +236,100 @@ fn inside_vsock_flood_is_bounded() {
     c.assert_clean();
 }
 
+/// Pod networking on hull-vmm's virtio-net: a pod joined to a prepared network namespace
+/// (a veth as CNI makes) serves HTTP, and the veth's far side pings it and fetches the
+/// page through the shim's tap and hull-vmm's device; nothing of hull's is left after.
+#[test]
+fn pod_network_reaches_hull_vmm_guests_in_the_test_host() {
+    run_own_test("inside_pod_network_on_hull_vmm", 600);
+}
+
+#[test]
+#[ignore = "runs inside the nested test host"]
+fn inside_pod_network_on_hull_vmm() {
+    require_inside();
+    let (outer, pod) = hull_tests::netns::cni_like_pair();
+    let c = Containerd::start_with_hull_config("hypervisor = \"builtin\"");
+    let netns = format!("network:{}", pod.path().display());
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        "io.containerd.hull.v2",
+        "--with-ns",
+        &netns,
+        IMAGE,
+        "web",
+        "sh",
+        "-c",
+        "mkdir -p /www && echo hull-vmm-web > /www/index.html && exec httpd -f -p 8080 -h /www",
+    ]);
+    let addrs = c.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "a1",
+        "web",
+        "ip",
+        "-o",
+        "addr",
+        "show",
+        "eth0",
+    ]);
+    assert!(addrs.contains("198.19.0.2/24"), "{addrs}");
+    let outside = |args: &[&str]| {
+        let mut a = vec!["netns", "exec", outer.0.as_str(), "busybox"];
+        a.extend_from_slice(args);
+        std::process::Command::new("ip").args(&a).output().unwrap()
+    };
+    let pinged = hull_tests::wait_until(Duration::from_secs(30), || {
+        outside(&["ping", "-c", "1", "-W", "2", "198.19.0.2"])
+            .status
+            .success()
+    });
+    if !pinged {
+        let guest = c.ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "a2",
+            "web",
+            "sh",
+            "-c",
+            "cat /proc/net/dev; ip neigh; ip route",
+        ]);
+        let vmm_log = std::fs::read_to_string(
+            c.pod_dir(hull_tests::containerd::NAMESPACE, "web")
+                .join("vm/hull-vmm.log"),
+        )
+        .unwrap_or_default();
+        panic!(
+            "no ping reply from the hull-vmm guest\nguest:\n{}\npod ns:\n{}\n{}\nhull-vmm:\n{vmm_log}\n{}",
+            String::from_utf8_lossy(&guest.stdout),
+            pod.ip(&["-s", "link", "show"]),
+            pod.tc(&["-s", "filter", "show", "dev", "eth0", "ingress"]),
+            c.tail_log()
+        );
+    }
+    let page = outside(&[
+        "timeout",
+        "10",
+        "busybox",
+        "wget",
+        "-qO-",
+        "http://198.19.0.2:8080/index.html",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&page.stdout).trim(), "hull-vmm-web");
+    c.kill_and_remove("web");
+    c.assert_clean();
+    let links = pod.ip(&["link", "show"]);
+    assert!(!links.contains("tap0_hull"), "tap left behind:\n{links}");
+    assert!(
+        !pod.tc(&["qdisc", "show", "dev", "eth0"])
+            .contains("ingress")
+    );
+}
+
 /// The pod's hull-vmm runs jailed: unprivileged, no capabilities, no_new_privs, seccomp,
 /// its root the VM's run directory, containerd's socket out of its sight.
 fn assert_vmm_is_jailed(c: &Containerd) {

@@ -6,6 +6,7 @@
 //!  "vsock": {"uds": "/run/vm/vsock.sock", "cid": 3},
 //!  "disks": [{"path": "data.img", "read_only": true}],
 //!  "fs": [{"socket": "/run/vm/fs.sock", "tag": "hullfs"}],
+//!  "net": [{"tap_fd": 100, "mac": "02:00:00:00:00:01", "mtu": 1500}],
 //!  "serial_log": "/run/vm/console.log", "api_sock": "/run/vm/api.sock"}
 //! ```
 
@@ -16,6 +17,7 @@ use serde::Deserialize;
 
 use crate::devices::virtio::block::DiskConfig;
 use crate::devices::virtio::fs::FsConfig;
+use crate::devices::virtio::net::NetConfig;
 use crate::machine::VsockConfig;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -37,6 +39,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     #[serde(default)]
     pub fs: Vec<FsConfig>,
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
     #[serde(default)]
     pub serial_log: Option<PathBuf>,
     /// Bytes of guest console output kept in `serial_log`; the rest is discarded.
@@ -74,6 +78,10 @@ impl VmConfig {
         for f in &cfg.fs {
             f.validate()
                 .map_err(|e| anyhow::anyhow!("fs device {}: {e}", f.socket.display()))?;
+        }
+        for n in &cfg.net {
+            n.validate()
+                .map_err(|e| anyhow::anyhow!("net device on tap_fd {}: {e}", n.tap_fd))?;
         }
         Ok(cfg)
     }

@@ -12,7 +12,7 @@ use kvm_bindings::{
     KVM_PIT_SPEAKER_DUMMY, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, kvm_pit_config,
     kvm_userspace_memory_region,
 };
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{
     Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
 };
@@ -22,7 +22,8 @@ use crate::devices::i8042::I8042;
 use crate::devices::serial::{self, Serial};
 use crate::devices::virtio::block::{Block, DiskConfig};
 use crate::devices::virtio::fs::{FsConfig, VhostUserFs};
-use crate::devices::virtio::mmio::{MMIO_LEN, MmioTransport};
+use crate::devices::virtio::mmio::{MMIO_LEN, MmioTransport, QUEUE_NOTIFY};
+use crate::devices::virtio::net::{Net, NetConfig};
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::{Action, PioBus};
@@ -56,6 +57,8 @@ pub struct MachineConfig {
     pub disks: Vec<DiskConfig>,
     /// virtio-fs devices, each served by a vhost-user daemon.
     pub fs: Vec<FsConfig>,
+    /// virtio-net devices, each on a tap fd this process inherited.
+    pub nets: Vec<NetConfig>,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -105,6 +108,12 @@ impl MmioBus {
         let evt = EventFd::new(libc::EFD_NONBLOCK).context("virtio irq eventfd")?;
         vm.register_irqfd(&evt, irq)
             .context("registering a virtio irqfd")?;
+        // A write of queue index i to the notify register signals the device's i-th
+        // eventfd inside KVM: the vCPU goes on running the guest.
+        for (i, qevt) in device.queue_events()?.iter().enumerate() {
+            vm.register_ioevent(qevt, &IoEventAddress::Mmio(base + QUEUE_NOTIFY), i as u32)
+                .context("registering a queue ioeventfd")?;
+        }
         let transport = MmioTransport::new(device, mem.clone(), Interrupt::new(evt))?;
         self.devices.push((base, Mutex::new(transport)));
         Ok(format!(" virtio_mmio.device=4K@{base:#x}:{irq}"))
@@ -195,6 +204,10 @@ impl Machine {
         }
         for f in &cfg.fs {
             let dev = VhostUserFs::connect(f)?;
+            device_params += &mmio.add(&vm, &ram.memory, Box::new(dev))?;
+        }
+        for n in &cfg.nets {
+            let dev = Net::new(n).with_context(|| format!("net device on tap-fd {}", n.tap_fd))?;
             device_params += &mmio.add(&vm, &ram.memory, Box::new(dev))?;
         }
 

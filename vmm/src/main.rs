@@ -14,6 +14,7 @@ use hull_vmm::config::{DEFAULT_MEMORY_MIB, DEFAULT_SERIAL_LOG_MAX, VmConfig};
 use hull_vmm::devices::serial::BoundedWriter;
 use hull_vmm::devices::virtio::block::DiskConfig;
 use hull_vmm::devices::virtio::fs::FsConfig;
+use hull_vmm::devices::virtio::net::NetConfig;
 use hull_vmm::jail::{self, JailConfig};
 use hull_vmm::machine::{Boot, DEFAULT_CID, ExitReason, Machine, MachineConfig, VsockConfig};
 
@@ -22,7 +23,7 @@ use hull_vmm::machine::{Boot, DEFAULT_CID, ExitReason, Machine, MachineConfig, V
 struct Cli {
     /// The whole VM as JSON (same fields as the flags); excludes the other VM flags.
     #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "memory", "vcpus",
-        "vsock_uds", "disk", "fs_socket", "serial_log", "api_sock"])]
+        "vsock_uds", "disk", "fs_socket", "net", "serial_log", "api_sock"])]
     config: Option<PathBuf>,
     /// Guest kernel: ELF vmlinux or bzImage.
     #[arg(long, required_unless_present = "config")]
@@ -55,6 +56,9 @@ struct Cli {
     /// A virtio-fs device served by a vhost-user daemon: SOCKET,TAG. Repeatable.
     #[arg(long)]
     fs_socket: Vec<FsConfig>,
+    /// A virtio-net device on an inherited tap fd: tap-fd=N[,mac=MAC][,mtu=N]. Repeatable.
+    #[arg(long)]
+    net: Vec<NetConfig>,
     /// The API socket (JSON lines; `{"action":"shutdown"}` stops the VM).
     #[arg(long)]
     api_sock: Option<PathBuf>,
@@ -90,6 +94,7 @@ impl Cli {
             }),
             disks: self.disk,
             fs: self.fs_socket,
+            net: self.net,
             serial_log: self.serial_log,
             serial_log_max: self.serial_log_max,
             jail: self.jail.map(|root| JailConfig {
@@ -133,6 +138,7 @@ fn run(cfg: VmConfig) -> anyhow::Result<ExitReason> {
         vsock: cfg.vsock.clone(),
         disks: cfg.disks.clone(),
         fs: cfg.fs.clone(),
+        nets: cfg.net.clone(),
     })?;
     if let Some(p) = &cfg.api_sock {
         hull_vmm::api::serve(p, machine.exit_sender())?;

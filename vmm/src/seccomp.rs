@@ -126,7 +126,8 @@ fn filter_with(
     }
     let ioctls = match kind {
         ThreadKind::Vcpu => vec![eq(1, KVM_RUN), eq(1, FIONBIO)],
-        ThreadKind::Device => vec![eq(1, FIONBIO)],
+        // TUNSETOFFLOAD: the net thread tells the tap what the guest negotiated.
+        ThreadKind::Device => vec![eq(1, FIONBIO), eq(1, libc::TUNSETOFFLOAD)],
     };
     rules.insert(libc::SYS_ioctl, ioctls);
     rules.insert(libc::SYS_socket, vec![eq(0, libc::AF_UNIX as u64)]);

@@ -21,6 +21,7 @@ fn run(image: &[u8]) -> (anyhow::Result<ExitReason>, Vec<u8>) {
         vsock: None,
         disks: Vec::new(),
         fs: Vec::new(),
+        nets: Vec::new(),
     };
     let r = Machine::new(cfg).and_then(Machine::run);
     (r, out.contents())
@@ -54,6 +55,7 @@ fn bad_configurations_are_errors() {
         vsock: None,
         disks: Vec::new(),
         fs: Vec::new(),
+        nets: Vec::new(),
     };
     assert!(Machine::new(cfg(0, 32)).is_err_and(|e| e.to_string().contains("vCPU")));
     assert!(Machine::new(cfg(1, 4)).is_err_and(|e| e.to_string().contains("16 MiB")));
@@ -69,6 +71,7 @@ fn bad_configurations_are_errors() {
         vsock: None,
         disks: Vec::new(),
         fs: Vec::new(),
+        nets: Vec::new(),
     };
     assert!(
         Machine::new(missing).is_err_and(|e| format!("{e:#}").contains("/nonexistent/vmlinux"))

@@ -3,6 +3,7 @@
 //! hybrid unix socket, serial console to a log, and an API socket to stop it. Two
 //! processes instead of QEMU's three; dropping the VM kills and reaps both.
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
@@ -13,7 +14,7 @@ use super::{
     GUEST_CID, SHARED_FS_TAG, VIRTIOFSD_SOCKET, Vm, VmSpec, diagnostics_report, find_tool,
     spawn_virtiofsd,
 };
-use crate::daemon::{CONSOLE_LOG, Daemon, Role};
+use crate::daemon::{CONSOLE_LOG, Daemon, PASSED_FD_BASE, Role, pass_fds};
 
 #[derive(Debug, Clone)]
 pub struct BuiltinConfig {
@@ -82,6 +83,17 @@ impl BuiltinConfig {
             "--api-sock".into(),
             path(self.api_sock()),
         ];
+        for (i, nic) in s.nics.iter().enumerate() {
+            args.extend([
+                "--net".into(),
+                format!(
+                    "tap-fd={},mac={},mtu={}",
+                    PASSED_FD_BASE + i as i32,
+                    nic.link.mac_string(),
+                    nic.link.mtu
+                ),
+            ]);
+        }
         if let Some((uid, gid)) = self.jail {
             // The jail is the VM's run directory, which holds its sockets and logs.
             args.extend([
@@ -123,6 +135,8 @@ impl BuiltinVm {
         )?;
         let mut cmd = Command::new(&config.hull_vmm);
         cmd.args(config.vmm_args()).env("HULL_LOG", "info");
+        let taps: Vec<_> = s.nics.iter().map(|n| n.tap.as_raw_fd()).collect();
+        pass_fds(&mut cmd, &taps)?;
         let vmm = Daemon::spawn("hull-vmm", Role::Vmm, cmd, &s.run_dir, s.log_max_bytes)
             .context("starting the VM")?;
         tracing::info!(pid = vmm.pid(), "pod VM started (hull-vmm)");

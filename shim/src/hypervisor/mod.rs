@@ -94,13 +94,6 @@ pub fn boot(cfg: &HullConfig, spec: VmSpec) -> anyhow::Result<Box<dyn Vm>> {
             if accel != Accel::Kvm {
                 anyhow::bail!("hypervisor \"builtin\" needs hardware KVM, and {why}");
             }
-            if !spec.nics.is_empty() {
-                anyhow::bail!(
-                    "the pod has a network ({} link(s)) and hull-vmm has no virtio-net device yet: \
-                     set hypervisor = \"qemu\" in hull.toml for pods with a CNI network",
-                    spec.nics.len()
-                );
-            }
             let mut bc = BuiltinConfig::new(spec);
             bc.jail = cfg.jail_vmm.then_some((cfg.vmm_uid, cfg.vmm_gid));
             use_configured_tools([

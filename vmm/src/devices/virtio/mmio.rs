@@ -20,6 +20,8 @@ const STATUS_DRIVER_OK: u32 = 4;
 const STATUS_FEATURES_OK: u32 = 8;
 const STATUS_FAILED: u32 = 0x80;
 
+/// The queue notify register's offset in the window.
+pub const QUEUE_NOTIFY: u64 = 0x50;
 /// Size of one device's MMIO window.
 pub const MMIO_LEN: u64 = 0x1000;
 
@@ -136,7 +138,9 @@ impl MmioTransport {
                 }
             }
             // The device owns the queues once active: check against its queue count.
-            0x50 if self.activated && (v as usize) < self.device.queue_max_sizes().len() => {
+            QUEUE_NOTIFY
+                if self.activated && (v as usize) < self.device.queue_max_sizes().len() =>
+            {
                 self.device.notify(v as u16);
             }
             0x64 => {

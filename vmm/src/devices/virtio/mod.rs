@@ -4,6 +4,7 @@
 pub mod block;
 pub mod fs;
 pub mod mmio;
+pub mod net;
 pub mod vsock;
 
 use std::sync::Arc;
@@ -66,6 +67,12 @@ pub trait VirtioDevice: Send {
         queues: Vec<Queue>,
         interrupt: Interrupt,
     ) -> anyhow::Result<()>;
+    /// Eventfds that KVM may signal directly for the driver's queue notifications (one
+    /// per queue, in order; registered as ioeventfds on the notify register), so a kick
+    /// costs no exit to userspace. None: notifications arrive through `notify`.
+    fn queue_events(&self) -> anyhow::Result<Vec<EventFd>> {
+        Ok(Vec::new())
+    }
     /// The driver notified queue `index`.
     fn notify(&mut self, index: u16);
     /// The driver reset the device: forget queues and connections.

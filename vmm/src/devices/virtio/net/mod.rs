@@ -1,0 +1,322 @@
+//! virtio-net (device type 1) on a tap the caller passes in: one RX and one TX queue,
+//! virtio 1.x headers, checksum and TSO offloads both ways, mergeable RX buffers, event
+//! index, the MAC and MTU in config space.
+//!
+//! The frames move on a thread of the device's own (`worker`), woken by the queues'
+//! notifications (KVM ioeventfds: a guest kick never stops a vCPU in userspace) and by the
+//! tap; used buffers are signalled through the device's irqfd. That thread is made when
+//! the device is, before seccomp, and lives as long as the VMM: activation and reset only
+//! hand it queues or take them back.
+
+mod tap;
+mod worker;
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use anyhow::{Context, bail};
+use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MRG_RXBUF,
+    VIRTIO_NET_F_MTU,
+};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{Interrupt, VirtioDevice, read_config_bytes};
+pub use tap::{Tap, VNET_HDR_LEN};
+pub use worker::NetStats;
+use worker::{Control, Worker};
+
+pub const DEVICE_TYPE: u32 = VIRTIO_ID_NET;
+const QUEUE_SIZES: [u16; 2] = [256, 256];
+const RX: usize = 0;
+const TX: usize = 1;
+const RESET_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+/// The MTU range a guest NIC may be given.
+const MTU_RANGE: std::ops::RangeInclusive<u16> = 68..=65535;
+
+const fn bit(b: u32) -> u64 {
+    1 << b
+}
+
+const OFFERED: u64 = bit(VIRTIO_NET_F_CSUM)
+    | bit(VIRTIO_NET_F_GUEST_CSUM)
+    | bit(VIRTIO_NET_F_GUEST_TSO4)
+    | bit(VIRTIO_NET_F_GUEST_TSO6)
+    | bit(VIRTIO_NET_F_HOST_TSO4)
+    | bit(VIRTIO_NET_F_HOST_TSO6)
+    | bit(VIRTIO_NET_F_MRG_RXBUF)
+    | bit(VIRTIO_NET_F_MAC)
+    | bit(VIRTIO_RING_F_EVENT_IDX);
+
+/// A NIC as configured by the operator: `tap-fd=N[,mac=XX:..][,mtu=M]` or JSON
+/// `{"tap_fd": N, "mac": "02:..", "mtu": 1500}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// An open tap (`IFF_TAP|IFF_NO_PI|IFF_VNET_HDR`) this process inherited.
+    pub tap_fd: RawFd,
+    /// The guest NIC's MAC; a random locally administered one if absent.
+    #[serde(default)]
+    pub mac: Option<String>,
+    #[serde(default)]
+    pub mtu: Option<u16>,
+}
+
+impl std::str::FromStr for NetConfig {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut cfg = NetConfig {
+            tap_fd: -1,
+            mac: None,
+            mtu: None,
+        };
+        for opt in s.split(',') {
+            match opt.split_once('=') {
+                Some(("tap-fd", v)) => {
+                    cfg.tap_fd = v.parse().map_err(|_| format!("bad tap-fd `{v}`"))?
+                }
+                Some(("mac", v)) => cfg.mac = Some(v.to_string()),
+                Some(("mtu", v)) => {
+                    cfg.mtu = Some(v.parse().map_err(|_| format!("bad mtu `{v}`"))?)
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown net option `{opt}` (tap-fd=N, mac=MAC, mtu=N)"
+                    ));
+                }
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+impl NetConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.tap_fd < 3 {
+            return Err(format!(
+                "tap-fd {} is not an inherited descriptor (≥ 3)",
+                self.tap_fd
+            ));
+        }
+        if let Some(m) = &self.mac {
+            parse_mac(m)?;
+        }
+        if let Some(mtu) = self.mtu
+            && !MTU_RANGE.contains(&mtu)
+        {
+            return Err(format!("mtu {mtu} is outside {MTU_RANGE:?}"));
+        }
+        Ok(())
+    }
+}
+
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let mut mac = [0u8; 6];
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!("`{s}` is not a MAC address"));
+    }
+    for (b, p) in mac.iter_mut().zip(parts) {
+        if p.len() != 2 {
+            return Err(format!("`{s}` is not a MAC address"));
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| format!("`{s}` is not a MAC address"))?;
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!("`{s}` is a multicast address"));
+    }
+    Ok(mac)
+}
+
+fn random_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    // SAFETY: getrandom fills the local buffer of the given length.
+    unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    mac[0] = (mac[0] & 0xfe) | 0x02; // unicast, locally administered
+    mac
+}
+
+pub struct Net {
+    /// MAC, status (unused), max_virtqueue_pairs, MTU.
+    config: [u8; 12],
+    features: u64,
+    acked: u64,
+    /// One per queue: written by `notify` or directly by KVM (ioeventfd).
+    queue_evts: Vec<Arc<EventFd>>,
+    control: mpsc::Sender<Control>,
+    control_evt: Arc<EventFd>,
+    stats: NetStats,
+}
+
+impl Net {
+    /// Takes ownership of the configured tap fd and starts the device thread.
+    pub fn new(cfg: &NetConfig) -> anyhow::Result<Net> {
+        cfg.validate().map_err(anyhow::Error::msg)?;
+        // SAFETY: F_GETFD only asks whether the descriptor is open.
+        if unsafe { libc::fcntl(cfg.tap_fd, libc::F_GETFD) } < 0 {
+            bail!("tap-fd {} is not open", cfg.tap_fd);
+        }
+        // SAFETY: the fd is open (checked above), was handed to this process for this
+        // device, and nothing else in hull-vmm refers to it; the Tap owns it from here.
+        let fd = unsafe { OwnedFd::from_raw_fd(cfg.tap_fd) };
+        let tap = Tap::from_fd(fd).with_context(|| format!("setting up tap-fd {}", cfg.tap_fd))?;
+        let mac = match &cfg.mac {
+            Some(m) => parse_mac(m).map_err(anyhow::Error::msg)?,
+            None => random_mac(),
+        };
+        Net::with_tap(tap, mac, cfg.mtu)
+    }
+
+    /// A device on `tap` (tests pass a datagram socket).
+    pub fn with_tap(tap: Tap, mac: [u8; 6], mtu: Option<u16>) -> anyhow::Result<Net> {
+        let mut config = [0u8; 12];
+        config[..6].copy_from_slice(&mac);
+        config[8..10].copy_from_slice(&1u16.to_le_bytes());
+        let mut features = OFFERED;
+        if let Some(m) = mtu {
+            config[10..12].copy_from_slice(&m.to_le_bytes());
+            features |= bit(VIRTIO_NET_F_MTU);
+        }
+        let queue_evts = (0..QUEUE_SIZES.len())
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()
+            .context("queue eventfds")?;
+        let control_evt = Arc::new(EventFd::new(libc::EFD_NONBLOCK).context("control eventfd")?);
+        let (control, rx) = mpsc::channel();
+        let stats = NetStats::default();
+        Worker::spawn(
+            tap,
+            queue_evts[RX].clone(),
+            queue_evts[TX].clone(),
+            control_evt.clone(),
+            rx,
+            stats.clone(),
+        )
+        .context("starting the net thread")?;
+        Ok(Net {
+            config,
+            features,
+            acked: 0,
+            queue_evts,
+            control,
+            control_evt,
+            stats,
+        })
+    }
+
+    /// Frame counters, usable after the device is handed to its transport.
+    pub fn stats(&self) -> NetStats {
+        self.stats.clone()
+    }
+
+    fn send(&self, c: Control) {
+        if self.control.send(c).is_ok() {
+            let _ = self.control_evt.write(1);
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        self.send(Control::Stop);
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        DEVICE_TYPE
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn ack_features(&mut self, features: u64) {
+        self.acked = features;
+    }
+
+    fn queue_events(&self) -> anyhow::Result<Vec<EventFd>> {
+        self.queue_evts
+            .iter()
+            .map(|e| e.try_clone().context("cloning a queue eventfd"))
+            .collect()
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        mut queues: Vec<Queue>,
+        interrupt: Interrupt,
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(queues.len() == 2, "virtio-net needs 2 queues");
+        let acked = |b: u32| self.acked & bit(b) != 0;
+        let event_idx = acked(VIRTIO_RING_F_EVENT_IDX);
+        for q in &mut queues {
+            q.set_event_idx(event_idx);
+        }
+        let tx = queues.remove(TX);
+        let rx = queues.remove(RX);
+        let mut offload = 0;
+        if acked(VIRTIO_NET_F_GUEST_CSUM) {
+            offload |= libc::TUN_F_CSUM;
+            // The guest takes 64 KiB frames only into buffers it can merge.
+            if acked(VIRTIO_NET_F_MRG_RXBUF) {
+                if acked(VIRTIO_NET_F_GUEST_TSO4) {
+                    offload |= libc::TUN_F_TSO4;
+                }
+                if acked(VIRTIO_NET_F_GUEST_TSO6) {
+                    offload |= libc::TUN_F_TSO6;
+                }
+            }
+        }
+        let mtu = u16::from_le_bytes([self.config[10], self.config[11]]);
+        self.send(Control::Activate(Box::new(worker::Active {
+            mem,
+            rx,
+            tx,
+            interrupt,
+            mergeable: acked(VIRTIO_NET_F_MRG_RXBUF),
+            offload,
+            host_tso4: acked(VIRTIO_NET_F_HOST_TSO4),
+            host_tso6: acked(VIRTIO_NET_F_HOST_TSO6),
+            mtu: if mtu == 0 { 1500 } else { mtu },
+        })));
+        Ok(())
+    }
+
+    fn notify(&mut self, index: u16) {
+        if let Some(e) = self.queue_evts.get(usize::from(index)) {
+            let _ = e.write(1);
+        }
+    }
+
+    fn reset(&mut self) {
+        self.acked = 0;
+        // The guest may reuse the queues' memory once reset returns: wait until the
+        // thread has let go of them.
+        let (done, wait) = mpsc::channel();
+        self.send(Control::Reset(done));
+        if wait.recv_timeout(RESET_TIMEOUT).is_err() {
+            tracing::warn!("the net thread did not confirm a reset");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
