@@ -111,12 +111,38 @@ struct Scratch {
     segments: Vec<Segment>,
     iovs: Vec<libc::iovec>,
     chains: Vec<RxChain>,
+    /// A TX frame's header, copied out of the guest before it is checked: what is sent is
+    /// what was checked, whatever the guest writes there meanwhile.
+    tx_header: [u8; VNET_HDR_LEN],
 }
 
 impl Scratch {
     fn iovecs(&mut self) -> &[libc::iovec] {
         self.iovs.clear();
         self.iovs.extend(self.segments.iter().map(|s| s.iov));
+        &self.iovs
+    }
+
+    /// The checked header copy, then the frame from guest memory past the guest's header.
+    fn tx_iovecs(&mut self) -> &[libc::iovec] {
+        self.iovs.clear();
+        self.iovs.push(libc::iovec {
+            iov_base: self.tx_header.as_mut_ptr().cast(),
+            iov_len: VNET_HDR_LEN,
+        });
+        let mut skip = VNET_HDR_LEN;
+        for s in &self.segments {
+            if skip >= s.len {
+                skip -= s.len;
+                continue;
+            }
+            self.iovs.push(libc::iovec {
+                // SAFETY: `skip < s.len`, so the pointer stays inside the segment.
+                iov_base: unsafe { s.iov.iov_base.cast::<u8>().add(skip) }.cast(),
+                iov_len: s.len - skip,
+            });
+            skip = 0;
+        }
         &self.iovs
     }
 }
@@ -191,6 +217,7 @@ impl Worker {
                 segments: Vec::with_capacity(MAX_SEGMENTS),
                 iovs: Vec::with_capacity(MAX_SEGMENTS),
                 chains: Vec::with_capacity(usize::from(super::QUEUE_SIZES[super::RX])),
+                tx_header: [0; VNET_HDR_LEN],
             },
         };
         std::thread::Builder::new()
@@ -286,7 +313,9 @@ impl Worker {
         let mut used = false;
         'ring: loop {
             let _ = a.tx.disable_notification(&a.mem);
+            let mut progress = false;
             while let Some(chain) = a.tx.pop_descriptor_chain(&a.mem) {
+                progress = true;
                 let head = chain.head_index();
                 match tx_frame(&self.tap, &mut self.scratch, &a, chain) {
                     Ok(()) => self.stats.bump(TX_FRAMES),
@@ -307,9 +336,11 @@ impl Worker {
                     break 'ring;
                 }
             }
-            match a.tx.enable_notification(&a.mem) {
-                Ok(true) => continue,
-                _ => break,
+            // More published meanwhile: go on; but a ring that claims more than it gives
+            // (a broken avail index) waits for the next kick instead of spinning.
+            let more = a.tx.enable_notification(&a.mem).unwrap_or(false);
+            if !(more && progress) {
+                break;
             }
         }
         if used && a.tx.needs_notification(&a.mem).unwrap_or(true) {
@@ -325,6 +356,7 @@ impl Worker {
         };
         let mut used = false;
         let mut wait_for_buffers = false;
+        let mut rechecked = false;
         for _ in 0..BUDGET {
             match rx_frame(&self.tap, &mut self.scratch, &mut a) {
                 RxOutcome::Delivered => {
@@ -334,8 +366,12 @@ impl Worker {
                 RxOutcome::Dropped => self.stats.bump(RX_DROPPED),
                 RxOutcome::TapEmpty => break,
                 RxOutcome::NoBuffers => match a.rx.enable_notification(&a.mem) {
-                    // Buffers came in meanwhile: go on.
-                    Ok(true) => continue,
+                    // Buffers came in meanwhile: look once more (a ring whose index claims
+                    // buffers it does not have must not keep the thread spinning).
+                    Ok(true) if !rechecked => {
+                        rechecked = true;
+                        continue;
+                    }
                     _ => {
                         wait_for_buffers = true;
                         break;
@@ -368,8 +404,15 @@ fn gather(
         if segs.len() == MAX_SEGMENTS {
             return Err(Bad::Layout("too many descriptors"));
         }
-        let len = d.len() as usize;
+        let mut len = d.len() as usize;
+        if writable {
+            // RX: room past the largest frame is never written; a big buffer is fine.
+            len = len.min(MAX_FRAME - total);
+        }
         if len == 0 {
+            if total == MAX_FRAME {
+                break;
+            }
             continue;
         }
         let slice = mem.get_slice(d.addr(), len).map_err(|_| Bad::Memory)?;
@@ -382,7 +425,7 @@ fn gather(
             len,
             iov,
         });
-        total = total.saturating_add(len);
+        total += len;
         if total > MAX_FRAME {
             return Err(Bad::Layout("longer than the largest frame"));
         }
@@ -473,8 +516,9 @@ fn tx_frame(
     let mut h = [0u8; VNET_HDR_LEN];
     read_at(&a.mem, &scratch.segments, &mut h)?;
     check_tx_header(a, &h, total - VNET_HDR_LEN)?;
+    scratch.tx_header = h;
     // A tap whose queue is full, or that is down, drops the frame as a NIC would.
-    tap.writev(scratch.iovecs())
+    tap.writev(scratch.tx_iovecs())
         .map(|_| ())
         .map_err(|_| Bad::Layout("the tap refused the frame"))
 }
@@ -528,7 +572,12 @@ fn rx_frame(tap: &Tap, scratch: &mut Scratch, a: &mut Active) -> RxOutcome {
         return RxOutcome::NoBuffers;
     }
     let n = match tap.readv(scratch.iovecs()) {
-        Ok(n) => n,
+        Ok(n) if n >= VNET_HDR_LEN => n,
+        // Nothing a tap would deliver: drop it, keep the buffers.
+        Ok(_) => {
+            unpop(&mut a.rx, popped);
+            return RxOutcome::Dropped;
+        }
         Err(e) => {
             unpop(&mut a.rx, popped);
             // WouldBlock: nothing waiting. Anything else: the frame did not fit (or the tap
