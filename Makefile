@@ -10,7 +10,7 @@ STATIC_ENV   := RUSTFLAGS="-C target-feature=+crt-static" \
 PREFIX       ?= /usr/local
 DESTDIR      ?=
 
-.PHONY: all setup kernel test-host-kernel agent-static initrd guest build release lint test fuzz boot-loop demo bench bench-vmm install clean
+.PHONY: all setup kernel test-host-kernel agent-static initrd guest build release lint test fuzz boot-loop demo bench bench-vmm bench-net install clean
 
 all: build guest
 
@@ -73,6 +73,12 @@ bench: setup guest release
 ## hull-vmm boot time and memory overhead, measured in the nested test host, printed
 bench-vmm: guest test-host-kernel release
 	benches/vmm-boot.sh
+
+## pod network throughput (iperf3, both ways) and ping RTT, hull vs runc on the same kind
+## of link: here (QEMU, or hull-vmm where KVM is real), then hull-vmm in the nested test host
+bench-net: setup guest test-host-kernel release
+	benches/net.sh
+	tests/nested/test-host.sh --timeout 900 --memory 4096 -- env HULL_HYPERVISOR=builtin benches/net.sh
 
 ## the shim and its helpers on PATH, kernel + initrd in $(PREFIX)/share/hull, config in /etc/hull
 install: guest release

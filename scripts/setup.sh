@@ -14,6 +14,8 @@ APT_PACKAGES=(
   qemu-system-x86 containerd runc containernetworking-plugins
   # test tooling
   python3 python3-venv jq iproute2 procps util-linux socat
+  # make bench-net
+  iperf3
 )
 
 missing=()

@@ -196,6 +196,31 @@ fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+/// Makes `cmd`'s child move itself into `cg` before it execs, so everything it ever forks
+/// is inside too.
+pub fn join_cgroup(cmd: &mut Command, cg: &crate::vm_cgroup::VmCgroup) {
+    let files = cg.procs_files();
+    // SAFETY: the closure runs in the forked child before exec; it calls only open, write
+    // and close (async-signal-safe) on paths made before the fork, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            for f in &files {
+                let fd = libc::open(f.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // "0": the writing process itself.
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+                if n != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The fd number the first fd passed to a child gets (`pass_fds`); the next ones follow.
 /// High, so it lands past whatever the child's own setup holds open.
 pub const PASSED_FD_BASE: i32 = 100;

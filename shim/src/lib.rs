@@ -15,6 +15,7 @@ pub mod share;
 pub mod shim;
 pub mod sizing;
 pub mod task;
+pub mod vm_cgroup;
 
 use oci_spec::runtime::Spec;
 

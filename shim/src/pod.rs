@@ -341,6 +341,7 @@ pub fn cleanup_dir(dir: &Path) {
         }
     }
     network::detach(dir);
+    crate::vm_cgroup::remove_named(&crate::vm_cgroup::name_for(dir));
     pod_fs::unmount_under(dir);
     if let Err(e) = pod_fs::remove_within_mount(dir) {
         tracing::error!(dir = %dir.display(), error = %e, "removing the pod directory");

@@ -307,3 +307,70 @@ fn console_flood_is_bounded_on_the_host() {
     c.kill_and_remove("spam");
     c.assert_clean();
 }
+
+/// Whatever a guest makes its VMM and device daemons do, they share one cgroup of their
+/// own with a memory and a task limit; it goes with the pod.
+#[test]
+fn vm_processes_are_capped_in_a_cgroup_of_their_own() {
+    let c = Containerd::start(false);
+    c.run_sleeper("capped", &[]);
+    let pids = std::fs::read_to_string(c.pod_dir(NAMESPACE, "capped").join("vm/pids")).unwrap();
+    let records = hull_shim::daemon::PidRecord::parse_file(&pids);
+    assert!(records.len() >= 2, "{pids}");
+    // The cgroup each recorded process is in, per hierarchy ("0::/hull/x" on v2,
+    // "4:memory:/hull/x" and "8:pids:/hull/x" on v1).
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let cgroups_of = |pid: i32| -> Vec<String> {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                if v2 {
+                    l.starts_with("0::")
+                } else {
+                    l.contains(":memory:") || l.contains(":pids:")
+                }
+            })
+            .map(|l| l.rsplit(':').next().unwrap().to_string())
+            .collect()
+    };
+    let first = cgroups_of(records[0].pid);
+    let vm_cgroup = first
+        .iter()
+        .find(|p| p.starts_with("/hull/"))
+        .unwrap_or_else(|| panic!("the VMM is not in a hull cgroup: {first:?}"))
+        .clone();
+    for r in &records {
+        let cg = cgroups_of(r.pid);
+        assert!(
+            cg.iter().all(|p| *p == vm_cgroup),
+            "{} ({}) is in {cg:?}",
+            r.name,
+            r.pid
+        );
+    }
+    let (mem_file, pids_file) = if v2 {
+        (
+            format!("/sys/fs/cgroup{vm_cgroup}/memory.max"),
+            format!("/sys/fs/cgroup{vm_cgroup}/pids.max"),
+        )
+    } else {
+        (
+            format!("/sys/fs/cgroup/memory{vm_cgroup}/memory.limit_in_bytes"),
+            format!("/sys/fs/cgroup/pids{vm_cgroup}/pids.max"),
+        )
+    };
+    let mem: u64 = std::fs::read_to_string(&mem_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        mem > 256 << 20 && mem < 4 << 30,
+        "memory limit {mem} in {mem_file}"
+    );
+    assert_eq!(std::fs::read_to_string(&pids_file).unwrap().trim(), "1024");
+    c.kill_and_remove("capped");
+    c.assert_clean();
+    assert!(!Path::new(&mem_file).exists(), "{mem_file} left behind");
+}

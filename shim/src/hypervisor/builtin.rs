@@ -14,7 +14,8 @@ use super::{
     GUEST_CID, SHARED_FS_TAG, VIRTIOFSD_SOCKET, Vm, VmSpec, diagnostics_report, find_tool,
     spawn_virtiofsd,
 };
-use crate::daemon::{CONSOLE_LOG, Daemon, PASSED_FD_BASE, Role, pass_fds};
+use crate::daemon::{CONSOLE_LOG, Daemon, PASSED_FD_BASE, Role, join_cgroup, pass_fds};
+use crate::vm_cgroup::VmCgroup;
 
 #[derive(Debug, Clone)]
 pub struct BuiltinConfig {
@@ -114,10 +115,12 @@ pub struct BuiltinVm {
     // Field order is drop order: the VMM goes first, then virtiofsd.
     vmm: Daemon,
     fs: Daemon,
+    /// Last: removed once the processes in it are gone.
+    _cgroup: Option<VmCgroup>,
 }
 
 impl BuiltinVm {
-    pub fn start(config: BuiltinConfig) -> anyhow::Result<BuiltinVm> {
+    pub fn start(config: BuiltinConfig, cgroup: Option<VmCgroup>) -> anyhow::Result<BuiltinVm> {
         let s = &config.spec;
         for (what, p) in [("kernel", &s.kernel), ("initrd", &s.initrd)] {
             if !p.is_file() {
@@ -132,15 +135,24 @@ impl BuiltinVm {
             &s.shared_dir,
             &s.run_dir,
             s.log_max_bytes,
+            cgroup.as_ref(),
         )?;
         let mut cmd = Command::new(&config.hull_vmm);
+        if let Some(cg) = &cgroup {
+            join_cgroup(&mut cmd, cg);
+        }
         cmd.args(config.vmm_args()).env("HULL_LOG", "info");
         let taps: Vec<_> = s.nics.iter().map(|n| n.tap.as_raw_fd()).collect();
         pass_fds(&mut cmd, &taps)?;
         let vmm = Daemon::spawn("hull-vmm", Role::Vmm, cmd, &s.run_dir, s.log_max_bytes)
             .context("starting the VM")?;
         tracing::info!(pid = vmm.pid(), "pod VM started (hull-vmm)");
-        Ok(BuiltinVm { config, vmm, fs })
+        Ok(BuiltinVm {
+            config,
+            vmm,
+            fs,
+            _cgroup: cgroup,
+        })
     }
 }
 

@@ -13,7 +13,8 @@ use std::sync::Once;
 use std::time::Duration;
 
 use crate::config::{HullConfig, HypervisorKind};
-use crate::daemon::{Daemon, Role};
+use crate::daemon::{Daemon, Role, join_cgroup};
+use crate::vm_cgroup::{Limits, VmCgroup};
 use accel::Accel;
 use builtin::{BuiltinConfig, BuiltinVm};
 use qemu::{QemuConfig, QemuVm};
@@ -89,6 +90,7 @@ pub fn boot(cfg: &HullConfig, spec: VmSpec) -> anyhow::Result<Box<dyn Vm>> {
             tracing::info!(backend = ?kind, reason = why, "pod VM backend");
         }
     });
+    let cgroup = vm_cgroup_for(&spec, accel);
     match kind {
         HypervisorKind::Builtin => {
             if accel != Accel::Kvm {
@@ -100,7 +102,7 @@ pub fn boot(cfg: &HullConfig, spec: VmSpec) -> anyhow::Result<Box<dyn Vm>> {
                 (&mut bc.hull_vmm, &cfg.hull_vmm),
                 (&mut bc.virtiofsd, &cfg.virtiofsd),
             ]);
-            Ok(Box::new(BuiltinVm::start(bc)?))
+            Ok(Box::new(BuiltinVm::start(bc, cgroup)?))
         }
         HypervisorKind::Auto | HypervisorKind::Qemu => {
             let mut qc = QemuConfig::new(spec.kernel, spec.initrd, spec.run_dir, accel);
@@ -115,7 +117,28 @@ pub fn boot(cfg: &HullConfig, spec: VmSpec) -> anyhow::Result<Box<dyn Vm>> {
             qc.shared_dir = Some(spec.shared_dir);
             qc.log_max_bytes = spec.log_max_bytes;
             qc.nics = spec.nics;
-            Ok(Box::new(QemuVm::start(qc)?))
+            Ok(Box::new(QemuVm::start(qc, cgroup)?))
+        }
+    }
+}
+
+/// The VM's cgroup (see `vm_cgroup`), named for its pod directory (the run dir's parent).
+/// A host where it cannot be made (no cgroup fs, no memory controller) runs the VM without
+/// one, and says so once.
+fn vm_cgroup_for(spec: &VmSpec, accel: Accel) -> Option<VmCgroup> {
+    static WARNED: Once = Once::new();
+    let pod_dir = spec.run_dir.parent().unwrap_or(&spec.run_dir);
+    let limits = Limits {
+        memory_bytes: crate::vm_cgroup::memory_limit(spec.memory_mib, accel == Accel::Tcg),
+        pids: crate::vm_cgroup::PIDS_MAX,
+    };
+    match VmCgroup::create(&crate::vm_cgroup::name_for(pod_dir), limits) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            WARNED.call_once(|| {
+                tracing::warn!(error = %format!("{e:#}"), "pod VMs run without a cgroup of their own");
+            });
+            None
         }
     }
 }
@@ -170,6 +193,7 @@ pub fn spawn_virtiofsd(
     dir: &Path,
     run_dir: &Path,
     log_max: u64,
+    cgroup: Option<&VmCgroup>,
 ) -> anyhow::Result<Daemon> {
     let sock = run_dir.join(VIRTIOFSD_SOCKET);
     let mut cmd = Command::new(bin);
@@ -184,6 +208,9 @@ pub fn spawn_virtiofsd(
             "--log-level",
             "error",
         ]);
+    if let Some(cg) = cgroup {
+        join_cgroup(&mut cmd, cg);
+    }
     let mut d = Daemon::spawn("virtiofsd", Role::Backend, cmd, run_dir, log_max)?;
     d.wait_for_socket(&sock, DAEMON_SOCKET_TIMEOUT)?;
     Ok(d)

@@ -15,8 +15,9 @@ use super::accel::{Accel, host_tsc_khz};
 use super::{
     DAEMON_SOCKET_TIMEOUT, VIRTIOFSD_SOCKET, Vm, diagnostics_report, find_tool, spawn_virtiofsd,
 };
-use crate::daemon::{CONSOLE_LOG, Daemon, PASSED_FD_BASE, Role, pass_fds};
+use crate::daemon::{CONSOLE_LOG, Daemon, PASSED_FD_BASE, Role, join_cgroup, pass_fds};
 use crate::network::Nic;
+use crate::vm_cgroup::VmCgroup;
 
 pub use super::{GUEST_CID, SHARED_FS_TAG};
 
@@ -175,10 +176,12 @@ pub struct QemuVm {
     qemu: Daemon,
     _fs: Option<Daemon>,
     _vsock: Daemon,
+    /// Last: removed once the processes in it are gone.
+    _cgroup: Option<VmCgroup>,
 }
 
 impl QemuVm {
-    pub fn start(config: QemuConfig) -> anyhow::Result<QemuVm> {
+    pub fn start(config: QemuConfig, cgroup: Option<VmCgroup>) -> anyhow::Result<QemuVm> {
         for (what, p) in [("kernel", &config.kernel), ("initrd", &config.initrd)] {
             if !p.is_file() {
                 bail!("{what} {} does not exist (run `make guest`)", p.display());
@@ -195,12 +198,21 @@ impl QemuVm {
             .arg("--uds-path")
             .arg(config.vsock_uds());
         let log_max = config.log_max_bytes;
+        if let Some(cg) = &cgroup {
+            join_cgroup(&mut vsock_cmd, cg);
+        }
         let mut vsock =
             Daemon::spawn("vhost-device-vsock", Role::Backend, vsock_cmd, run, log_max)?;
         vsock.wait_for_socket(&vhost_vsock, DAEMON_SOCKET_TIMEOUT)?;
 
         let fs = match &config.shared_dir {
-            Some(dir) => Some(spawn_virtiofsd(&config.virtiofsd, dir, run, log_max)?),
+            Some(dir) => Some(spawn_virtiofsd(
+                &config.virtiofsd,
+                dir,
+                run,
+                log_max,
+                cgroup.as_ref(),
+            )?),
             None => None,
         };
 
@@ -208,6 +220,9 @@ impl QemuVm {
         cmd.args(config.qemu_args());
         let taps: Vec<_> = config.nics.iter().map(|n| n.tap.as_raw_fd()).collect();
         pass_fds(&mut cmd, &taps)?;
+        if let Some(cg) = &cgroup {
+            join_cgroup(&mut cmd, cg);
+        }
         let qemu = Daemon::spawn_with_console("qemu", Role::Vmm, cmd, run, log_max)
             .context("starting the VM")?;
         tracing::info!(accel = ?config.accel, pid = qemu.pid(), "pod VM started");
@@ -216,6 +231,7 @@ impl QemuVm {
             qemu,
             _fs: fs,
             _vsock: vsock,
+            _cgroup: cgroup,
         })
     }
 

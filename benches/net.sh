@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Pod network figures, printed (not asserted): `make bench-net`.
+# A pod joins a network namespace wired as CNI's bridge plugin leaves it (a veth whose far
+# side is in an "outer" namespace standing for the bridge); iperf3 runs in the pod, the
+# client on the far side. TCP throughput both ways and ping RTT, for hull (whatever backend
+# this host's `auto` picks, or HULL_HYPERVISOR) and for runc on the same kind of link in the
+# same run, and hull/runc ratios. iperf3 and its libraries come from the host, bound into
+# the busybox image read-only.
+set -euo pipefail
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
+source "$(dirname "$0")/../scripts/lib/containerd.sh"
+command -v iperf3 >/dev/null || { echo "bench-net: iperf3 missing (run scripts/setup.sh)" >&2; exit 1; }
+
+tag=$$
+netns_pairs=()
+cleanup() {
+  hull_containerd_stop
+  for ns in "${netns_pairs[@]}"; do ip netns delete "$ns" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+hull_containerd_start "$REPO/target/release"
+if [ -n "${HULL_HYPERVISOR:-}" ]; then
+  echo "hypervisor = \"$HULL_HYPERVISOR\"" >>"$HULL_CTRD_DIR/hull.toml"
+fi
+
+# outer/pod namespace pair $1 with the pod at 198.19.$2.2/24
+make_link() {
+  local outer=hb-o-$1-$tag pod=hb-p-$1-$tag
+  ip netns add "$outer"; ip netns add "$pod"
+  netns_pairs+=("$outer" "$pod")
+  ip -n "$outer" link set lo up; ip -n "$pod" link set lo up
+  ip -n "$outer" link add peer0 type veth peer name eth0 netns "$pod"
+  ip -n "$outer" addr add "198.19.$2.1/24" dev peer0; ip -n "$outer" link set peer0 up
+  ip -n "$pod" addr add "198.19.$2.2/24" dev eth0; ip -n "$pod" link set eth0 up
+  ip -n "$pod" route add default via "198.19.$2.1"
+}
+
+binds=()
+for lib in $(ldd "$(command -v iperf3)" | awk '/=> \//{print $3} /^\s*\/lib64/{print $1}'); do
+  real=$(readlink -f "$lib")
+  binds+=(--mount "type=bind,src=$real,dst=$lib,options=rbind:ro")
+done
+binds+=(--mount "type=bind,src=$(readlink -f "$(command -v iperf3)"),dst=/usr/bin/iperf3,options=rbind:ro")
+
+gbits() { jq -r '.end.sum_received.bits_per_second / 1e9 | . * 100 | round / 100'; }
+
+measure() { # runtime name index -> "tx rx rtt"
+  local runtime=$1 name=$2 i=$3
+  make_link "$i" "$((10 + i))"
+  local outer=hb-o-$i-$tag pod=hb-p-$i-$tag ip=198.19.$((10 + i)).2
+  hull_ctr run -d --runtime "$runtime" --with-ns "network:/run/netns/$pod" "${binds[@]}" \
+    docker.io/hull/busybox:test "$name" /usr/bin/iperf3 -s >/dev/null
+  for _ in $(seq 1 100); do ip netns exec "$outer" iperf3 -c "$ip" -t 1 >/dev/null 2>&1 && break; sleep 0.5; done
+  local tx rx rtt
+  tx=$(ip netns exec "$outer" iperf3 -c "$ip" -t "$SECONDS_PER_RUN" -J | gbits)
+  rx=$(ip netns exec "$outer" iperf3 -c "$ip" -t "$SECONDS_PER_RUN" -R -J | gbits)
+  rtt=$(ip netns exec "$outer" ping -c 20 -i 0.2 -q "$ip" | awk -F/ '/^rtt|^round-trip/ {print $5}')
+  hull_ctr task kill -s SIGKILL "$name" >/dev/null 2>&1 || true
+  sleep 1
+  hull_ctr task delete "$name" >/dev/null 2>&1 || true
+  hull_ctr containers rm "$name" >/dev/null 2>&1 || true
+  echo "$tx $rx $rtt"
+}
+
+backend=$(hull_accel)
+[ -n "${HULL_HYPERVISOR:-}" ] && backend="$HULL_HYPERVISOR ($backend)"
+echo "where: host kernel $(uname -r), $(nproc) cores; hull: $backend; iperf3 TCP ${SECONDS_PER_RUN}s per direction"
+read -r r_tx r_rx r_rtt < <(measure io.containerd.runc.v2 bench-runc 1)
+read -r h_tx h_rx h_rtt < <(measure io.containerd.hull.v2 bench-hull 2)
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
+printf '%-8s %18s %18s %12s\n' runtime "far side→pod Gb/s" "pod→far side Gb/s" "ping RTT ms"
+printf '%-8s %18s %18s %12s\n' runc "$r_tx" "$r_rx" "$r_rtt"
+printf '%-8s %18s %18s %12s\n' hull "$h_tx" "$h_rx" "$h_rtt"
+printf '%-8s %18s %18s %12s\n' hull/runc "$(ratio "$h_tx" "$r_tx")" "$(ratio "$h_rx" "$r_rx")" "$(ratio "$h_rtt" "$r_rtt")"
