@@ -1,7 +1,8 @@
 //! Stable-Rust fuzzing of what a guest controls: the virtio-mmio registers, descriptor
 //! chains (addresses, lengths, flags, loops, indirect tables), virtio-blk requests
 //! (types, sectors, sizes), vsock packets (headers, ports, ops, payload lengths) and
-//! virtio-net frames both ways (headers, offload requests, chain shapes, frame sizes).
+//! virtio-net frames both ways (headers, offload requests, chain shapes, frame sizes) and
+//! virtio-fs requests through the vhost-user frontend to a real virtiofsd.
 //! Each target drives the real device code with seeded random guest memory for a few
 //! thousand rounds; a panic, a hang or an out-of-bounds access fails the test.
 //!
@@ -16,6 +17,7 @@
 use std::io::Write;
 
 use hull_vmm::devices::virtio::block::{Block, DiskConfig};
+use hull_vmm::devices::virtio::fs::{FsConfig, VhostUserFs};
 use hull_vmm::devices::virtio::mmio::MmioTransport;
 use hull_vmm::devices::virtio::net::{Net, Tap, VNET_HDR_LEN};
 use hull_vmm::devices::virtio::vsock::Vsock;
@@ -521,6 +523,11 @@ fn net_header(r: &mut Rng) -> [u8; VNET_HDR_LEN] {
 /// what was published, or stops moving for a millisecond): a real driver never publishes
 /// more than its ring holds, and neither may the fuzzer.
 fn settle(mem: &GuestMemoryMmap, q: u64, published: u16) {
+    settle_for(mem, q, published, std::time::Duration::from_millis(1));
+}
+
+/// As `settle`, giving up once the used index has not moved for `stall`.
+fn settle_for(mem: &GuestMemoryMmap, q: u64, published: u16, stall: std::time::Duration) {
     let mut last = used_idx(mem, q);
     let mut still = std::time::Instant::now();
     while used_idx(mem, q) != published {
@@ -529,7 +536,7 @@ fn settle(mem: &GuestMemoryMmap, q: u64, published: u16) {
         if now != last {
             last = now;
             still = std::time::Instant::now();
-        } else if still.elapsed() > std::time::Duration::from_millis(1) {
+        } else if still.elapsed() > stall {
             return;
         }
     }
@@ -649,7 +656,13 @@ fn fuzz_virtio_net_frames_both_ways() {
         }
         drain(&mut out, &mut received);
     }
-    // The device thread is alive and still moves a plain frame.
+    // The device thread is alive: after a reset and a fresh set-up (whatever state the
+    // fuzzed rings were left in), it moves a plain frame.
+    w32(&mut t, 0x70, 0);
+    mem.write_slice(&[0u8; 0x2000], GuestAddress(0)).unwrap();
+    avail = [0, 0];
+    bring_up_all_features(&mut t, 2);
+    drain(&mut out, &mut received);
     let before = received;
     let at = BUFFERS + 0x4000;
     mem.write_slice(&[0u8; VNET_HDR_LEN + 60], GuestAddress(at))
@@ -695,5 +708,228 @@ fn fuzz_virtio_net_frames_both_ways() {
     assert!(
         racing() || stats.rx_frames() > 0,
         "no RX frame was ever delivered"
+    );
+}
+
+/// virtiofsd: on PATH or in ~/.cargo/bin (scripts/setup.sh installs it).
+fn virtiofsd() -> std::path::PathBuf {
+    let mut dirs: Vec<std::path::PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Some(h) = std::env::var_os("HOME") {
+        dirs.push(std::path::Path::new(&h).join(".cargo/bin"));
+    }
+    dirs.into_iter()
+        .map(|d| d.join("virtiofsd"))
+        .find(|p| p.is_file())
+        .expect("virtiofsd not found: run scripts/setup.sh")
+}
+
+/// A FUSE request (`fuse_in_header` + body) at `a`; returns its length. When `malformed`,
+/// the body may be cut short and the header's `len` may be anything.
+fn fuse_request(mem: &GuestMemoryMmap, r: &mut Rng, a: u64, malformed: bool) -> u32 {
+    const INIT: u32 = 26;
+    // Well-formed: opcodes whose bodies are built right (virtiofsd gives up for good on a
+    // request it cannot decode); malformed: any opcode with any body.
+    let any_op = r.below(60) as u32;
+    let opcode = if malformed {
+        r.pick(&[INIT, 1, 15, 28, any_op, any_op])
+    } else {
+        r.pick(&[INIT, INIT, 1, 1, 3, 14, 15, 28, 17, 18])
+    };
+    let le = |vals: &[u64], widths: &[usize]| -> Vec<u8> {
+        vals.iter()
+            .zip(widths)
+            .flat_map(|(v, w)| v.to_le_bytes()[..*w].to_vec())
+            .collect()
+    };
+    let mut body: Vec<u8> = match opcode {
+        // INIT: major 7, minor 31, max_readahead, flags (FUSE_INIT_EXT, bit 30, promises a
+        // longer body: only in malformed requests)
+        26 => {
+            let flags = r.next() as u32 & if malformed { u32::MAX } else { !(1 << 30) };
+            le(&[7, 31, 0x2_0000, u64::from(flags)], &[4, 4, 4, 4])
+        }
+        // LOOKUP: a name inside, a way out, or anything
+        1 => {
+            let name: &[u8] = match r.below(4) {
+                0 => b"hello",
+                1 => b"..",
+                2 => b"../outside",
+                _ => b"\xff/x",
+            };
+            let mut n = name.to_vec();
+            n.push(0);
+            n
+        }
+        // GETATTR: getattr_flags, dummy, fh
+        3 => le(&[r.below(2), 0, r.next()], &[4, 4, 8]),
+        // OPEN: flags, open_flags
+        14 => le(&[r.pick(&[0u64, 2, 0o100_000]), 0], &[4, 4]),
+        // READ / READDIR: fh, offset, size (fits the reply buffer), flags, lock_owner, flags, pad
+        15 | 28 => le(
+            &[r.next(), r.below(1 << 20), r.below(4000), 0, 0, 0, 0],
+            &[8, 8, 4, 4, 8, 4, 4],
+        ),
+        // STATFS: no body
+        17 => Vec::new(),
+        // RELEASE: fh, flags, release_flags, lock_owner
+        18 => le(&[r.next(), 0, 0, 0], &[8, 4, 4, 8]),
+        _ => (0..16).flat_map(|_| r.next().to_le_bytes()).collect(),
+    };
+    if malformed {
+        body.truncate(r.pick(&[body.len(), 0, 3]));
+    }
+    let len = 40 + body.len() as u32;
+    let header_len = if malformed && r.below(2) == 0 {
+        r.next() as u32
+    } else {
+        len
+    };
+    let any_node = r.next();
+    let nodeid = r.pick(&[1u64, 1, 2, 0, any_node]);
+    let g = |off: u64| GuestAddress(a + off);
+    mem.write_obj(header_len, g(0)).unwrap();
+    mem.write_obj(opcode, g(4)).unwrap();
+    mem.write_obj(r.next(), g(8)).unwrap(); // unique
+    mem.write_obj(nodeid, g(16)).unwrap();
+    mem.write_obj(0u32, g(24)).unwrap(); // uid
+    mem.write_obj(0u32, g(28)).unwrap(); // gid
+    mem.write_obj(1u32, g(32)).unwrap(); // pid
+    mem.write_obj(0u32, g(36)).unwrap();
+    mem.write_slice(&body, g(40)).unwrap();
+    len
+}
+
+/// virtio-fs through hull-vmm's vhost-user frontend to a real virtiofsd, in two halves.
+/// First, well-formed FUSE requests with guest-chosen opcodes, node ids and names (`..`
+/// included): the daemon answers them all and nothing outside its shared directory reaches
+/// the guest's reply buffers. Then random descriptor tables and malformed requests on both
+/// queues: virtiofsd may give up on a request it cannot decode (and then exits: the pod's
+/// share is gone, the guest's own loss), but the frontend and transport never panic or
+/// hang, with or without a backend, and nothing outside the share changes.
+#[test]
+fn fuzz_virtio_fs_requests_through_virtiofsd() {
+    let mut r = Rng::from_env("virtio-fs");
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("hello"), b"inside").unwrap();
+    let secret = b"SECRET-outside-the-share";
+    std::fs::write(dir.path().join("outside"), secret).unwrap();
+    let sock_dir = tempfile::tempdir().unwrap();
+    let sock = sock_dir.path().join("fs.sock");
+    let mut daemon = std::process::Command::new(virtiofsd())
+        .arg("--socket-path")
+        .arg(&sock)
+        .arg("--shared-dir")
+        .arg(&shared)
+        .args(["--cache", "never", "--log-level", "error"])
+        .spawn()
+        .expect("starting virtiofsd");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "virtiofsd made no socket"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let fs = VhostUserFs::connect(&FsConfig {
+        socket: sock.clone(),
+        tag: "fuzz".into(),
+    })
+    .unwrap();
+    let (mut t, mem) = transport(Box::new(fs));
+    bring_up(&mut t, 2);
+    let mut avail = [0u16; 2];
+    let mut answered = 0usize;
+    let wd = Watchdog::start("virtio-fs");
+    let _race = Racer::start(&mem, r.0);
+    let out_at = BUFFERS + 0x8000;
+    let rounds = iterations() / 4;
+    let mut alive_after_first_half = true;
+    let mut daemon_alive = true;
+    for round in 0..rounds {
+        wd.tick();
+        let hostile = round >= rounds / 2;
+        if round == rounds / 2 {
+            alive_after_first_half = daemon.try_wait().unwrap().is_none();
+        }
+        let q = if r.below(4) == 0 { 0 } else { 1 };
+        let before = used_idx(&mem, q);
+        if hostile && r.below(8) == 0 {
+            scribble_buffers(&mem, &mut r);
+            scribble_queue(&mem, &mut r, q, &mut avail[q as usize]);
+        } else {
+            let malformed = hostile && r.below(4) == 0;
+            let len = fuse_request(&mem, &mut r, BUFFERS, malformed);
+            mem.write_slice(&[0u8; 0x1000], GuestAddress(out_at))
+                .unwrap();
+            // A request chain: the request (readable), then room for the reply (writable).
+            let base = q * 0x1000;
+            let descs = [(BUFFERS, len, 1u16, 1u16), (out_at, 0x1000, 2, 0)];
+            for (i, (a, l, flags, next)) in descs.iter().enumerate() {
+                let d = base + i as u64 * 16;
+                mem.write_obj(*a, GuestAddress(d)).unwrap();
+                mem.write_obj(*l, GuestAddress(d + 8)).unwrap();
+                mem.write_obj(*flags, GuestAddress(d + 12)).unwrap();
+                mem.write_obj(*next, GuestAddress(d + 14)).unwrap();
+            }
+            let slot = u64::from(avail[q as usize] % QUEUE_SIZE);
+            mem.write_obj(0u16, GuestAddress(base + 0x404 + slot * 2))
+                .unwrap();
+            avail[q as usize] = avail[q as usize].wrapping_add(1);
+            mem.write_obj(avail[q as usize], GuestAddress(base + 0x402))
+                .unwrap();
+        }
+        t.write(0x50, &(q as u32).to_le_bytes());
+        // The daemon is another process: give it time, unless it is gone.
+        if round % 64 == 0 {
+            daemon_alive = daemon.try_wait().unwrap().is_none();
+        }
+        if daemon_alive {
+            settle_for(
+                &mem,
+                q,
+                avail[q as usize],
+                std::time::Duration::from_millis(200),
+            );
+        }
+        answered += usize::from(used_idx(&mem, q).wrapping_sub(before));
+        if !racing() {
+            let mut reply = vec![0u8; 0x1000];
+            mem.read_slice(&mut reply, GuestAddress(out_at)).unwrap();
+            assert!(
+                !reply.windows(secret.len()).any(|w| w == secret),
+                "a file outside the shared directory reached the guest"
+            );
+        }
+    }
+    // A reset of the device with the daemon alive or gone returns promptly.
+    w32(&mut t, 0x70, 0);
+    let alive = daemon.try_wait().unwrap().is_none();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    eprintln!(
+        "virtio-fs: {answered} requests answered; virtiofsd alive after the well-formed half: {alive_after_first_half}, at the end: {alive}"
+    );
+    assert_eq!(std::fs::read(dir.path().join("outside")).unwrap(), secret);
+    let outside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        outside.len(),
+        2,
+        "files appeared outside the share: {outside:?}"
+    );
+    assert!(
+        racing() || alive_after_first_half,
+        "virtiofsd died on well-formed requests"
+    );
+    assert!(
+        racing() || answered > 100,
+        "the requests hardly reach virtiofsd: {answered}"
     );
 }
