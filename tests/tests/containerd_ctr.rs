@@ -35,6 +35,25 @@ fn run_rm_output_exit_code_and_guest_kernel() {
     assert!(lines[1].starts_with("6.12."), "{out}");
     assert_ne!(lines[1], host);
 
+    // A pod whose network namespace has no usable link (no CNI) gets loopback only.
+    let empty = hull_tests::netns::Ns::new("ctr-empty");
+    let netns = format!("network:{}", empty.path().display());
+    let out = c.ctr_ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--with-ns",
+        &netns,
+        IMAGE,
+        "lo1",
+        "ls",
+        "/sys/class/net",
+    ]);
+    let links: Vec<&str> = out.split_whitespace().collect();
+    assert!(links.contains(&"lo"), "{links:?}");
+    assert!(!links.iter().any(|l| l.starts_with("eth")), "{links:?}");
+
     let r = c.ctr(&[
         "run",
         "--rm",
