@@ -117,13 +117,14 @@ impl Drop for VmCgroup {
     }
 }
 
-/// Removes VM cgroup `name` once its processes are gone (they are killed first by the
-/// caller); a cgroup still busy after a short wait is left and logged.
+/// Kills whatever is still in VM cgroup `name` (a process that left its process group
+/// included) and removes the cgroup. A cgroup still busy after a second is left and logged.
 pub fn remove_named(name: &str) {
     for d in dirs_for(name) {
         if !d.exists() {
             continue;
         }
+        kill_all(&d);
         let mut last = None;
         for _ in 0..100 {
             match std::fs::remove_dir(&d) {
@@ -137,11 +138,25 @@ pub fn remove_named(name: &str) {
                 }
                 Err(e) => last = Some(e),
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(10));
         }
         if let Some(e) = last {
             tracing::warn!(cgroup = %d.display(), error = %e, "removing a VM cgroup");
         }
+    }
+}
+
+/// SIGKILLs every process in the cgroup at `dir` (`cgroup.kill` where the kernel has it).
+fn kill_all(dir: &Path) {
+    if std::fs::write(dir.join("cgroup.kill"), "1").is_ok() {
+        return;
+    }
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 

@@ -131,9 +131,14 @@ fn inside_ctr_run_with_the_builtin_backend() {
         c.tail_log()
     );
     assert_vmm_is_jailed(&c);
-    assert!(hull_tests::wait_until(Duration::from_secs(20), || c
-        .leftover_processes()
-        .is_empty()));
+    assert!(
+        hull_tests::wait_until(Duration::from_secs(20), || c
+            .leftover_processes()
+            .is_empty()),
+        "left: {:?}\n{}",
+        c.leftover_processes(),
+        c.tail_log()
+    );
     c.assert_clean();
 }
 
