@@ -166,10 +166,17 @@ fn w32(t: &mut MmioTransport, off: u64, v: u32) {
     t.write(off, &v.to_le_bytes());
 }
 
-/// Brings a transport up the way Linux does, queue q at q * 0x1000.
+/// Brings a transport up the way Linux does, queue q at q * 0x1000, acking VERSION_1.
 fn bring_up(t: &mut MmioTransport, queues: u32) {
+    bring_up_with(t, queues, 0);
+}
+
+/// As `bring_up`, also acking `features_lo` (the low 32 feature bits).
+fn bring_up_with(t: &mut MmioTransport, queues: u32, features_lo: u32) {
     w32(t, 0x70, 1);
     w32(t, 0x70, 3);
+    w32(t, 0x24, 0);
+    w32(t, 0x20, features_lo);
     w32(t, 0x24, 1);
     w32(t, 0x20, 1); // VIRTIO_F_VERSION_1
     w32(t, 0x70, 11);
@@ -485,23 +492,7 @@ fn bring_up_all_features(t: &mut MmioTransport, queues: u32) {
     let mut lo = [0u8; 4];
     w32(t, 0x14, 0);
     t.read(0x10, &mut lo);
-    w32(t, 0x70, 1);
-    w32(t, 0x70, 3);
-    w32(t, 0x24, 0);
-    w32(t, 0x20, u32::from_le_bytes(lo));
-    w32(t, 0x24, 1);
-    w32(t, 0x20, 1);
-    w32(t, 0x70, 11);
-    for q in 0..queues {
-        let a = u64::from(q) * 0x1000;
-        w32(t, 0x30, q);
-        w32(t, 0x38, u32::from(QUEUE_SIZE));
-        w32(t, 0x80, a as u32);
-        w32(t, 0x90, (a + 0x400) as u32);
-        w32(t, 0xa0, (a + 0x800) as u32);
-        w32(t, 0x44, 1);
-    }
-    w32(t, 0x70, 15);
+    bring_up_with(t, queues, u32::from_le_bytes(lo));
 }
 
 /// A virtio-net header: sometimes valid, often asking for what was not negotiated or
