@@ -212,7 +212,18 @@ fn inside_vsock_flood_is_bounded() {
     let done = hull_tests::wait_until(Duration::from_secs(150), || {
         std::fs::read_to_string(&console).is_ok_and(|t| t.contains("vsock-flood: done"))
     });
-    let vmm = jailed_vmm(c.vmm_pid("flood").expect("the VMM's pid"));
+    let vmm = jailed_vmm(c.vmm_pid("flood").unwrap_or_else(|| {
+        let events: Vec<String> = std::fs::read_dir("/sys/fs/cgroup/hull")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("memory.events")).ok())
+            .collect();
+        panic!(
+            "the VMM is gone (done: {done}); VM cgroups' memory.events: {events:?}\n{}",
+            c.tail_log()
+        )
+    }));
     let anon_kib: u64 = status_field(vmm, "RssAnon").parse().unwrap_or(0);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let accepted = service.join().unwrap();

@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
 
 use super::{Interrupt, VirtioDevice, read_config_bytes};
 pub use muxer::Muxer;
@@ -98,16 +97,6 @@ impl VirtioDevice for Vsock {
         Ok(())
     }
 
-    fn queue_events(&self) -> anyhow::Result<Vec<EventFd>> {
-        self.muxer
-            .lock()
-            .expect("vsock lock")
-            .queue_events()
-            .context("vsock queue eventfds")
-    }
-
-    /// The kick of a transport without ioeventfds (tests): served at once, on the caller's
-    /// thread. With KVM, kicks reach the device's event loop instead.
     fn notify(&mut self, index: u16) {
         let mut m = self.muxer.lock().expect("vsock lock");
         match index {

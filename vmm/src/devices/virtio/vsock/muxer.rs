@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::EventFd;
 
 use super::packet::*;
 use crate::devices::virtio::Interrupt;
@@ -92,14 +91,9 @@ struct Active {
 
 enum Token {
     Listener,
-    /// A queue's notification eventfd (KVM signals it: see `Vsock::queue_events`).
-    Queue(u16),
     Handshake(UnixStream, Vec<u8>),
     Conn(Key),
 }
-
-/// RX, TX and event queues.
-const QUEUES: u16 = 3;
 
 pub struct Muxer {
     cid: u64,
@@ -115,8 +109,6 @@ pub struct Muxer {
     next_port: u32,
     /// The sum of every connection's `out`.
     buffered: usize,
-    /// One per queue, signalled by KVM when the guest kicks it.
-    queue_evts: Vec<EventFd>,
 }
 
 impl Muxer {
@@ -137,17 +129,10 @@ impl Muxer {
             rx_starved: false,
             next_port: FIRST_HOST_PORT,
             buffered: 0,
-            queue_evts: Vec::new(),
         };
         let fd = m.listener.as_raw_fd();
         m.watch(fd, EventSet::IN, ControlOperation::Add)?;
         m.fds.insert(fd, Token::Listener);
-        for q in 0..QUEUES {
-            let evt = EventFd::new(libc::EFD_NONBLOCK)?;
-            m.watch(evt.as_raw_fd(), EventSet::IN, ControlOperation::Add)?;
-            m.fds.insert(evt.as_raw_fd(), Token::Queue(q));
-            m.queue_evts.push(evt);
-        }
         Ok(m)
     }
 
@@ -608,23 +593,9 @@ impl Muxer {
         }
     }
 
-    /// Duplicates of the queues' notification eventfds, for KVM to signal.
-    pub fn queue_events(&self) -> std::io::Result<Vec<EventFd>> {
-        self.queue_evts.iter().map(EventFd::try_clone).collect()
-    }
-
     fn dispatch(&mut self, fd: RawFd, events: EventSet) {
         match self.fds.get(&fd) {
             Some(Token::Listener) => self.accept(),
-            Some(Token::Queue(q)) => {
-                let q = *q;
-                let _ = self.queue_evts[usize::from(q)].read();
-                match q {
-                    0 => self.rx_buffers_added(),
-                    1 => self.process_tx(),
-                    _ => {} // event queue: the device sends no events
-                }
-            }
             Some(Token::Handshake(..)) => self.handshake(fd),
             Some(Token::Conn(key)) => {
                 let key = *key;
