@@ -373,12 +373,6 @@ fn assert_vmm_is_jailed(c: &Containerd) {
         !root.join(ctrd.strip_prefix("/").unwrap()).exists(),
         "containerd's socket is visible from the jail"
     );
-    let netns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
-    assert_ne!(
-        netns(&vmm.to_string()),
-        netns("self"),
-        "the jailed VMM shares the host's network namespace"
-    );
     c.kill_and_remove("jailed");
 }
 

@@ -2,7 +2,7 @@
 //! jailer, in two steps:
 //!
 //! 1. `enter_namespaces`, first thing in `main` while the process has one thread: new
-//!    mount, pid, ipc, uts and an empty network namespace. The process forks; the parent stays outside as a
+//!    mount, pid, ipc and uts namespaces. The process forks; the parent stays outside as a
 //!    small waiter that exits with the VMM's status (the pid the caller knows and kills),
 //!    the child is PID 1 of the new pid namespace and dies with the waiter
 //!    (`PR_SET_PDEATHSIG` with a handled SIGTERM: PID 1 ignores unhandled signals, the
@@ -52,11 +52,7 @@ pub fn enter_namespaces(cfg: &JailConfig) -> anyhow::Result<()> {
         CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWPID
             | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWUTS
-            // An empty network namespace: the VMM needs no network (its NIC is a tap fd it
-            // was given; its sockets are paths in the jail), and abstract unix sockets of
-            // the host's namespace are out of its reach.
-            | CloneFlags::CLONE_NEWNET,
+            | CloneFlags::CLONE_NEWUTS,
     )
     .context("unsharing namespaces (needs root)")?;
     // The waiter holds the write end: the child sees it close if the waiter is gone.
