@@ -36,25 +36,46 @@ make_link() {
 }
 
 binds=()
-for lib in $(ldd "$(command -v iperf3)" | awk '/=> \//{print $3} /^\s*\/lib64/{print $1}'); do
+for lib in $(ldd "$(command -v iperf3)" | awk '$3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
   real=$(readlink -f "$lib")
   binds+=(--mount "type=bind,src=$real,dst=$lib,options=rbind:ro")
 done
 binds+=(--mount "type=bind,src=$(readlink -f "$(command -v iperf3)"),dst=/usr/bin/iperf3,options=rbind:ro")
 
-gbits() { jq -r '.end.sum_received.bits_per_second / 1e9 | . * 100 | round / 100'; }
+gbits() { jq -r 'if .error then ("iperf3: " + .error | halt_error) else .end.sum_received.bits_per_second / 1e9 | . * 100 | round / 100 end'; }
+
+# One iperf3 run from namespace $1 to $2 (JSON); the server restarts between runs, so a
+# refused connection is tried again.
+iperf() {
+  local outer=$1 ip=$2 out
+  shift 2
+  for _ in $(seq 1 20); do
+    out=$(ip netns exec "$outer" iperf3 -c "$ip" -t "$SECONDS_PER_RUN" -J "$@" || true)
+    if ! jq -e '.error' >/dev/null <<<"$out"; then
+      echo "$out"
+      return 0
+    fi
+    sleep 0.5
+  done
+  echo "$out"
+}
 
 measure() { # runtime name index -> "tx rx rtt"
   local runtime=$1 name=$2 i=$3
   make_link "$i" "$((10 + i))"
   local outer=hb-o-$i-$tag pod=hb-p-$i-$tag ip=198.19.$((10 + i)).2
   hull_ctr run -d --runtime "$runtime" --with-ns "network:/run/netns/$pod" "${binds[@]}" \
-    docker.io/hull/busybox:test "$name" /usr/bin/iperf3 -s >/dev/null
-  for _ in $(seq 1 100); do ip netns exec "$outer" iperf3 -c "$ip" -t 1 >/dev/null 2>&1 && break; sleep 0.5; done
+    docker.io/hull/busybox:test "$name" sh -c 'while true; do /usr/bin/iperf3 -s -1 --logfile /tmp/iperf3.log; done' >/dev/null
+  local up=0
+  for _ in $(seq 1 100); do
+    if ip netns exec "$outer" iperf3 -c "$ip" -t 1 >/dev/null 2>&1; then up=1; break; fi
+    sleep 0.5
+  done
+  [ "$up" = 1 ] || { echo "bench-net: the iperf3 server in the $runtime pod never answered" >&2; return 1; }
   local tx rx rtt
-  tx=$(ip netns exec "$outer" iperf3 -c "$ip" -t "$SECONDS_PER_RUN" -J | gbits)
-  rx=$(ip netns exec "$outer" iperf3 -c "$ip" -t "$SECONDS_PER_RUN" -R -J | gbits)
-  rtt=$(ip netns exec "$outer" ping -c 20 -i 0.2 -q "$ip" | awk -F/ '/^rtt|^round-trip/ {print $5}')
+  tx=$(iperf "$outer" "$ip" | gbits)
+  rx=$(iperf "$outer" "$ip" -R | gbits)
+  rtt=$(ip netns exec "$outer" busybox ping -c 20 -i 0.2 -q "$ip" | awk -F/ '/^round-trip/ {print $4}')
   hull_ctr task kill -s SIGKILL "$name" >/dev/null 2>&1 || true
   sleep 1
   hull_ctr task delete "$name" >/dev/null 2>&1 || true
@@ -65,8 +86,8 @@ measure() { # runtime name index -> "tx rx rtt"
 backend=$(hull_accel)
 [ -n "${HULL_HYPERVISOR:-}" ] && backend="$HULL_HYPERVISOR ($backend)"
 echo "where: host kernel $(uname -r), $(nproc) cores; hull: $backend; iperf3 TCP ${SECONDS_PER_RUN}s per direction"
-read -r r_tx r_rx r_rtt < <(measure io.containerd.runc.v2 bench-runc 1)
-read -r h_tx h_rx h_rtt < <(measure io.containerd.hull.v2 bench-hull 2)
+read -r r_tx r_rx r_rtt < <(measure io.containerd.runc.v2 "bench-runc-$tag" 1)
+read -r h_tx h_rx h_rtt < <(measure io.containerd.hull.v2 "bench-hull-$tag" 2)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
 printf '%-8s %18s %18s %12s\n' runtime "far side→pod Gb/s" "pod→far side Gb/s" "ping RTT ms"
 printf '%-8s %18s %18s %12s\n' runc "$r_tx" "$r_rx" "$r_rtt"
