@@ -67,7 +67,8 @@ measure() { # runtime name index -> "tx rx rtt"
   hull_ctr run -d --runtime "$runtime" --with-ns "network:/run/netns/$pod" "${binds[@]}" \
     docker.io/hull/busybox:test "$name" sh -c 'while true; do /usr/bin/iperf3 -s -1 --logfile /tmp/iperf3.log; done' >/dev/null
   local up=0
-  for _ in $(seq 1 100); do
+  # A pod VM under nested virtualisation takes minutes to boot and start the server.
+  for _ in $(seq 1 600); do
     if ip netns exec "$outer" iperf3 -c "$ip" -t 1 >/dev/null 2>&1; then up=1; break; fi
     sleep 0.5
   done
