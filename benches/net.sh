@@ -12,10 +12,16 @@ source "$(dirname "$0")/../scripts/lib/containerd.sh"
 command -v iperf3 >/dev/null || { echo "bench-net: iperf3 missing (run scripts/setup.sh)" >&2; exit 1; }
 
 tag=$$
-netns_pairs=()
 cleanup() {
   hull_containerd_stop
-  for ns in "${netns_pairs[@]}"; do ip netns delete "$ns" 2>/dev/null || true; done
+  # measure runs in a subshell: find its namespaces by this run's tag.
+  for ns in $(ip netns list | awk '{print $1}' | grep -- "-$tag\$" || true); do
+    ip netns delete "$ns" 2>/dev/null || true
+  done
+  # A shim killed by hull_containerd_stop leaves its VM's (empty) cgroup.
+  for d in /sys/fs/cgroup/hull/*-"$tag"-* /sys/fs/cgroup/{memory,pids}/hull/*-"$tag"-*; do
+    [ -d "$d" ] && rmdir "$d" 2>/dev/null || true
+  done
 }
 trap cleanup EXIT
 hull_containerd_start "$REPO/target/release"
@@ -27,7 +33,6 @@ fi
 make_link() {
   local outer=hb-o-$1-$tag pod=hb-p-$1-$tag
   ip netns add "$outer"; ip netns add "$pod"
-  netns_pairs+=("$outer" "$pod")
   ip -n "$outer" link set lo up; ip -n "$pod" link set lo up
   ip -n "$outer" link add peer0 type veth peer name eth0 netns "$pod"
   ip -n "$outer" addr add "198.19.$2.1/24" dev peer0; ip -n "$outer" link set peer0 up
