@@ -57,6 +57,14 @@ pub fn validate(what: &'static str, value: &str) -> Result<(), InvalidId> {
     Ok(())
 }
 
+/// FNV-1a of `bytes`: stable across builds and hosts, for names that must be found again
+/// from the same input (pod directories, VM cgroups) after a shim restart.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

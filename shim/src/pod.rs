@@ -71,10 +71,8 @@ fn dir_name(id: &str) -> String {
     if id.len() <= MAX {
         return id.to_string();
     }
-    // FNV-1a: stable across builds, which a pod directory must be (shim delete finds it).
-    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
+    // Stable across builds, which a pod directory must be (shim delete finds it).
+    let hash = ids::stable_hash(id.as_bytes());
     let prefix: String = id.chars().take(MAX - 17).collect();
     format!("{prefix}-{hash:016x}")
 }

@@ -163,13 +163,7 @@ fn kill_all(dir: &Path) {
 /// The cgroup name of the pod at `pod_dir`: its directory name plus a hash of the whole
 /// path, so pods of different run directories (two hull installs, tests) never share one.
 pub fn name_for(pod_dir: &Path) -> String {
-    let hash = pod_dir
-        .as_os_str()
-        .as_bytes()
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-        });
+    let hash = crate::ids::stable_hash(pod_dir.as_os_str().as_bytes());
     let base = pod_dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

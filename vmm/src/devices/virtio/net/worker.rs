@@ -433,7 +433,7 @@ fn gather(
     Ok(total)
 }
 
-/// Copies `out.len()` bytes from `offset` into the buffer `segs` spans, from guest memory.
+/// Copies the first `out.len()` bytes of the buffer `segs` spans out of guest memory.
 fn read_at(mem: &GuestMemoryMmap, segs: &[Segment], out: &mut [u8]) -> Result<(), Bad> {
     let mut done = 0;
     for s in segs {
