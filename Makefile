@@ -2,7 +2,7 @@
 
 CARGO        ?= cargo
 TARGET       := x86_64-unknown-linux-gnu
-AGENT_STATIC := target/$(TARGET)/release/hull-agent
+AGENT_STATIC := target/$(TARGET)/guest/hull-agent
 # The agent is PID 1 of an initrd with no libraries: link it statically, libseccomp too.
 STATIC_ENV   := RUSTFLAGS="-C target-feature=+crt-static" \
                 LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu
@@ -10,7 +10,7 @@ STATIC_ENV   := RUSTFLAGS="-C target-feature=+crt-static" \
 PREFIX       ?= /usr/local
 DESTDIR      ?=
 
-.PHONY: all setup kernel test-host-kernel agent-static initrd guest build release lint test fuzz boot-loop demo bench bench-vmm bench-net install clean
+.PHONY: all setup kernel test-host-kernel agent-static initrd guest build release lint test fuzz boot-loop demo bench bench-vmm bench-net bench-load install clean
 
 all: build guest
 
@@ -24,7 +24,7 @@ kernel:
 	ln -sf vmlinux-guest.config build/vmlinux.config
 
 agent-static:
-	$(STATIC_ENV) $(CARGO) build --release --locked -p hull-agent --target $(TARGET)
+	$(STATIC_ENV) $(CARGO) build --profile guest --locked -p hull-agent --target $(TARGET)
 
 ## the nested test host's kernel (KVM + kvm-amd + 9p; cached) -> build/vmlinux-test-host
 test-host-kernel:
@@ -69,6 +69,10 @@ demo: setup guest build
 ## pod start time (vs runc) and per-pod memory, printed
 bench: setup guest release
 	benches/pod-start.sh
+
+## N (default 20) pods started at once: start-time percentiles, failures, memory per pod
+bench-load: setup guest release
+	benches/load.sh
 
 ## hull-vmm boot time and memory overhead, measured in the nested test host, printed
 bench-vmm: guest test-host-kernel release

@@ -32,6 +32,9 @@ pub enum Fault {
     /// `fault::FLOOD_PORT` as it can and fills each one past the host's credit (see
     /// `fault::flood_vsock`).
     VsockFlood,
+    /// On the first boot attempt (`hull.boot_attempt=1`) never serves nor announces
+    /// itself (a guest that hangs in boot), so the shim's retry path runs.
+    SilentFirstBoot,
 }
 
 impl Fault {
@@ -41,6 +44,7 @@ impl Fault {
             "ignore-signals" => Some(Fault::IgnoreSignals),
             "plant-share" => Some(Fault::PlantShare),
             "vsock-flood" => Some(Fault::VsockFlood),
+            "silent-first-boot" => Some(Fault::SilentFirstBoot),
             _ => None,
         }
     }
@@ -59,6 +63,8 @@ pub struct AgentConfig {
     pub log: String,
     /// Deliberate misbehaviour for tests of the host side; none normally.
     pub fault: Option<Fault>,
+    /// Which boot of this pod's VM this is (`hull.boot_attempt=`, from the shim); 1 first.
+    pub boot_attempt: u32,
 }
 
 impl AgentConfig {
@@ -72,6 +78,11 @@ impl AgentConfig {
             .split_whitespace()
             .find_map(|w| w.strip_prefix("hull.fault="))
             .and_then(Fault::parse);
+        let boot_attempt = kernel_cmdline
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("hull.boot_attempt="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
         AgentConfig {
             mode: Mode::Guest,
             listen: format!("vsock://-1:{AGENT_VSOCK_PORT}"),
@@ -79,6 +90,7 @@ impl AgentConfig {
             state_dir: PathBuf::from("/run/hull/state"),
             log,
             fault,
+            boot_attempt,
         }
     }
 
@@ -108,6 +120,10 @@ mod tests {
         assert_eq!(c.log, "debug");
         assert_eq!(c.listen, "vsock://-1:1024");
         assert_eq!(AgentConfig::guest("console=ttyS0").log, "warn");
+        assert_eq!(AgentConfig::guest("console=ttyS0").boot_attempt, 1);
+        let retry = AgentConfig::guest("hull.boot_attempt=2 hull.fault=silent-first-boot");
+        assert_eq!(retry.boot_attempt, 2);
+        assert_eq!(retry.fault, Some(Fault::SilentFirstBoot));
         assert_eq!(AgentConfig::guest("console=ttyS0").fault, None);
         assert_eq!(
             AgentConfig::guest("hull.fault=hang-signals").fault,

@@ -68,6 +68,7 @@ fn main() -> ExitCode {
             state_dir: cli.state_dir,
             log: cli.log,
             fault: None,
+            boot_attempt: 1,
         };
         logging::init(&cfg.log);
         // Containers outlive the helper that creates them; they must come back to us.

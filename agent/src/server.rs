@@ -38,6 +38,10 @@ pub async fn serve(cfg: AgentConfig) -> anyhow::Result<()> {
     if let Some(f) = cfg.fault {
         tracing::warn!(fault = ?f, "misbehaving on purpose (hull.fault)");
     }
+    if cfg.fault == Some(crate::config::Fault::SilentFirstBoot) && cfg.boot_attempt <= 1 {
+        tracing::warn!("hull.fault silent-first-boot: this boot never answers");
+        std::future::pending::<()>().await;
+    }
 
     if let Some(path) = cfg.listen.strip_prefix("unix://") {
         let _ = std::fs::remove_file(path);
@@ -51,6 +55,7 @@ pub async fn serve(cfg: AgentConfig) -> anyhow::Result<()> {
     tracing::info!(listen = %cfg.listen, mode = ?cfg.mode, "hull-agent ready");
     if cfg.mode == crate::config::Mode::Guest {
         crate::init::signal_boot_timer();
+        crate::init::report_boot_clock();
         // A blocking connect, off the runtime's threads.
         tokio::task::spawn_blocking(crate::init::announce_ready);
     }

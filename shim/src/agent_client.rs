@@ -75,20 +75,43 @@ pub async fn connect_when_ready(
 ) -> anyhow::Result<AgentClient> {
     let ready = ReadySignal::bind(&vm.vsock_uds())?;
     let uds = vm.vsock_uds();
+    let started = std::time::Instant::now();
     tokio::select! {
         r = ready.wait(timeout) => r?,
         e = vmm_exit(vm) => anyhow::bail!("the VMM exited during boot ({e})"),
     }
-    AgentClient::connect(&uds, timeout).await
+    AgentClient::connect(
+        &uds,
+        timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_secs(1)),
+    )
+    .await
 }
 
-/// Resolves when the VMM has exited, with its status.
+/// How often a boot that takes long says how far it got.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// Resolves when the VMM has exited, with its status; meanwhile logs the boot's progress
+/// (console lines so far) every `PROGRESS_EVERY`, so a slow boot is not a silent one.
 async fn vmm_exit(vm: &mut Box<dyn crate::hypervisor::Vm>) -> String {
+    let started = std::time::Instant::now();
+    let mut next_report = PROGRESS_EVERY;
     loop {
         match vm.wait_exit(Duration::ZERO) {
             Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
             Ok(Some(status)) => return status.to_string(),
             Err(e) => return format!("{e:#}"),
+        }
+        if started.elapsed() >= next_report {
+            let console = vm.console();
+            tracing::info!(
+                elapsed_s = started.elapsed().as_secs(),
+                console_lines = console.lines().count(),
+                last_line = console.lines().last().unwrap_or(""),
+                "pod VM still booting (VMM alive)"
+            );
+            next_report += PROGRESS_EVERY;
         }
     }
 }

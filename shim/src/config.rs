@@ -38,8 +38,14 @@ pub struct HullConfig {
     pub vhost_device_vsock: PathBuf,
     /// tracing filter for the shim; the agent's comes from `kernel_params` (`hull.log=`).
     pub log_level: String,
-    /// Seconds to wait for a new VM's agent to answer.
+    /// Seconds a new VM's agent may take to answer, counted from its VMM's start;
+    /// 0: by accelerator (`BOOT_TIMEOUT_KVM_S` or `BOOT_TIMEOUT_TCG_S`).
     pub boot_timeout_s: u64,
+    /// Pod VMs booting at once on this host, all shims together; 0: by accelerator
+    /// (per core: `BOOTS_PER_CORE_KVM` or `BOOTS_PER_CORE_TCG`).
+    pub max_parallel_boots: u32,
+    /// Seconds a pod may wait for a boot slot before it fails.
+    pub admission_timeout_s: u64,
     /// Seconds any request/answer agent call may take before it fails; a process that
     /// outlives a SIGKILL by this long gets its pod VM killed.
     pub agent_timeout_s: u64,
@@ -70,7 +76,9 @@ impl Default for HullConfig {
             virtiofsd: PathBuf::new(),
             vhost_device_vsock: PathBuf::new(),
             log_level: "info".into(),
-            boot_timeout_s: 60,
+            boot_timeout_s: 0,
+            max_parallel_boots: 0,
+            admission_timeout_s: 300,
             agent_timeout_s: 30,
             shutdown_timeout_s: 10,
             run_dir: PathBuf::from("/run/hull"),
@@ -82,7 +90,41 @@ impl Default for HullConfig {
     }
 }
 
+/// Boot deadlines when `boot_timeout_s` is 0. A KVM guest is at its agent in well under a
+/// second; TCG emulates every instruction, tens of times slower, and slower still on a
+/// loaded host.
+pub const BOOT_TIMEOUT_KVM_S: u64 = 30;
+pub const BOOT_TIMEOUT_TCG_S: u64 = 120;
+/// Boot slots per host core when `max_parallel_boots` is 0: a TCG boot keeps a core busy
+/// throughout, a KVM boot mostly waits.
+pub const BOOTS_PER_CORE_KVM: usize = 4;
+pub const BOOTS_PER_CORE_TCG: usize = 1;
+
 impl HullConfig {
+    /// The boot deadline for a VM on `accel` (see `boot_timeout_s`).
+    pub fn boot_timeout(&self, tcg: bool) -> std::time::Duration {
+        let s = match (self.boot_timeout_s, tcg) {
+            (0, false) => BOOT_TIMEOUT_KVM_S,
+            (0, true) => BOOT_TIMEOUT_TCG_S,
+            (s, _) => s,
+        };
+        std::time::Duration::from_secs(s)
+    }
+
+    /// How many VMs may boot at once on this host (see `max_parallel_boots`).
+    pub fn parallel_boots(&self, tcg: bool) -> usize {
+        if self.max_parallel_boots > 0 {
+            return self.max_parallel_boots as usize;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        cores
+            * if tcg {
+                BOOTS_PER_CORE_TCG
+            } else {
+                BOOTS_PER_CORE_KVM
+            }
+    }
+
     /// `$HULL_CONFIG`, else `/etc/hull/config.toml`; a missing default file means defaults.
     pub fn load() -> anyhow::Result<HullConfig> {
         match std::env::var_os("HULL_CONFIG") {

@@ -1,6 +1,7 @@
 //! containerd-shim-hull-v2: the containerd shim v2 that runs each pod in a hull microVM.
 //! One shim process and one VM per pod; containers of a pod join its shim by sandbox id.
 
+pub mod admission;
 pub mod agent_client;
 pub mod config;
 pub mod daemon;

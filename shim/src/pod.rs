@@ -279,25 +279,41 @@ const BOOT_ATTEMPTS: u32 = 2;
 
 /// Boots the VM and connects to its agent once the agent has announced itself (see
 /// `ReadySignal`: the shim must not knock on the guest's vsock while the guest is still
-/// setting the device up). A VMM that exits during boot fails the attempt at once; an
-/// agent that stays silent for the boot timeout gets its VM killed and booted once more,
-/// and each failure is logged with every log of that VM.
+/// setting the device up).
+///
+/// Each attempt first takes a host-wide boot slot (`admission`), held until the agent
+/// answers or the attempt is over. The deadline fits the accelerator (`boot_timeout_s`).
+/// A VMM that exits during boot fails the attempt at once; an agent that stays silent
+/// until the deadline gets its VM torn down (every process of the attempt killed and
+/// reaped) before the one retry boots a fresh one. The guest learns which attempt it is
+/// (`hull.boot_attempt=`), so that its log says so.
 async fn boot_vm(cfg: &HullConfig, spec: VmSpec) -> anyhow::Result<(Box<dyn Vm>, AgentClient)> {
+    let tcg = hypervisor::resolve(cfg.hypervisor).1 == hypervisor::accel::Accel::Tcg;
+    let deadline = cfg.boot_timeout(tcg);
     let mut attempt = 1;
     loop {
-        let (boot_cfg, boot_spec) = (cfg.clone(), spec.clone());
+        let _slot = crate::admission::acquire(
+            &cfg.run_dir,
+            cfg.parallel_boots(tcg),
+            Duration::from_secs(cfg.admission_timeout_s),
+        )
+        .await?;
+        let (boot_cfg, mut boot_spec) = (cfg.clone(), spec.clone());
+        boot_spec.cmdline_extra = format!("{} hull.boot_attempt={attempt}", spec.cmdline_extra)
+            .trim_start()
+            .to_string();
         let mut vm =
             tokio::task::spawn_blocking(move || hypervisor::boot(&boot_cfg, boot_spec)).await??;
-        let timeout = Duration::from_secs(cfg.boot_timeout_s);
-        match connect_when_ready(&mut vm, timeout).await {
+        match connect_when_ready(&mut vm, deadline).await {
             Ok(agent) => return Ok((vm, agent)),
             Err(e) => {
                 let report = vm.diagnostics();
-                drop(vm);
+                // Killing and reaping blocks: off the runtime's threads.
+                tokio::task::spawn_blocking(move || drop(vm)).await?;
                 if attempt >= BOOT_ATTEMPTS {
                     anyhow::bail!("the pod VM's agent did not answer: {e:#}\n{report}");
                 }
-                tracing::warn!(error = %format!("{e:#}"), report, "the pod VM's agent did not answer; booting it again");
+                tracing::warn!(error = %format!("{e:#}"), attempt, report, "the pod VM's agent did not answer; booting it again");
                 attempt += 1;
             }
         }

@@ -39,8 +39,8 @@ impl Containerd {
         Self::start_with(cri, "")
     }
 
-    /// Without CRI, with `extra` appended to the shim's hull.toml (later keys win; e.g. a
-    /// `kernel_params` line that replaces the default one).
+    /// Without CRI, with `extra` appended to the shim's hull.toml; a `kernel_params` or
+    /// `boot_timeout_s` line in it replaces the default one.
     pub fn start_with_hull_config(extra: &str) -> Containerd {
         Self::start_with(false, extra)
     }
@@ -54,15 +54,21 @@ impl Containerd {
         let d = dir.path();
         let build = crate::repo_root().join("build");
         let hull_toml = d.join("hull.toml");
+        // TOML refuses a key twice: `extra` replaces these defaults by naming them.
         let kernel_params = if extra.contains("kernel_params") {
             String::new()
         } else {
             "kernel_params = \"hull.log=info\"\n".to_string()
         };
+        let boot_timeout = if extra.contains("boot_timeout_s") {
+            ""
+        } else {
+            "boot_timeout_s = 45\n"
+        };
         std::fs::write(
             &hull_toml,
             format!(
-                "kernel = \"{}\"\ninitrd = \"{}\"\nrun_dir = \"{}\"\nlog_level = \"debug\"\nboot_timeout_s = 45\n{kernel_params}{extra}\n",
+                "kernel = \"{}\"\ninitrd = \"{}\"\nrun_dir = \"{}\"\nlog_level = \"debug\"\n{boot_timeout}{kernel_params}{extra}\n",
                 build.join("vmlinux").display(),
                 build.join("initrd.img").display(),
                 d.join("run").display()

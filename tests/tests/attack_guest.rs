@@ -374,3 +374,38 @@ fn vm_processes_are_capped_in_a_cgroup_of_their_own() {
     c.assert_clean();
     assert!(!Path::new(&mem_file).exists(), "{mem_file} left behind");
 }
+
+/// A guest that hangs in its first boot (`hull.fault=silent-first-boot`: the agent never
+/// serves when `hull.boot_attempt=1`): at the boot deadline the attempt is torn down whole
+/// and the one retry boots a VM whose agent answers; the container runs, and nothing of
+/// either attempt is left.
+#[test]
+fn a_boot_that_hangs_is_torn_down_and_booted_again() {
+    let c = Containerd::start_with_hull_config(
+        "boot_timeout_s = 25\nkernel_params = \"hull.log=info hull.fault=silent-first-boot\"",
+    );
+    let started = Instant::now();
+    let out = c.ctr_ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "retried",
+        "echo",
+        "second boot",
+    ]);
+    assert_eq!(out.trim(), "second boot");
+    assert!(
+        started.elapsed() >= Duration::from_secs(25),
+        "the first boot cannot have answered"
+    );
+    let log = c.log();
+    assert_eq!(
+        log.matches("booting it again").count(),
+        1,
+        "one failed attempt, one retry:\n{}",
+        c.tail_log()
+    );
+    c.assert_clean();
+}

@@ -72,6 +72,21 @@ cat /tmp/vmm2.err
     assert!(out.contains("hull-vmm: shut down through the API"), "{out}");
 }
 
+/// Boot reliability: 50 consecutive hull-vmm boots to agent-ready (the shim's kernel
+/// command line, one vCPU), each ended by the agent, not one failure. A failed boot prints
+/// the VMM's error (a triple fault comes with the vCPU's registers) and the console.
+#[test]
+fn hull_vmm_boots_fifty_times_in_a_row() {
+    let bin = target_bin_dir();
+    let script = format!("tests/nested/boot-loop.sh {} 50 1", bin.display());
+    let (rc, out) = run_script(&script, 1500);
+    assert_eq!(rc, 0, "{out}");
+    assert!(
+        out.contains("summary boots=50 failures=0 "),
+        "boots failed:\n{out}"
+    );
+}
+
 #[test]
 fn hull_vmm_runs_containers_from_virtiofsd_in_the_test_host() {
     run_own_test("inside_builtin_vm_runs_containers", 600);

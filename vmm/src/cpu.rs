@@ -34,26 +34,108 @@ const APIC_LVT1: usize = 0x360;
 const APIC_MODE_NMI: u32 = 0x4;
 const APIC_MODE_EXTINT: u32 = 0x7;
 
-/// The host's supported CPUID, normalised for vCPU `id` of `count`.
+/// What a guest reads when the host CPU has no brand string (e.g. QEMU's TCG `max` CPU
+/// under a nested test host): a name rather than the kernel's family-table guess.
+const FALLBACK_BRAND: &[u8] = b"hull virtual CPU";
+
+/// The host's supported CPUID, normalised for vCPU `id` of `count`: APIC ids and the
+/// topology leaves describe `count` single-threaded cores in one package (not the host's
+/// sharing counts), and the brand string is never empty. Everything else (features,
+/// caches, TLBs, XSAVE sizes) is what KVM reports it can virtualise.
 pub fn cpuid(kvm: &Kvm, id: u8, count: u8) -> anyhow::Result<CpuId> {
     let mut cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .context("KVM_GET_SUPPORTED_CPUID")?;
+    normalise(&mut cpuid, id, count);
+    Ok(cpuid)
+}
+
+fn normalise(cpuid: &mut CpuId, id: u8, count: u8) {
+    let (id, count) = (u32::from(id), u32::from(count));
+    let last = count.saturating_sub(1);
+    // Bits of an APIC id that number the cores of the package.
+    let core_bits = 32 - last.leading_zeros();
     for e in cpuid.as_mut_slice() {
         match e.function {
             1 => {
                 // APIC id, logical processor count, and "running under a hypervisor".
-                e.ebx = (e.ebx & 0x0000_ffff) | (u32::from(count) << 16) | (u32::from(id) << 24);
+                e.ebx = (e.ebx & 0x0000_ffff) | (count << 16) | (id << 24);
                 e.ecx |= 1 << 31;
                 if count > 1 {
                     e.edx |= 1 << 28; // HTT: more than one logical processor
                 }
             }
-            0xb => e.edx = u32::from(id),
+            // Deterministic cache parameters (Intel): per-core caches, the last level
+            // shared by the package; cores per package.
+            4 => {
+                let level = (e.eax >> 5) & 0x7;
+                let sharing = if level >= 3 { last } else { 0 };
+                e.eax = (e.eax & 0x3fff) | (sharing << 14) | (last << 26);
+            }
+            // Extended topology: SMT level (one thread per core), then the core level.
+            0xb => {
+                (e.eax, e.ebx, e.ecx) = match e.index {
+                    0 => (0, 1, 1 << 8),
+                    1 => (core_bits, count, (2 << 8) | 1),
+                    n => (0, 0, n),
+                };
+                e.edx = id;
+            }
+            // AMD: cores in the package minus one, and how many APIC-id bits count them.
+            0x8000_0008 => e.ecx = (e.ecx & !0xf0ff) | (core_bits << 12) | last,
+            // AMD: extended APIC id, core id, one thread per core, node 0.
+            0x8000_001e => {
+                e.eax = id;
+                e.ebx = id & 0xff;
+                e.ecx = 0;
+            }
             _ => {}
         }
     }
-    Ok(cpuid)
+    set_brand_if_missing(cpuid);
+}
+
+/// Leaves 0x80000002..4 hold a 48-byte NUL-padded brand string; fills in
+/// `FALLBACK_BRAND` when they are absent or blank.
+fn set_brand_if_missing(cpuid: &mut CpuId) {
+    let brand_leaves = |f: u32| (0x8000_0002..=0x8000_0004).contains(&f);
+    let has_brand = cpuid
+        .as_slice()
+        .iter()
+        .filter(|e| brand_leaves(e.function))
+        .any(|e| e.eax | e.ebx | e.ecx | e.edx != 0);
+    let max_ext = cpuid
+        .as_slice()
+        .iter()
+        .find(|e| e.function == 0x8000_0000)
+        .map_or(0, |e| e.eax);
+    if has_brand || max_ext < 0x8000_0004 {
+        return;
+    }
+    let mut text = [0u8; 48];
+    text[..FALLBACK_BRAND.len()].copy_from_slice(FALLBACK_BRAND);
+    let word = |i: usize| u32::from_le_bytes(text[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
+    for (n, function) in (0x8000_0002u32..=0x8000_0004).enumerate() {
+        let entry = kvm_bindings::kvm_cpuid_entry2 {
+            function,
+            eax: word(n * 4),
+            ebx: word(n * 4 + 1),
+            ecx: word(n * 4 + 2),
+            edx: word(n * 4 + 3),
+            ..Default::default()
+        };
+        match cpuid
+            .as_mut_slice()
+            .iter_mut()
+            .find(|e| e.function == function)
+        {
+            Some(e) => *e = entry,
+            None => {
+                // A full list keeps the host's (blank) leaf: the name is cosmetic.
+                let _ = cpuid.push(entry);
+            }
+        }
+    }
 }
 
 fn boot_msrs() -> anyhow::Result<Msrs> {
@@ -186,6 +268,70 @@ mod tests {
         set_lvt_mode(&mut regs, APIC_LVT0, APIC_MODE_NMI);
         assert_eq!(regs[APIC_LVT0] as u8, 0xff);
         assert_eq!(regs[APIC_LVT0 + 1] as u8, 0x04);
+    }
+
+    #[test]
+    fn topology_leaves_describe_the_vm_not_the_host() {
+        let leaf = |function, index, eax, ecx| kvm_bindings::kvm_cpuid_entry2 {
+            function,
+            index,
+            eax,
+            ebx: 0xdead_beef,
+            ecx,
+            edx: 0,
+            ..Default::default()
+        };
+        let mut c = CpuId::from_entries(&[
+            leaf(1, 0, 0x00a2_0f10, 0),
+            // The host's L3: shared by 64 threads, 32 cores.
+            leaf(4, 3, (31 << 26) | (63 << 14) | (3 << 5) | 3, 0),
+            leaf(0xb, 0, 0, 0),
+            leaf(0xb, 1, 0, 0),
+            leaf(0x8000_0008, 0, 0x3030, 0x1_703f),
+        ])
+        .unwrap();
+        normalise(&mut c, 2, 3);
+        let get = |f, i| {
+            *c.as_slice()
+                .iter()
+                .find(|e| e.function == f && e.index == i)
+                .unwrap()
+        };
+        assert_eq!(
+            get(1, 0).ebx >> 16,
+            (2 << 8) | 3,
+            "APIC id 2, 3 logical CPUs"
+        );
+        assert_eq!(get(4, 3).eax, (2 << 26) | (2 << 14) | (3 << 5) | 3);
+        let (smt, core) = (get(0xb, 0), get(0xb, 1));
+        assert_eq!((smt.eax, smt.ebx, smt.ecx, smt.edx), (0, 1, 0x100, 2));
+        assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (2, 3, 0x201, 2));
+        assert_eq!(get(0x8000_0008, 0).ecx, 0x1_0000 | (2 << 12) | 2);
+    }
+
+    #[test]
+    fn blank_brand_string_is_filled_in() {
+        let mut c = CpuId::from_entries(&[kvm_bindings::kvm_cpuid_entry2 {
+            function: 0x8000_0000,
+            eax: 0x8000_0008,
+            ..Default::default()
+        }])
+        .unwrap();
+        set_brand_if_missing(&mut c);
+        let mut text = Vec::new();
+        for f in 0x8000_0002u32..=0x8000_0004 {
+            let e = c.as_slice().iter().find(|e| e.function == f).unwrap();
+            for w in [e.eax, e.ebx, e.ecx, e.edx] {
+                text.extend_from_slice(&w.to_le_bytes());
+            }
+        }
+        assert_eq!(text.len(), 48);
+        assert!(text.starts_with(FALLBACK_BRAND));
+        assert!(text[FALLBACK_BRAND.len()..].iter().all(|b| *b == 0));
+        // A host brand string is kept.
+        let before = c.as_slice().to_vec();
+        set_brand_if_missing(&mut c);
+        assert_eq!(c.as_slice(), &before[..]);
     }
 
     #[test]

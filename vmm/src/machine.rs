@@ -157,6 +157,7 @@ impl Machine {
         }
         let kvm = Kvm::new().context("opening /dev/kvm")?;
         let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
+        boot_step("KVM VM created");
         let ram = memory::create(cfg.memory_mib)?;
         for (slot, region) in ram.memory.iter().enumerate() {
             let host = ram
@@ -182,6 +183,7 @@ impl Machine {
             ..Default::default()
         };
         vm.create_pit2(pit).context("KVM_CREATE_PIT2")?;
+        boot_step("guest RAM mapped, irqchip and PIT made");
 
         let serial = Serial::new(cfg.serial_out).context("serial eventfd")?;
         vm.register_irqfd(&serial.irq_evt()?, serial::IRQ)
@@ -211,6 +213,7 @@ impl Machine {
             device_params += &mmio.add(&vm, &ram.memory, Box::new(dev))?;
         }
 
+        boot_step("devices made");
         let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
         for id in 0..cfg.vcpus {
             let vcpu = vm
@@ -219,6 +222,7 @@ impl Machine {
             cpu::configure_common(&kvm, &vcpu, id, cfg.vcpus)?;
             vcpus.push(vcpu);
         }
+        boot_step("vCPUs made");
         match cfg.boot {
             Boot::Linux {
                 kernel,
@@ -247,6 +251,7 @@ impl Machine {
                 cpu::configure_real_mode(&vcpus[0], addr)?;
             }
         }
+        boot_step("guest loaded");
         let (exit_tx, exit_rx) = mpsc::channel();
         Ok(Machine {
             _vm: vm,
@@ -287,10 +292,33 @@ impl Machine {
     }
 }
 
+/// Logs how long after the process start a step of making the VM finished: the parts of
+/// "VMM start -> first KVM_RUN" in `make bench-vmm`.
+fn boot_step(step: &str) {
+    tracing::debug!(us = process_start().elapsed().as_micros() as u64, "{step}");
+}
+
 /// When the process started, for the boot figures hull-vmm logs.
 pub fn process_start() -> std::time::Instant {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     *START.get_or_init(std::time::Instant::now)
+}
+
+/// The registers that tell where and in which mode a vCPU stopped, on one line: what an
+/// operator (or a bug report) needs after a triple fault.
+fn vcpu_state(vcpu: &VcpuFd) -> String {
+    let regs = match vcpu.get_regs() {
+        Ok(r) => format!("rip={:#x} rsp={:#x} rflags={:#x}", r.rip, r.rsp, r.rflags),
+        Err(e) => format!("registers unreadable ({e})"),
+    };
+    let sregs = match vcpu.get_sregs() {
+        Ok(s) => format!(
+            "cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x} idt={:#x}/{:#x}",
+            s.cr0, s.cr2, s.cr3, s.cr4, s.efer, s.cs.selector, s.idt.base, s.idt.limit
+        ),
+        Err(e) => format!("system registers unreadable ({e})"),
+    };
+    format!("{regs} {sregs}")
 }
 
 fn run_vcpu(
@@ -335,17 +363,23 @@ fn run_vcpu(
                     dev.lock().expect("mmio lock").write(offset, data);
                 }
             }
-            Ok(VcpuExit::Shutdown) => return Ok(ExitReason::Shutdown),
+            Ok(VcpuExit::Shutdown) => {
+                tracing::error!(vcpu = id, state = %vcpu_state(&vcpu), "guest triple fault");
+                return Ok(ExitReason::Shutdown);
+            }
             Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                 KVM_SYSTEM_EVENT_RESET => return Ok(ExitReason::Reset),
                 KVM_SYSTEM_EVENT_SHUTDOWN => return Ok(ExitReason::Shutdown),
                 other => bail!("vCPU {id}: unexpected system event {other}"),
             },
             Ok(VcpuExit::Hlt) => bail!("vCPU {id} halted with no interrupt controller to wake it"),
-            Ok(VcpuExit::FailEntry(reason, cpu)) => {
-                bail!("vCPU {id}: VM entry failed (reason {reason:#x}, cpu {cpu})")
+            Ok(VcpuExit::FailEntry(reason, cpu)) => bail!(
+                "vCPU {id}: VM entry failed (reason {reason:#x}, cpu {cpu}): {}",
+                vcpu_state(&vcpu)
+            ),
+            Ok(VcpuExit::InternalError) => {
+                bail!("vCPU {id}: KVM internal error: {}", vcpu_state(&vcpu))
             }
-            Ok(VcpuExit::InternalError) => bail!("vCPU {id}: KVM internal error"),
             Ok(other) => bail!("vCPU {id}: unhandled exit {other:?}"),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
             Err(e) => bail!("vCPU {id}: KVM_RUN: {e}"),

@@ -3,7 +3,7 @@
 //! (exit 2), a thread breaks its seccomp filter (exit 3), or it fails (exit 1).
 
 use std::fs::OpenOptions;
-use std::io::Write;
+use std::io::{LineWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -109,8 +109,10 @@ impl Cli {
 
 fn run(cfg: VmConfig) -> anyhow::Result<ExitReason> {
     // The guest decides how much it prints: only the first serial_log_max bytes are kept.
+    // The UART hands over one byte per guest exit; a line at a time reaches the file, so a
+    // console line costs one write(2), not eighty.
     let serial_out: Box<dyn Write + Send> = match &cfg.serial_log {
-        Some(p) => Box::new(BoundedWriter::new(
+        Some(p) => Box::new(LineWriter::new(BoundedWriter::new(
             OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -118,8 +120,11 @@ fn run(cfg: VmConfig) -> anyhow::Result<ExitReason> {
                 .open(p)
                 .map_err(|e| anyhow::anyhow!("opening {}: {e}", p.display()))?,
             cfg.serial_log_max,
-        )),
-        None => Box::new(BoundedWriter::new(std::io::stdout(), cfg.serial_log_max)),
+        ))),
+        None => Box::new(LineWriter::new(BoundedWriter::new(
+            std::io::stdout(),
+            cfg.serial_log_max,
+        ))),
     };
     let cmdline = if cfg.cmdline.is_empty() {
         DEFAULT_CMDLINE.to_string()

@@ -17,6 +17,9 @@ use seccompiler::{
 pub const EXIT_SECCOMP: i32 = 3;
 
 const KVM_RUN: u64 = 0xae80;
+/// Read-only vCPU state, for the report of a guest that triple-faulted or failed entry.
+const KVM_GET_REGS: u64 = 0x8090_ae81;
+const KVM_GET_SREGS: u64 = 0x8138_ae83;
 const FIONBIO: u64 = 0x5421;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,7 +128,12 @@ fn filter_with(
         rules.insert(*nr, Vec::new());
     }
     let ioctls = match kind {
-        ThreadKind::Vcpu => vec![eq(1, KVM_RUN), eq(1, FIONBIO)],
+        ThreadKind::Vcpu => vec![
+            eq(1, KVM_RUN),
+            eq(1, FIONBIO),
+            eq(1, KVM_GET_REGS),
+            eq(1, KVM_GET_SREGS),
+        ],
         // TUNSETOFFLOAD: the net thread tells the tap what the guest negotiated.
         ThreadKind::Device => vec![eq(1, FIONBIO), eq(1, libc::TUNSETOFFLOAD)],
     };
@@ -187,6 +195,20 @@ pub fn install_sigsys_handler() -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_ioctl_numbers_match_the_structs() {
+        // _IOR(KVMIO, nr, struct): direction 2, the struct's size, type 0xae.
+        let ior = |nr: u64, size: usize| (2 << 30) | ((size as u64) << 16) | (0xae << 8) | nr;
+        assert_eq!(
+            KVM_GET_REGS,
+            ior(0x81, std::mem::size_of::<kvm_bindings::kvm_regs>())
+        );
+        assert_eq!(
+            KVM_GET_SREGS,
+            ior(0x83, std::mem::size_of::<kvm_bindings::kvm_sregs>())
+        );
+    }
 
     #[test]
     fn filters_compile() {
