@@ -12,6 +12,8 @@ hull_containerd_start "$REPO/target/release"
 out=$(mktemp -d)
 echo "where: host kernel $(uname -r), $(nproc) cores; hull VMs under $(hull_accel); $N pods at once"
 
+# Not a bare `wait`: containerd is a background job of this shell too.
+pids=()
 t0=$(date +%s%N)
 for i in $(seq 1 "$N"); do
   ( s=$(date +%s%N)
@@ -19,8 +21,9 @@ for i in $(seq 1 "$N"); do
          >"$out/$i.out" 2>"$out/$i.err"; then
       echo $(( ($(date +%s%N) - s) / 1000000 )) >"$out/$i.ms"
     fi ) &
+  pids+=($!)
 done
-wait
+wait "${pids[@]}"
 wall=$(( ($(date +%s%N) - t0) / 1000000 ))
 ok=$(cat "$out"/*.ms 2>/dev/null | wc -l)
 pct() { sort -n "$out"/all | awk -v p="$1" '{a[NR]=$1} END {if (NR) print a[int((NR-1)*p/100)+1]; else print "-"}'; }
@@ -31,10 +34,12 @@ for i in $(seq 1 "$N"); do
 done
 
 before=$(awk '/^MemAvailable/ {print $2}' /proc/meminfo)
+pids=()
 for i in $(seq 1 "$N"); do
   hull_ctr run -d --runtime io.containerd.hull.v2 docker.io/hull/busybox:test "idle-$i" sleep 600 >/dev/null &
+  pids+=($!)
 done
-wait
+wait "${pids[@]}" || true
 sleep 3
 after=$(awk '/^MemAvailable/ {print $2}' /proc/meminfo)
 echo "host memory per idle pod: $(( (before - after) / N )) KiB (MemAvailable drop with $N pods, / $N)"

@@ -17,7 +17,7 @@ use anyhow::{Context, bail};
 /// How often a waiting shim tries the slots again.
 const POLL: Duration = Duration::from_millis(100);
 /// Waiting tickets per boot slot: pods beyond slots × this fail fast.
-pub const QUEUE_PER_SLOT: usize = 8;
+pub const QUEUE_PER_SLOT: usize = 16;
 
 /// A held boot slot; dropping it lets the next VM boot.
 #[derive(Debug)]

@@ -296,6 +296,43 @@ impl Containerd {
         }
     }
 
+    /// Starts `n` pods at once (`ctr run --rm`, ids `<prefix><i>`, each echoing its
+    /// number) and fails the test unless every one ran and printed its own line.
+    pub fn run_at_once(&self, n: usize, prefix: &str) {
+        let runs: Vec<_> = (0..n)
+            .map(|i| {
+                self.ctr_cmd(&[
+                    "run",
+                    "--rm",
+                    "--runtime",
+                    "io.containerd.hull.v2",
+                    IMAGE,
+                    &format!("{prefix}{i}"),
+                    "echo",
+                    &format!("pod {i} ran"),
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("starting ctr")
+            })
+            .collect();
+        for (i, run) in runs.into_iter().enumerate() {
+            let out = run.wait_with_output().expect("waiting for ctr");
+            assert!(
+                out.status.success(),
+                "pod {i}: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.tail_log()
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                format!("pod {i} ran")
+            );
+        }
+    }
+
     /// Runs container `id` (`sleep 600`) detached with hull's runtime, and `extra` ctr run
     /// options before the image.
     pub fn run_sleeper(&self, id: &str, extra: &[&str]) {

@@ -245,37 +245,6 @@ fn dead_vm_ends_its_tasks() {
 #[test]
 fn eight_pods_started_at_once_all_run() {
     let c = Containerd::start(false);
-    let runs: Vec<_> = (0..8)
-        .map(|i| {
-            c.ctr_cmd(&[
-                "run",
-                "--rm",
-                "--runtime",
-                RUNTIME,
-                IMAGE,
-                &format!("load{i}"),
-                "echo",
-                &format!("pod {i} ran"),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-        })
-        .collect();
-    for (i, run) in runs.into_iter().enumerate() {
-        let out = run.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "pod {i}: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            c.tail_log()
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            format!("pod {i} ran")
-        );
-    }
+    c.run_at_once(8, "load");
     c.assert_clean();
 }

@@ -157,6 +157,34 @@ fn inside_ctr_run_with_the_builtin_backend() {
     c.assert_clean();
 }
 
+/// Pods under load on hull-vmm: eight pods started at once all run. The test host is a
+/// TCG-emulated machine with real KVM inside, far slower than the hardware KVM that the
+/// `auto` boot slots (4 per core) and deadline (30 s) are sized for, so its config says
+/// what fits it: two boots at a time, two minutes each.
+#[test]
+fn eight_pods_at_once_on_hull_vmm_in_the_test_host() {
+    run_own_test("inside_eight_pods_at_once", 900);
+}
+
+#[test]
+#[ignore = "runs inside the nested test host"]
+fn inside_eight_pods_at_once() {
+    require_inside();
+    let c = Containerd::start_with_hull_config("max_parallel_boots = 2\nboot_timeout_s = 120");
+    c.run_at_once(8, "nested-load");
+    // The last pods' guests shut down while others still boot on the test host's two
+    // emulated cores: their shims need longer than assert_clean's grace to finish.
+    assert!(
+        hull_tests::wait_until(Duration::from_secs(120), || c
+            .leftover_processes()
+            .is_empty()),
+        "left: {:?}\n{}",
+        c.leftover_processes(),
+        c.tail_log()
+    );
+    c.assert_clean();
+}
+
 /// The jailed VMM: the child of the waiter the pid file names (the test host's kernel has
 /// no /proc/PID/task/TID/children).
 fn jailed_vmm(waiter: i32) -> i32 {

@@ -28,9 +28,10 @@ const KERNEL_MIN_ALIGNMENT_BYTES: u32 = 0x0100_0000;
 const E820_RAM: u32 = 1;
 const PAGE_SIZE: u64 = 4096;
 
-/// hull's default kernel parameters for hull-vmm (no PCI, no keyboard, i8042 reset).
-pub const DEFAULT_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=-1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+/// hull's default kernel parameters for hull-vmm: no PCI, no keyboard, i8042 reset, and
+/// no ACPI (hull-vmm has no tables: the MP table describes the CPUs and the IOAPIC, and
+/// the kernel need not scan the BIOS areas for an RSDP that is not there).
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off acpi=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 
 /// Where the guest starts.
 #[derive(Debug, Clone, Copy)]

@@ -12,32 +12,39 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_ID_BYTES,
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
 use super::{Interrupt, VirtioDevice, read_config_bytes};
 
-pub const DEVICE_TYPE: u32 = 2;
+pub const DEVICE_TYPE: u32 = VIRTIO_ID_BLOCK;
 pub const SECTOR_SIZE: u64 = 512;
 const QUEUE_SIZES: [u16; 1] = [256];
 
 /// Feature bits (virtio 1.2, 5.2.3).
-const F_SEG_MAX: u64 = 1 << 2;
-const F_RO: u64 = 1 << 5;
-const F_FLUSH: u64 = 1 << 9;
+const F_SEG_MAX: u64 = 1 << VIRTIO_BLK_F_SEG_MAX;
+const F_RO: u64 = 1 << VIRTIO_BLK_F_RO;
+const F_FLUSH: u64 = 1 << VIRTIO_BLK_F_FLUSH;
 /// Data segments per request: the queue size less the header and status descriptors.
 const SEG_MAX: u32 = QUEUE_SIZES[0] as u32 - 2;
 
 /// Request types and status values (5.2.6).
-pub const T_IN: u32 = 0;
-pub const T_OUT: u32 = 1;
-pub const T_FLUSH: u32 = 4;
-pub const T_GET_ID: u32 = 8;
-pub const S_OK: u8 = 0;
-pub const S_IOERR: u8 = 1;
-pub const S_UNSUPP: u8 = 2;
+pub const T_IN: u32 = VIRTIO_BLK_T_IN;
+pub const T_OUT: u32 = VIRTIO_BLK_T_OUT;
+pub const T_FLUSH: u32 = VIRTIO_BLK_T_FLUSH;
+pub const T_GET_ID: u32 = VIRTIO_BLK_T_GET_ID;
+// The status byte: the bindings' u32 values, all below 256.
+pub const S_OK: u8 = VIRTIO_BLK_S_OK as u8;
+pub const S_IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+pub const S_UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 /// The serial number returned by GET_ID is at most this long.
-pub const ID_BYTES: usize = 20;
+pub const ID_BYTES: usize = VIRTIO_BLK_ID_BYTES as usize;
 /// The largest data transfer one request may ask for; a bigger one fails with IOERR
 /// rather than making the VMM allocate what the guest says.
 const MAX_TRANSFER: usize = 16 << 20;

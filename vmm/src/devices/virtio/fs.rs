@@ -23,14 +23,14 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::{Interrupt, VIRTIO_F_VERSION_1, VirtioDevice, read_config_bytes};
 
-pub const DEVICE_TYPE: u32 = 26;
+pub const DEVICE_TYPE: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_FS;
 /// The high-priority queue and one request queue.
 const QUEUE_SIZES: [u16; 2] = [1024, 1024];
 /// The longest tag the guest can see (virtio 1.2, 5.11.4).
 pub const TAG_MAX: usize = 36;
 /// Ring features the daemon implements and hull passes through to the guest.
-const RING_INDIRECT_DESC: u64 = 1 << 28;
-const RING_EVENT_IDX: u64 = 1 << 29;
+const RING_INDIRECT_DESC: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+const RING_EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 const PASSTHROUGH: u64 = VIRTIO_F_VERSION_1 | RING_INDIRECT_DESC | RING_EVENT_IDX;
 
 /// A virtio-fs device as configured by the operator: `SOCKET,TAG`.

@@ -10,13 +10,15 @@ pub mod vsock;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1 as VERSION_1_BIT;
+use virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+pub const VIRTIO_F_VERSION_1: u64 = 1 << VERSION_1_BIT;
 /// Interrupt status bit: the device used buffers.
-pub const INT_VRING: u32 = 1;
+pub const INT_VRING: u32 = VIRTIO_MMIO_INT_VRING;
 
 /// A device's interrupt line: the status register bit plus the irqfd.
 #[derive(Clone)]

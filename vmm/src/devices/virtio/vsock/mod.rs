@@ -21,7 +21,7 @@ use vm_memory::GuestMemoryMmap;
 use super::{Interrupt, VirtioDevice, read_config_bytes};
 pub use muxer::Muxer;
 
-pub const DEVICE_TYPE: u32 = 19;
+pub const DEVICE_TYPE: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
 const RX: u16 = 0;
 const TX: u16 = 1;
