@@ -268,6 +268,17 @@ impl Containerd {
         found
     }
 
+    /// As `assert_clean`, after giving the shims up to `grace` to finish exiting.
+    pub fn assert_clean_within(&self, grace: Duration) {
+        assert!(
+            crate::wait_until(grace, || self.leftover_processes().is_empty()),
+            "left: {:?}\n{}",
+            self.leftover_processes(),
+            self.tail_log()
+        );
+        self.assert_clean();
+    }
+
     /// Fails unless no VM, daemon, mount or pod directory of this test is left.
     pub fn assert_clean(&self) {
         let deadline = Instant::now() + Duration::from_secs(15);

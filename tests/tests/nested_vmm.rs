@@ -146,15 +146,7 @@ fn inside_ctr_run_with_the_builtin_backend() {
         c.tail_log()
     );
     assert_vmm_is_jailed(&c);
-    assert!(
-        hull_tests::wait_until(Duration::from_secs(20), || c
-            .leftover_processes()
-            .is_empty()),
-        "left: {:?}\n{}",
-        c.leftover_processes(),
-        c.tail_log()
-    );
-    c.assert_clean();
+    c.assert_clean_within(Duration::from_secs(20));
 }
 
 /// Pods under load on hull-vmm: eight pods started at once all run. The test host is a
@@ -174,15 +166,7 @@ fn inside_eight_pods_at_once() {
     c.run_at_once(8, "nested-load");
     // The last pods' guests shut down while others still boot on the test host's two
     // emulated cores: their shims need longer than assert_clean's grace to finish.
-    assert!(
-        hull_tests::wait_until(Duration::from_secs(120), || c
-            .leftover_processes()
-            .is_empty()),
-        "left: {:?}\n{}",
-        c.leftover_processes(),
-        c.tail_log()
-    );
-    c.assert_clean();
+    c.assert_clean_within(Duration::from_secs(120));
 }
 
 /// The jailed VMM: the child of the waiter the pid file names (the test host's kernel has
