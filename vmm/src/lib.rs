@@ -2,10 +2,8 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | `layout` | the guest physical memory map |
+//! | `arch::x86_64` | what knows x86: `layout` (the guest physical memory map), `boot` (kernel, initrd, command line, boot_params and e820, GDT, MP table), `cpu` (CPUID, MSRs, vCPU state for the 64-bit boot protocol or real mode), `irqchip` (KVM's PIC, IOAPIC and PIT) |
 //! | `memory` | memfd-backed guest RAM (shareable with vhost-user daemons) |
-//! | `boot` | loading kernel, initrd, command line; boot_params and e820 |
-//! | `cpu` | vCPU state for the 64-bit boot protocol (or real mode) |
 //! | `devices` | port-I/O devices (8250 serial, i8042 reset, boot timer) and virtio-mmio (vsock, blk, fs) |
 //! | `machine` | the VM, its vCPU threads and their exits |
 //! | `config` | the VM description, from flags or `--config vm.json` |
@@ -15,13 +13,14 @@
 //! | `log_budget` | bounds on log lines a guest can trigger |
 
 pub mod api;
-pub mod boot;
+pub mod arch;
 pub mod config;
-pub mod cpu;
 pub mod devices;
 pub mod jail;
-pub mod layout;
 pub mod log_budget;
 pub mod machine;
 pub mod memory;
 pub mod seccomp;
+
+// The architecture's parts under their old names, for the binary and the tests.
+pub use arch::x86_64::{boot, cpu, layout};

@@ -9,8 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, bail};
 use kvm_bindings::{
-    KVM_PIT_SPEAKER_DUMMY, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, kvm_pit_config,
-    kvm_userspace_memory_region,
+    KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{IoEventAddress, Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{
@@ -18,6 +17,7 @@ use vm_memory::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::arch::x86_64::{boot, cpu, irqchip};
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{self, Serial};
 use crate::devices::virtio::block::{Block, DiskConfig};
@@ -30,10 +30,6 @@ use crate::devices::{Action, PioBus};
 use crate::log_budget::LogBudget;
 use crate::memory::{self, GuestRam};
 use crate::seccomp::{self, ThreadKind};
-use crate::{boot, cpu};
-
-/// Intel needs a TSS region for real-mode emulation; three pages just below 4 GiB - 12 KiB.
-const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
 pub enum Boot {
     /// A Linux kernel (ELF vmlinux or bzImage), optional initrd, kernel parameters.
@@ -175,14 +171,7 @@ impl Machine {
             // for as long as the VM exists; its size and address come from that mapping.
             unsafe { vm.set_user_memory_region(mr) }.context("KVM_SET_USER_MEMORY_REGION")?;
         }
-        vm.set_tss_address(KVM_TSS_ADDRESS)
-            .context("KVM_SET_TSS_ADDR")?;
-        vm.create_irq_chip().context("KVM_CREATE_IRQCHIP")?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm.create_pit2(pit).context("KVM_CREATE_PIT2")?;
+        irqchip::create(&vm)?;
         boot_step("guest RAM mapped, irqchip and PIT made");
 
         let serial = Serial::new(cfg.serial_out).context("serial eventfd")?;

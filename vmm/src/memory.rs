@@ -8,7 +8,7 @@ use std::os::fd::FromRawFd;
 use anyhow::{Context, bail};
 use vm_memory::{FileOffset, GuestMemoryMmap};
 
-use crate::layout;
+use crate::arch::x86_64::layout;
 
 pub struct GuestRam {
     pub memory: GuestMemoryMmap,

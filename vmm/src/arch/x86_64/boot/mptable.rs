@@ -5,7 +5,7 @@
 use anyhow::bail;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::layout::EBDA_START;
+use crate::arch::x86_64::layout::EBDA_START;
 
 pub const IOAPIC_ADDR: u32 = 0xfec0_0000;
 const LAPIC_ADDR: u32 = 0xfee0_0000;

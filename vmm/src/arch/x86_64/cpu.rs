@@ -7,8 +7,8 @@ use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_fpu, kvm_msr_entry, k
 use kvm_ioctls::{Kvm, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::boot::gdt::{BOOT_GDT, segment};
-use crate::layout::*;
+use crate::arch::x86_64::boot::gdt::{BOOT_GDT, segment};
+use crate::arch::x86_64::layout::*;
 
 const X86_CR0_PE: u64 = 0x1;
 const X86_CR0_PG: u64 = 0x8000_0000;
