@@ -144,7 +144,9 @@ impl Pod {
             log_max_bytes: cfg.log_max_kib * 1024,
             nics: net.nics.clone(),
         };
-        let (vm, agent) = match boot_vm(cfg, spec).await {
+        // Every line of the boot (slot waits, progress, the retry) names the pod.
+        let span = tracing::info_span!("boot", sandbox = %id);
+        let (vm, agent) = match tracing::Instrument::instrument(boot_vm(cfg, spec), span).await {
             Ok(v) => v,
             Err(e) => {
                 cleanup_dir(&dir);

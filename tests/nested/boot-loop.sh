@@ -10,9 +10,10 @@
 # (vmm_*: hull-vmm's clock from its process start; guest_*: the guest's clock, when the
 # kernel started /init and when the agent served), or "boot I FAILED" with the VMM's
 # error and the console's tail; then one line:
-#   summary boots=N failures=F ready_ms min=… median=… max=…
+#   summary boots=N failures=F triple_faults=T ready_ms min=… median=… max=…
+# (T of the F failures were hull-vmm reporting a guest triple fault, exit 2)
 bin=$1; n=$2; vcpus=$3
-fails=0
+fails=0; triple=0
 : >/tmp/boot-loop.ready
 i=1
 while [ "$i" -le "$n" ]; do
@@ -45,6 +46,10 @@ while [ "$i" -le "$n" ]; do
     echo "$ready" >>/tmp/boot-loop.ready
   else
     fails=$((fails + 1))
+    # The open boot bug (docs/vmm.md): counted apart so that a test can tell it from the rest.
+    if [ "$rc" = 2 ] && grep -q "guest triple fault" /tmp/bl-vmm.err; then
+      triple=$((triple + 1))
+    fi
     echo "boot $i FAILED (hull-vmm exit $rc)"
     tail -5 /tmp/bl-probe.out | sed 's/^/  probe: /'
     tail -8 /tmp/bl-vmm.err | sed 's/^/  vmm: /'
@@ -52,7 +57,7 @@ while [ "$i" -le "$n" ]; do
   fi
   i=$((i + 1))
 done
-sort -n /tmp/boot-loop.ready | awk -v n="$n" -v f="$fails" '
+sort -n /tmp/boot-loop.ready | awk -v n="$n" -v f="$fails" -v t="$triple" '
   {a[NR]=$1} END {
-    if (NR) printf "summary boots=%d failures=%d ready_ms min=%d median=%d max=%d\n", n, f, a[1], a[int((NR+1)/2)], a[NR];
-    else printf "summary boots=%d failures=%d ready_ms none\n", n, f }'
+    if (NR) printf "summary boots=%d failures=%d triple_faults=%d ready_ms min=%d median=%d max=%d\n", n, f, t, a[1], a[int((NR+1)/2)], a[NR];
+    else printf "summary boots=%d failures=%d triple_faults=%d ready_ms none\n", n, f, t }'

@@ -726,11 +726,19 @@ impl Task for TaskService {
         if !self.containers.lock().expect("containers lock").is_empty() {
             return Ok(Empty::new());
         }
-        if let Some(pod) = self.pod.lock().await.take() {
-            pod.shutdown(Duration::from_secs(self.cfg.shutdown_timeout_s))
-                .await;
-        }
-        self.exit.signal();
+        let pod = self.pod.lock().await.take();
+        let exit = self.exit.clone();
+        let timeout = Duration::from_secs(self.cfg.shutdown_timeout_s);
+        // containerd's deadline for this call can run out first on a loaded host (ttrpc
+        // then drops the handler): the teardown and the shim's exit must happen anyway,
+        // or the VM's end is left half done and this shim lives on with nothing to do.
+        let teardown = tokio::spawn(async move {
+            if let Some(pod) = pod {
+                pod.shutdown(timeout).await;
+            }
+            exit.signal();
+        });
+        let _ = teardown.await;
         Ok(Empty::new())
     }
 }
