@@ -79,6 +79,7 @@ cat /tmp/vmm2.err
 /// test host, which the shim survives by booting again. At most two of those pass; a
 /// third, or any other failure (a hang, a VMM error), fails the test.
 #[test]
+#[ignore = "long nested run: `make test-nested-load`"]
 fn hull_vmm_boots_fifty_times_in_a_row() {
     let bin = target_bin_dir();
     let script = format!("tests/nested/boot-loop.sh {} 50 1", bin.display());
@@ -169,6 +170,7 @@ fn inside_ctr_run_with_the_builtin_backend() {
 /// `auto` boot slots (4 per core) and deadline (30 s) are sized for, so its config says
 /// what fits it: two boots at a time, two minutes each.
 #[test]
+#[ignore = "long nested run: `make test-nested-load`"]
 fn eight_pods_at_once_on_hull_vmm_in_the_test_host() {
     run_own_test("inside_eight_pods_at_once", 900);
 }
