@@ -30,12 +30,15 @@ pub struct BootSlot {
 /// Fails at once when `slots × QUEUE_PER_SLOT` shims are already waiting.
 pub async fn acquire(run_dir: &Path, slots: usize, wait: Duration) -> anyhow::Result<BootSlot> {
     let slots = slots.max(1);
-    let slot_dir = run_dir.join("boot-slots");
+    let (slot_dir, queue_dir) = (run_dir.join("boot-slots"), run_dir.join("boot-queue"));
+    for dir in [&slot_dir, &queue_dir] {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     if let Some(slot) = try_any(&slot_dir, slots)? {
         return Ok(slot);
     }
     let queue = slots * QUEUE_PER_SLOT;
-    let Some(_ticket) = try_any(&run_dir.join("boot-queue"), queue)? else {
+    let Some(_ticket) = try_any(&queue_dir, queue)? else {
         bail!(
             "the host is busy: {slots} pod VMs are booting and {queue} more are waiting \
              (max_parallel_boots = {slots}); try again later"
@@ -58,9 +61,8 @@ pub async fn acquire(run_dir: &Path, slots: usize, wait: Duration) -> anyhow::Re
     }
 }
 
-/// The first of `<dir>/0..n` this process can lock, or None.
+/// The first of `<dir>/0..n` (an existing directory) this process can lock, or None.
 fn try_any(dir: &Path, n: usize) -> anyhow::Result<Option<BootSlot>> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     for index in 0..n {
         let path = dir.join(index.to_string());
         let file = OpenOptions::new()
