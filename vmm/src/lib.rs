@@ -12,6 +12,13 @@
 //! | `jail` | the namespaces, pivot_root and privilege drop hull-vmm confines itself with |
 //! | `log_budget` | bounds on log lines a guest can trigger |
 
+// Guest values are u32/u64 and land in narrower fields: every narrowing is checked.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_lossless
+)]
+
 pub mod api;
 pub mod arch;
 pub mod config;

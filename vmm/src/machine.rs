@@ -92,7 +92,7 @@ impl MmioBus {
         mem: &GuestMemoryMmap,
         device: Box<dyn VirtioDevice>,
     ) -> anyhow::Result<String> {
-        let n = self.devices.len() as u32;
+        let n = u32::try_from(self.devices.len())?;
         let irq = MMIO_FIRST_IRQ + n;
         if irq > MMIO_LAST_IRQ {
             bail!(
@@ -107,8 +107,12 @@ impl MmioBus {
         // A write of queue index i to the notify register signals the device's i-th
         // eventfd inside KVM: the vCPU goes on running the guest.
         for (i, qevt) in device.queue_events()?.iter().enumerate() {
-            vm.register_ioevent(qevt, &IoEventAddress::Mmio(base + QUEUE_NOTIFY), i as u32)
-                .context("registering a queue ioeventfd")?;
+            vm.register_ioevent(
+                qevt,
+                &IoEventAddress::Mmio(base + QUEUE_NOTIFY),
+                u32::try_from(i)?,
+            )
+            .context("registering a queue ioeventfd")?;
         }
         let transport = MmioTransport::new(device, mem.clone(), Interrupt::new(evt))?;
         self.devices.push((base, Mutex::new(transport)));
@@ -161,7 +165,7 @@ impl Machine {
                 .get_host_address(region.start_addr())
                 .context("region host address")?;
             let mr = kvm_userspace_memory_region {
-                slot: slot as u32,
+                slot: u32::try_from(slot)?,
                 guest_phys_addr: region.start_addr().raw_value(),
                 memory_size: region.len(),
                 userspace_addr: host as u64,
@@ -284,7 +288,14 @@ impl Machine {
 /// Logs how long after the process start a step of making the VM finished: the parts of
 /// "VMM start -> first KVM_RUN" in `make bench-vmm`.
 fn boot_step(step: &str) {
-    tracing::debug!(us = process_start().elapsed().as_micros() as u64, "{step}");
+    tracing::debug!(
+        us = process_start()
+            .elapsed()
+            .as_micros()
+            .try_into()
+            .unwrap_or(u64::MAX),
+        "{step}"
+    );
 }
 
 /// When the process started, for the boot figures hull-vmm logs.
@@ -319,7 +330,11 @@ fn run_vcpu(
     seccomp::apply_or_exit(ThreadKind::Vcpu);
     if id == 0 {
         tracing::info!(
-            us = process_start().elapsed().as_micros() as u64,
+            us = process_start()
+                .elapsed()
+                .as_micros()
+                .try_into()
+                .unwrap_or(u64::MAX),
             "first KVM_RUN"
         );
     }
@@ -334,7 +349,11 @@ fn run_vcpu(
                         static READY: LogBudget = LogBudget::new(1);
                         if READY.spend() {
                             tracing::info!(
-                                ms = process_start().elapsed().as_millis() as u64,
+                                ms = process_start()
+                                    .elapsed()
+                                    .as_millis()
+                                    .try_into()
+                                    .unwrap_or(u64::MAX),
                                 "guest agent ready"
                             )
                         }

@@ -2,6 +2,13 @@
 //! resets or powers off (exit 0), the API asks it to stop (exit 0), it triple-faults
 //! (exit 2), a thread breaks its seccomp filter (exit 3), or it fails (exit 1).
 
+// Guest values are u32/u64 and land in narrower fields: every narrowing is checked.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_lossless
+)]
+
 use std::fs::OpenOptions;
 use std::io::{LineWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;

@@ -14,6 +14,13 @@
 //! `HULL_FUZZ_ROUND_MS` (default 5000) aborts the run with its seed: a hang is a bug.
 //! `make fuzz` runs 10^6 rounds per target in both modes.
 
+// Guest values are u32/u64 and land in narrower fields: every narrowing is checked.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_lossless
+)]
+
 use std::io::Write;
 
 use hull_vmm::devices::virtio::block::{Block, DiskConfig};
@@ -55,8 +62,22 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
+    /// `below(n)` in a narrower type, for an `n` that fits it.
+    fn below_as<T: TryFrom<u64>>(&mut self, n: u64) -> T
+    where
+        T::Error: std::fmt::Debug,
+    {
+        T::try_from(self.below(n)).expect("below n fits the type")
+    }
+    fn u8(&mut self) -> u8 {
+        self.next().to_le_bytes()[0]
+    }
+    fn u32(&mut self) -> u32 {
+        let b = self.next().to_le_bytes();
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
     fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
-        xs[self.below(xs.len() as u64) as usize]
+        xs[self.below_as::<usize>(xs.len() as u64)]
     }
 }
 
@@ -184,9 +205,9 @@ fn bring_up_with(t: &mut MmioTransport, queues: u32, features_lo: u32) {
         let a = u64::from(q) * 0x1000;
         w32(t, 0x30, q);
         w32(t, 0x38, u32::from(QUEUE_SIZE));
-        w32(t, 0x80, a as u32);
-        w32(t, 0x90, (a + 0x400) as u32);
-        w32(t, 0xa0, (a + 0x800) as u32);
+        w32(t, 0x80, u32::try_from(a).unwrap());
+        w32(t, 0x90, u32::try_from(a + 0x400).unwrap());
+        w32(t, 0xa0, u32::try_from(a + 0x800).unwrap());
         w32(t, 0x44, 1);
     }
     w32(t, 0x70, 15);
@@ -204,23 +225,36 @@ fn addr(r: &mut Rng) -> u64 {
 }
 
 /// Writes random descriptors and publishes a few random heads on queue `q`.
+/// The low bits of a random word.
+fn low32(x: u64) -> u32 {
+    u32::try_from(x & 0xffff_ffff).unwrap()
+}
+fn low16(x: u64) -> u16 {
+    u16::try_from(x & 0xffff).unwrap()
+}
+
+/// A queue number as an index into the per-queue arrays.
+fn ix(q: u64) -> usize {
+    usize::try_from(q).expect("a queue number")
+}
+
 fn scribble_queue(mem: &GuestMemoryMmap, r: &mut Rng, q: u64, avail_idx: &mut u16) {
     let base = q * 0x1000;
     for i in 0..u64::from(QUEUE_SIZE) {
         let any = r.next();
-        let len = r.pick(&[0u32, 1, 15, 16, 44, 512, 4096, 65536, u32::MAX, any as u32]);
-        let flags = (r.below(8) as u16) & 0b111; // NEXT | WRITE | INDIRECT
-        let next = r.below(u64::from(QUEUE_SIZE) + 4) as u16;
+        let len = r.pick(&[0u32, 1, 15, 16, 44, 512, 4096, 65536, u32::MAX, low32(any)]);
+        let flags = r.below_as::<u16>(8) & 0b111; // NEXT | WRITE | INDIRECT
+        let next = r.below_as::<u16>(u64::from(QUEUE_SIZE) + 4);
         let d = base + i * 16;
         mem.write_obj(addr(r), GuestAddress(d)).unwrap();
         mem.write_obj(len, GuestAddress(d + 8)).unwrap();
         mem.write_obj(flags, GuestAddress(d + 12)).unwrap();
         mem.write_obj(next, GuestAddress(d + 14)).unwrap();
     }
-    let n = r.below(4) as u16 + 1;
+    let n = r.below_as::<u16>(4) + 1;
     for k in 0..n {
         let slot = u64::from(avail_idx.wrapping_add(k) % QUEUE_SIZE);
-        let head = r.below(u64::from(QUEUE_SIZE) + 2) as u16;
+        let head = r.below_as::<u16>(u64::from(QUEUE_SIZE) + 2);
         mem.write_obj(head, GuestAddress(base + 0x404 + slot * 2))
             .unwrap();
     }
@@ -342,11 +376,14 @@ fn publish_chains(
         mem.write_obj(if write { 2u16 } else { 0 }, GuestAddress(d + 12))
             .unwrap();
         mem.write_obj(0u16, GuestAddress(d + 14)).unwrap();
-        let slot = u64::from(avail_idx.wrapping_add(i as u16) % QUEUE_SIZE);
-        mem.write_obj(i as u16, GuestAddress(base + 0x404 + slot * 2))
-            .unwrap();
+        let slot = u64::from(avail_idx.wrapping_add(u16::try_from(i).unwrap()) % QUEUE_SIZE);
+        mem.write_obj(
+            u16::try_from(i).unwrap(),
+            GuestAddress(base + 0x404 + slot * 2),
+        )
+        .unwrap();
     }
-    *avail_idx = avail_idx.wrapping_add(addrs.len() as u16);
+    *avail_idx = avail_idx.wrapping_add(u16::try_from(addrs.len()).unwrap());
     mem.write_obj(*avail_idx, GuestAddress(base + 0x402))
         .unwrap();
 }
@@ -383,8 +420,8 @@ fn fuzz_vsock_packets_from_the_guest() {
         if r.below(4) == 0 {
             let q = r.below(2);
             scribble_buffers(&mem, &mut r);
-            scribble_queue(&mem, &mut r, q, &mut avail[q as usize]);
-            t.write(0x50, &(q as u32).to_le_bytes());
+            scribble_queue(&mem, &mut r, q, &mut avail[ix(q)]);
+            t.write(0x50, &u32::try_from(q).unwrap().to_le_bytes());
             continue;
         }
         // RX buffers now and then: without them replies must queue, boundedly.
@@ -401,25 +438,21 @@ fn fuzz_vsock_packets_from_the_guest() {
             let a = BUFFERS + i * 0x200;
             let data = r.pick(&[0u32, 1, 44, 64, 256]);
             let any = r.next();
-            let len = if r.below(8) == 0 {
-                r.next() as u32
-            } else {
-                data
-            };
+            let len = if r.below(8) == 0 { r.u32() } else { data };
             write_vsock_header(
                 &mem,
                 a,
                 (r.pick(&[3u64, 3, 3, any]), r.pick(&[2u64, 2, 2, 3, any])),
                 (
-                    5000 + r.below(4) as u32,
-                    r.pick(&[1234u32, 1234, 1235, 4321, any as u32]),
+                    5000 + r.below_as::<u32>(4),
+                    r.pick(&[1234u32, 1234, 1235, 4321, low32(any)]),
                 ),
                 len,
-                r.pick(&[1u16, 1, 1, 2, any as u16]),
-                r.below(9) as u16,
-                r.below(4) as u32,
+                r.pick(&[1u16, 1, 1, 2, low16(any)]),
+                r.below_as::<u16>(9),
+                r.below_as::<u32>(4),
                 r.pick(&[0u32, 4096, 262_144, u32::MAX]),
-                r.next() as u32,
+                r.u32(),
             );
             chains.push((a, 44 + data));
         }
@@ -471,9 +504,9 @@ fn fuzz_virtio_mmio_registers() {
         let size = r.pick(&[1usize, 2, 4, 4, 4, 8]);
         if r.below(2) == 0 {
             let v = match r.below(4) {
-                0 => r.below(16) as u32, // status bits, queue indices
+                0 => r.below_as::<u32>(16), // status bits, queue indices
                 1 => r.pick(&[0u32, 1, 16, 256, 0x8000, u32::MAX]),
-                _ => r.next() as u32,
+                _ => r.u32(),
             };
             let bytes = (u64::from(v) | (r.next() << 32)).to_le_bytes();
             t.write(off, &bytes[..size]);
@@ -500,11 +533,11 @@ fn bring_up_all_features(t: &mut MmioTransport, queues: u32) {
 fn net_header(r: &mut Rng) -> [u8; VNET_HDR_LEN] {
     let mut h = [0u8; VNET_HDR_LEN];
     if r.below(2) == 0 {
-        let (any0, any1) = (r.next() as u8, r.next() as u8);
+        let (any0, any1) = (r.u8(), r.u8());
         h[0] = r.pick(&[0u8, 1, 1, 2, 0x80, any0]);
         h[1] = r.pick(&[0u8, 0, 1, 3, 4, 5, 0x81, any1]);
         for b in &mut h[2..10] {
-            *b = if r.below(2) == 0 { 0 } else { r.next() as u8 };
+            *b = if r.below(2) == 0 { 0 } else { r.u8() };
         }
     }
     h
@@ -575,7 +608,7 @@ fn fuzz_virtio_net_frames_both_ways() {
         if n < 0 {
             return;
         }
-        let n = n as usize;
+        let n = usize::try_from(n).unwrap();
         assert!(
             (VNET_HDR_LEN + 14..=VNET_HDR_LEN + 65550).contains(&n),
             "a {n}-byte frame reached the host"
@@ -593,9 +626,9 @@ fn fuzz_virtio_net_frames_both_ways() {
             0 => {
                 let q = r.below(2);
                 scribble_buffers(&mem, &mut r);
-                scribble_queue(&mem, &mut r, q, &mut avail[q as usize]);
-                t.write(0x50, &(q as u32).to_le_bytes());
-                settle(&mem, q, avail[q as usize]);
+                scribble_queue(&mem, &mut r, q, &mut avail[ix(q)]);
+                t.write(0x50, &u32::try_from(q).unwrap().to_le_bytes());
+                settle(&mem, q, avail[ix(q)]);
             }
             1 | 2 => {
                 // TX: a few frames, header then payload, in one or two descriptors.
@@ -605,7 +638,7 @@ fn fuzz_virtio_net_frames_both_ways() {
                     let at = BUFFERS + i * 0x1000;
                     mem.write_slice(&net_header(&mut r), GuestAddress(at))
                         .unwrap();
-                    let any = r.next() as u32;
+                    let any = r.u32();
                     let len = r.pick(&[0u32, 10, 12, 26, 60, 1514, 4000, 70_000, any]);
                     chains.push((at, len));
                 }
@@ -625,7 +658,9 @@ fn fuzz_virtio_net_frames_both_ways() {
                     })
                     .collect();
                 // RX buffers stay with the device until frames come: publish only into room.
-                if avail[0].wrapping_sub(used_idx(&mem, 0)) + (n as u16) <= QUEUE_SIZE {
+                if avail[0].wrapping_sub(used_idx(&mem, 0)) + u16::try_from(n).unwrap()
+                    <= QUEUE_SIZE
+                {
                     publish_chains(&mem, 0, &bufs, r.below(16) != 0, &mut avail[0]);
                     t.write(0x50, &0u32.to_le_bytes());
                 }
@@ -633,7 +668,7 @@ fn fuzz_virtio_net_frames_both_ways() {
             _ => {
                 // A frame from the host, of any size.
                 let len = r.pick(&[0usize, 5, 12, 60, 600, 1526, 3000, 65_562]);
-                let frame = vec![r.next() as u8; len];
+                let frame = vec![r.u8(); len];
                 // SAFETY: sends a local buffer of its own length; a full socket just refuses.
                 unsafe {
                     libc::send(
@@ -663,7 +698,7 @@ fn fuzz_virtio_net_frames_both_ways() {
         publish_chains(
             &mem,
             1,
-            &[(at, (VNET_HDR_LEN + 60) as u32)],
+            &[(at, u32::try_from(VNET_HDR_LEN + 60).unwrap())],
             false,
             &mut avail[1],
         );
@@ -722,7 +757,7 @@ fn fuse_request(mem: &GuestMemoryMmap, r: &mut Rng, a: u64, malformed: bool) -> 
     const INIT: u32 = 26;
     // Well-formed: opcodes whose bodies are built right (virtiofsd gives up for good on a
     // request it cannot decode); malformed: any opcode with any body.
-    let any_op = r.below(60) as u32;
+    let any_op = r.below_as::<u32>(60);
     let opcode = if malformed {
         r.pick(&[INIT, 1, 15, 28, any_op, any_op])
     } else {
@@ -738,7 +773,7 @@ fn fuse_request(mem: &GuestMemoryMmap, r: &mut Rng, a: u64, malformed: bool) -> 
         // INIT: major 7, minor 31, max_readahead, flags (FUSE_INIT_EXT, bit 30, promises a
         // longer body: only in malformed requests)
         26 => {
-            let flags = r.next() as u32 & if malformed { u32::MAX } else { !(1 << 30) };
+            let flags = r.u32() & if malformed { u32::MAX } else { !(1 << 30) };
             le(&[7, 31, 0x2_0000, u64::from(flags)], &[4, 4, 4, 4])
         }
         // LOOKUP: a name inside, a way out, or anything
@@ -771,9 +806,9 @@ fn fuse_request(mem: &GuestMemoryMmap, r: &mut Rng, a: u64, malformed: bool) -> 
     if malformed {
         body.truncate(r.pick(&[body.len(), 0, 3]));
     }
-    let len = 40 + body.len() as u32;
+    let len = 40 + u32::try_from(body.len()).unwrap();
     let header_len = if malformed && r.below(2) == 0 {
-        r.next() as u32
+        r.u32()
     } else {
         len
     };
@@ -851,7 +886,7 @@ fn fuzz_virtio_fs_requests_through_virtiofsd() {
         let before = used_idx(&mem, q);
         if hostile && r.below(8) == 0 {
             scribble_buffers(&mem, &mut r);
-            scribble_queue(&mem, &mut r, q, &mut avail[q as usize]);
+            scribble_queue(&mem, &mut r, q, &mut avail[ix(q)]);
         } else {
             let malformed = hostile && r.below(4) == 0;
             let len = fuse_request(&mem, &mut r, BUFFERS, malformed);
@@ -867,25 +902,20 @@ fn fuzz_virtio_fs_requests_through_virtiofsd() {
                 mem.write_obj(*flags, GuestAddress(d + 12)).unwrap();
                 mem.write_obj(*next, GuestAddress(d + 14)).unwrap();
             }
-            let slot = u64::from(avail[q as usize] % QUEUE_SIZE);
+            let slot = u64::from(avail[ix(q)] % QUEUE_SIZE);
             mem.write_obj(0u16, GuestAddress(base + 0x404 + slot * 2))
                 .unwrap();
-            avail[q as usize] = avail[q as usize].wrapping_add(1);
-            mem.write_obj(avail[q as usize], GuestAddress(base + 0x402))
+            avail[ix(q)] = avail[ix(q)].wrapping_add(1);
+            mem.write_obj(avail[ix(q)], GuestAddress(base + 0x402))
                 .unwrap();
         }
-        t.write(0x50, &(q as u32).to_le_bytes());
+        t.write(0x50, &u32::try_from(q).unwrap().to_le_bytes());
         // The daemon is another process: give it time, unless it is gone.
         if round % 64 == 0 {
             daemon_alive = daemon.try_wait().unwrap().is_none();
         }
         if daemon_alive {
-            settle_for(
-                &mem,
-                q,
-                avail[q as usize],
-                std::time::Duration::from_millis(200),
-            );
+            settle_for(&mem, q, avail[ix(q)], std::time::Duration::from_millis(200));
         }
         answered += usize::from(used_idx(&mem, q).wrapping_sub(before));
         if !racing() {

@@ -1,6 +1,13 @@
 //! Tier 2: hull-vmm's KVM setup, serial and exits on this host's /dev/kvm with tiny
 //! hand-written real-mode guests (a PVM-backed /dev/kvm runs real mode, not Linux).
 
+// Guest values are u32/u64 and land in narrower fields: every narrowing is checked.
+#![deny(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_lossless
+)]
+
 use hull_vmm::devices::serial::SharedBuffer;
 use hull_vmm::machine::{Boot, ExitReason, Machine, MachineConfig};
 

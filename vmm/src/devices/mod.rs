@@ -28,7 +28,7 @@ impl PioBus {
     pub fn read(&mut self, port: u16, data: &mut [u8]) {
         match port {
             serial::BASE..=serial::LAST if data.len() == 1 => {
-                data[0] = self.serial.read(port - serial::BASE)
+                data[0] = self.serial.read(serial::offset(port))
             }
             i8042::DATA | i8042::COMMAND if data.len() == 1 => data[0] = self.i8042.read(port),
             _ => data.fill(0xff),
@@ -38,7 +38,7 @@ impl PioBus {
     pub fn write(&mut self, port: u16, data: &[u8]) -> Action {
         match port {
             serial::BASE..=serial::LAST if data.len() == 1 => {
-                self.serial.write(port - serial::BASE, data[0]);
+                self.serial.write(serial::offset(port), data[0]);
                 Action::None
             }
             i8042::DATA | i8042::COMMAND if data.len() == 1 => self.i8042.write(port, data[0]),

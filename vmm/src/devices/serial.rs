@@ -11,6 +11,11 @@ pub const BASE: u16 = 0x3f8;
 pub const LAST: u16 = 0x3ff;
 pub const IRQ: u32 = 4;
 
+/// A port's register offset from BASE, for a port in BASE..=LAST.
+pub fn offset(port: u16) -> u8 {
+    u8::try_from(port.wrapping_sub(BASE) & 7).expect("masked to 3 bits")
+}
+
 pub struct EventFdTrigger(pub EventFd);
 
 impl Trigger for EventFdTrigger {
@@ -37,13 +42,14 @@ impl Serial {
         self.uart.interrupt_evt().0.try_clone()
     }
 
-    pub fn read(&mut self, offset: u16) -> u8 {
-        self.uart.read(offset as u8)
+    /// `offset` from BASE: 0 to 7.
+    pub fn read(&mut self, offset: u8) -> u8 {
+        self.uart.read(offset)
     }
 
-    pub fn write(&mut self, offset: u16, value: u8) {
+    pub fn write(&mut self, offset: u8, value: u8) {
         // An output error (a full disk, a closed pipe) must not take the VM down.
-        let _ = self.uart.write(offset as u8, value);
+        let _ = self.uart.write(offset, value);
     }
 }
 
@@ -69,7 +75,9 @@ impl<W: Write> BoundedWriter<W> {
 impl<W: Write> Write for BoundedWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if self.written < self.max {
-            let room = (self.max - self.written).min(buf.len() as u64) as usize;
+            let room = usize::try_from(self.max - self.written)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
             let _ = self.inner.write_all(&buf[..room]);
             self.written += room as u64;
             if self.written >= self.max {

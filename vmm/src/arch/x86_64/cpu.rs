@@ -189,11 +189,11 @@ pub fn configure_common(kvm: &Kvm, vcpu: &VcpuFd, id: u8, count: u8) -> anyhow::
 fn set_lvt_mode(regs: &mut [std::os::raw::c_char; 1024], offset: usize, mode: u32) {
     let mut bytes = [0u8; 4];
     for (i, b) in bytes.iter_mut().enumerate() {
-        *b = regs[offset + i] as u8;
+        *b = regs[offset + i].cast_unsigned();
     }
     let value = (u32::from_le_bytes(bytes) & !0x700) | (mode << 8);
     for (i, b) in value.to_le_bytes().iter().enumerate() {
-        regs[offset + i] = *b as std::os::raw::c_char;
+        regs[offset + i] = b.cast_signed();
     }
 }
 
@@ -222,7 +222,7 @@ pub fn configure_long_mode(vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: u64) -> 
 
     let mut sregs = vcpu.get_sregs().context("KVM_GET_SREGS")?;
     sregs.gdt.base = BOOT_GDT_START;
-    sregs.gdt.limit = (std::mem::size_of_val(&BOOT_GDT) - 1) as u16;
+    sregs.gdt.limit = u16::try_from(std::mem::size_of_val(&BOOT_GDT) - 1)?;
     sregs.idt.base = BOOT_IDT_START;
     sregs.idt.limit = 7;
     sregs.cs = segment(BOOT_GDT[1], 1);
@@ -266,8 +266,8 @@ mod tests {
         regs[APIC_LVT0] = 0xff_u8 as std::os::raw::c_char;
         regs[APIC_LVT0 + 1] = 0x07;
         set_lvt_mode(&mut regs, APIC_LVT0, APIC_MODE_NMI);
-        assert_eq!(regs[APIC_LVT0] as u8, 0xff);
-        assert_eq!(regs[APIC_LVT0 + 1] as u8, 0x04);
+        assert_eq!(regs[APIC_LVT0].cast_unsigned(), 0xff);
+        assert_eq!(regs[APIC_LVT0 + 1].cast_unsigned(), 0x04);
     }
 
     #[test]

@@ -27,14 +27,16 @@ pub const MMIO_GAP_SIZE: u64 = 0x4000_0000;
 /// RAM ranges for `size` bytes of guest memory: one range below the MMIO gap, and the
 /// rest above 4 GiB.
 pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, usize)> {
+    // hull-vmm is built for x86_64 only, where usize is 64 bits.
+    let len = |n: u64| usize::try_from(n).expect("usize holds a u64 on x86_64");
     if size <= MMIO_GAP_START {
-        vec![(GuestAddress(0), size as usize)]
+        vec![(GuestAddress(0), len(size))]
     } else {
         vec![
-            (GuestAddress(0), MMIO_GAP_START as usize),
+            (GuestAddress(0), len(MMIO_GAP_START)),
             (
                 GuestAddress(MMIO_GAP_START + MMIO_GAP_SIZE),
-                (size - MMIO_GAP_START) as usize,
+                len(size - MMIO_GAP_START),
             ),
         ]
     }
@@ -48,7 +50,7 @@ mod tests {
     fn ram_skips_the_mmio_gap() {
         assert_eq!(ram_ranges(256 << 20), vec![(GuestAddress(0), 256 << 20)]);
         let big = ram_ranges(4 << 30);
-        assert_eq!(big[0], (GuestAddress(0), MMIO_GAP_START as usize));
+        assert_eq!(big[0], (GuestAddress(0), 0xc000_0000));
         assert_eq!(big[1].0, GuestAddress(1 << 32));
         assert_eq!(big[0].1 + big[1].1, 4 << 30);
     }

@@ -40,9 +40,16 @@ pub const T_OUT: u32 = VIRTIO_BLK_T_OUT;
 pub const T_FLUSH: u32 = VIRTIO_BLK_T_FLUSH;
 pub const T_GET_ID: u32 = VIRTIO_BLK_T_GET_ID;
 // The status byte: the bindings' u32 values, all below 256.
-pub const S_OK: u8 = VIRTIO_BLK_S_OK as u8;
-pub const S_IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
-pub const S_UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
+pub const S_OK: u8 = status_byte(VIRTIO_BLK_S_OK);
+pub const S_IOERR: u8 = status_byte(VIRTIO_BLK_S_IOERR);
+pub const S_UNSUPP: u8 = status_byte(VIRTIO_BLK_S_UNSUPP);
+
+const fn status_byte(status: u32) -> u8 {
+    let [b, 0, 0, 0] = status.to_le_bytes() else {
+        panic!("a virtio-blk status is one byte");
+    };
+    b
+}
 /// The serial number returned by GET_ID is at most this long.
 pub const ID_BYTES: usize = VIRTIO_BLK_ID_BYTES as usize;
 /// The largest data transfer one request may ask for; a bigger one fails with IOERR
@@ -195,7 +202,7 @@ impl Disk {
         if status_writer.write_all(&[status]).is_err() {
             return 0;
         }
-        (writer.bytes_written() + 1) as u32
+        u32::try_from(writer.bytes_written() + 1).unwrap_or(u32::MAX)
     }
 
     fn execute(
@@ -318,7 +325,6 @@ impl VirtioDevice for Block {
 mod tests {
     use std::io::Seek;
 
-    use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
     use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Address, Bytes, GuestAddress};
@@ -329,7 +335,7 @@ mod tests {
     const HDR: u64 = 0x10_0000;
     const DATA: u64 = 0x20_0000;
     const STATUS: u64 = 0x30_0000;
-    const W: u16 = VRING_DESC_F_WRITE as u16;
+    const W: u16 = crate::devices::virtio::DESC_F_WRITE;
 
     fn mem() -> GuestMemoryMmap {
         crate::memory::create(16).unwrap().memory

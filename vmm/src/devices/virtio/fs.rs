@@ -273,7 +273,8 @@ impl Forwarder {
                         }
                     };
                     for ev in &events[..n] {
-                        let Some(c) = t_calls.get(ev.data() as usize) else {
+                        let Some(c) = usize::try_from(ev.data()).ok().and_then(|i| t_calls.get(i))
+                        else {
                             let _ = t_stop.read();
                             return;
                         };

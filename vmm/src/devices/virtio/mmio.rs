@@ -97,8 +97,8 @@ impl MmioTransport {
             0x08 => self.device.device_type(),
             0x0c => VENDOR,
             0x10 => match self.features_select {
-                0 => self.features() as u32,
-                1 => (self.features() >> 32) as u32,
+                0 => low_half(self.features()),
+                1 => low_half(self.features() >> 32),
                 _ => 0,
             },
             0x34 => self.queue().map(|q| u32::from(q.max_size())).unwrap_or(0),
@@ -132,9 +132,11 @@ impl MmioTransport {
             },
             0x24 => self.driver_features_select = v,
             0x30 => self.queue_select = v,
+            // A size past u16 is no size the device offers: the queue keeps the one it
+            // has rather than taking the low half.
             0x38 if setting_up => {
-                if let Some(q) = self.queue() {
-                    q.set_size(v as u16);
+                if let (Some(q), Ok(size)) = (self.queue(), u16::try_from(v)) {
+                    q.set_size(size);
                 }
             }
             0x44 if setting_up => {
@@ -143,10 +145,12 @@ impl MmioTransport {
                 }
             }
             // The device owns the queues once active: check against its queue count.
-            QUEUE_NOTIFY
-                if self.activated && (v as usize) < self.device.queue_max_sizes().len() =>
-            {
-                self.device.notify(v as u16);
+            QUEUE_NOTIFY if self.activated => {
+                if let Ok(index) = u16::try_from(v)
+                    && usize::from(index) < self.device.queue_max_sizes().len()
+                {
+                    self.device.notify(index);
+                }
             }
             0x64 => {
                 self.interrupt.status.fetch_and(!v, Ordering::SeqCst);
@@ -225,6 +229,11 @@ impl MmioTransport {
     }
 }
 
+/// The low 32 bits of a 64-bit register (feature words are read in halves).
+fn low_half(v: u64) -> u32 {
+    u32::try_from(v & 0xffff_ffff).expect("masked to 32 bits")
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
@@ -237,6 +246,7 @@ mod tests {
     struct Record {
         activated: Arc<Mutex<bool>>,
         notified: Arc<Mutex<Vec<u16>>>,
+        sizes: Arc<Mutex<Vec<u16>>>,
     }
 
     struct Fake(Record);
@@ -252,7 +262,7 @@ mod tests {
             0
         }
         fn read_config(&self, offset: u64, data: &mut [u8]) {
-            data.fill(offset as u8 + 0x40);
+            data.fill(u8::try_from(offset).unwrap() + 0x40);
         }
         fn activate(
             &mut self,
@@ -261,6 +271,7 @@ mod tests {
             _i: Interrupt,
         ) -> anyhow::Result<()> {
             assert_eq!(q.len(), 2);
+            *self.0.sizes.lock().unwrap() = q.iter().map(|q| q.size()).collect();
             *self.0.activated.lock().unwrap() = true;
             Ok(())
         }
@@ -294,6 +305,10 @@ mod tests {
 
     /// What Linux's virtio_mmio does, queues placed at `base` (+0x1000 per queue).
     fn bring_up(t: &mut MmioTransport, base: u64, driver_features_hi: u32) {
+        bring_up_sized(t, base, driver_features_hi, 16);
+    }
+
+    fn bring_up_sized(t: &mut MmioTransport, base: u64, driver_features_hi: u32, size: u32) {
         w(t, 0x70, STATUS_ACKNOWLEDGE);
         w(t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
         w(t, 0x24, 1);
@@ -306,12 +321,12 @@ mod tests {
         for q in 0..2u32 {
             let a = base + u64::from(q) * 0x1000;
             w(t, 0x30, q);
-            w(t, 0x38, 16);
-            w(t, 0x80, a as u32);
+            w(t, 0x38, size);
+            w(t, 0x80, u32::try_from(a).unwrap());
             w(t, 0x84, (a >> 32) as u32);
-            w(t, 0x90, (a + 0x400) as u32);
+            w(t, 0x90, u32::try_from(a + 0x400).unwrap());
             w(t, 0x94, 0);
-            w(t, 0xa0, (a + 0x800) as u32);
+            w(t, 0xa0, u32::try_from(a + 0x800).unwrap());
             w(t, 0xa4, 0);
             w(t, 0x44, 1);
         }
@@ -352,7 +367,17 @@ mod tests {
         w(&mut t, 0x50, 0);
         w(&mut t, 0x50, 1);
         w(&mut t, 0x50, 9);
+        w(&mut t, 0x50, 0x1_0001);
         assert_eq!(*rec.notified.lock().unwrap(), vec![0, 1]);
+    }
+
+    #[test]
+    fn a_queue_size_past_16_bits_is_not_cut_to_its_low_half() {
+        let (mut t, rec) = transport();
+        // Taken as 8 (a valid size), this would shrink the rings the device reads.
+        bring_up_sized(&mut t, 0x10_0000, 1, 0x1_0008);
+        assert!(*rec.activated.lock().unwrap());
+        assert_eq!(*rec.sizes.lock().unwrap(), vec![16, 16]);
     }
 
     #[test]

@@ -20,6 +20,20 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << VERSION_1_BIT;
 /// Interrupt status bit: the device used buffers.
 pub const INT_VRING: u32 = VIRTIO_MMIO_INT_VRING;
 
+/// Descriptor flags as the descriptor's 16-bit field holds them (the bindings' are u32).
+#[cfg(test)]
+pub const DESC_F_WRITE: u16 = desc_flag(virtio_bindings::virtio_ring::VRING_DESC_F_WRITE);
+#[cfg(test)]
+pub const DESC_F_NEXT: u16 = desc_flag(virtio_bindings::virtio_ring::VRING_DESC_F_NEXT);
+
+#[cfg(test)]
+const fn desc_flag(flag: u32) -> u16 {
+    let [lo, hi, 0, 0] = flag.to_le_bytes() else {
+        panic!("descriptor flags have 16 bits");
+    };
+    u16::from_le_bytes([lo, hi])
+}
+
 /// A device's interrupt line: the status register bit plus the irqfd.
 #[derive(Clone)]
 pub struct Interrupt {

@@ -22,7 +22,8 @@ pub const BOOT_GDT: [u64; 4] = [
 pub fn segment(entry: u64, index: u8) -> kvm_segment {
     let present = ((entry >> 47) & 1) as u8;
     let g = ((entry >> 55) & 1) as u8;
-    let raw_limit = (((entry >> 32) & 0x000f_0000) | (entry & 0xffff)) as u32;
+    let raw_limit = u32::try_from(((entry >> 32) & 0x000f_0000) | (entry & 0xffff))
+        .expect("a descriptor's limit has 20 bits");
     kvm_segment {
         base: ((entry >> 16) & 0x00ff_ffff) | (((entry >> 56) & 0xff) << 24),
         limit: if g == 1 {

@@ -83,11 +83,12 @@ pub fn load_initrd(
     let region = mem
         .find_region(GuestAddress(addr))
         .context("initrd address not in guest memory")?;
-    let offset = GuestAddress(addr).unchecked_offset_from(region.start_addr()) as usize;
-    let slice = region.get_slice(vm_memory::MemoryRegionAddress(offset as u64), size as usize)?;
+    let offset = GuestAddress(addr).unchecked_offset_from(region.start_addr());
+    let len = usize::try_from(size)?;
+    let slice = region.get_slice(vm_memory::MemoryRegionAddress(offset), len)?;
     file.read_exact_volatile(&mut slice.clone())
         .context("reading the initrd into guest memory")?;
-    Ok((GuestAddress(addr), size as usize))
+    Ok((GuestAddress(addr), len))
 }
 
 pub fn build_cmdline(extra: &str) -> anyhow::Result<Cmdline> {
@@ -118,11 +119,12 @@ pub fn configure_linux(
     params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
     params.hdr.header = KERNEL_HDR_MAGIC;
     params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT_BYTES;
-    params.hdr.cmd_line_ptr = CMDLINE_START as u32;
-    params.hdr.cmdline_size = cmdline_len as u32;
+    params.hdr.cmd_line_ptr = u32::try_from(CMDLINE_START)?;
+    params.hdr.cmdline_size = u32::try_from(cmdline_len)?;
     if let Some((addr, size)) = initrd {
-        params.hdr.ramdisk_image = addr.raw_value() as u32;
-        params.hdr.ramdisk_size = size as u32;
+        // The boot protocol's fields are 32 bits: load_initrd keeps it below the MMIO gap.
+        params.hdr.ramdisk_image = u32::try_from(addr.raw_value()).context("initrd above 4 GiB")?;
+        params.hdr.ramdisk_size = u32::try_from(size).context("initrd of 4 GiB or more")?;
     }
     let mut entries = vec![(0, EBDA_START)];
     for region in mem.iter() {
@@ -140,7 +142,7 @@ pub fn configure_linux(
         params.e820_table[i].size = *size;
         params.e820_table[i].r#type = E820_RAM;
     }
-    params.e820_entries = entries.len() as u8;
+    params.e820_entries = u8::try_from(entries.len())?;
     LinuxBootConfigurator::write_bootparams(
         &BootParams::new(&params, GuestAddress(ZERO_PAGE_START)),
         mem,
@@ -174,7 +176,7 @@ mod tests {
         let params: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
         let hdr = params.hdr;
         assert_eq!({ hdr.boot_flag }, KERNEL_BOOT_FLAG_MAGIC);
-        assert_eq!({ hdr.cmd_line_ptr }, CMDLINE_START as u32);
+        assert_eq!(u64::from(hdr.cmd_line_ptr), CMDLINE_START);
         assert_eq!({ hdr.ramdisk_image }, 0x300_0000);
         assert_eq!(params.e820_entries, 2);
         let e0 = params.e820_table[0];

@@ -57,7 +57,10 @@ pub fn build(cpus: u8) -> anyhow::Result<Vec<u8>> {
     let table_len = 44 + entries.len();
     let mut table = Vec::with_capacity(table_len);
     table.extend_from_slice(b"PCMP");
-    table.extend_from_slice(&(table_len as u16).to_le_bytes());
+    let Ok(table_len) = u16::try_from(table_len) else {
+        bail!("MP table of {table_len} bytes is too large");
+    };
+    table.extend_from_slice(&table_len.to_le_bytes());
     table.push(4); // spec revision 1.4
     table.push(0); // checksum, below
     table.extend_from_slice(b"HULL    ");
@@ -71,7 +74,7 @@ pub fn build(cpus: u8) -> anyhow::Result<Vec<u8>> {
     table[7] = checksum(&table);
 
     // The floating pointer comes first and points just past itself.
-    let table_addr = EBDA_START as u32 + 16;
+    let table_addr = u32::try_from(EBDA_START + 16)?;
     let mut out = Vec::with_capacity(16 + table.len());
     out.extend_from_slice(b"_MP_");
     out.extend_from_slice(&table_addr.to_le_bytes());
@@ -105,7 +108,7 @@ mod tests {
         assert_eq!(table.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
         assert_eq!(
             u32::from_le_bytes([t[4], t[5], t[6], t[7]]),
-            EBDA_START as u32 + 16
+            u32::try_from(EBDA_START).unwrap() + 16
         );
         // entry count: 2 cpus + bus + ioapic + 24 irqs + 2 lint
         assert_eq!(u16::from_le_bytes([table[34], table[35]]), 30);

@@ -23,7 +23,7 @@ impl Tap {
     /// Takes a tap fd (opened with `IFF_TAP|IFF_NO_PI|IFF_VNET_HDR`): sets its header size
     /// and makes it non-blocking. Runs before seccomp (it issues ioctls).
     pub fn from_fd(fd: OwnedFd) -> io::Result<Tap> {
-        let size: libc::c_int = VNET_HDR_LEN as libc::c_int;
+        let size = libc::c_int::try_from(VNET_HDR_LEN).expect("a 12-byte header");
         // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which outlives the call.
         unsafe { tun_set_vnet_hdr_sz(fd.as_raw_fd(), &size) }.map_err(io::Error::from)?;
         set_nonblocking(fd.as_raw_fd())?;
@@ -51,25 +51,25 @@ impl Tap {
     pub fn readv(&self, iov: &[libc::iovec]) -> io::Result<usize> {
         // SAFETY: each iovec points into guest memory that stays mapped for the VM's life,
         // with the length its descriptor gave, checked against the memory region.
-        let n = unsafe { libc::readv(self.fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        let n = unsafe { libc::readv(self.fd.as_raw_fd(), iov.as_ptr(), iov_count(iov)?) };
+        byte_count(n)
     }
 
     /// One frame out of `iov` (header included).
     pub fn writev(&self, iov: &[libc::iovec]) -> io::Result<usize> {
         // SAFETY: as in `readv`; the kernel only reads from these buffers.
-        let n =
-            unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) };
-        if n < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
+        let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), iov_count(iov)?) };
+        byte_count(n)
     }
+}
+
+fn iov_count(iov: &[libc::iovec]) -> io::Result<libc::c_int> {
+    libc::c_int::try_from(iov.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+/// readv/writev's return value: a byte count, or -1 and errno.
+fn byte_count(n: isize) -> io::Result<usize> {
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 impl AsRawFd for Tap {

@@ -6,15 +6,14 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
-use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{RawDescriptor, split::Descriptor as SplitDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::*;
 
-const W: u16 = VRING_DESC_F_WRITE as u16;
-const N: u16 = VRING_DESC_F_NEXT as u16;
+const W: u16 = crate::devices::virtio::DESC_F_WRITE;
+const N: u16 = crate::devices::virtio::DESC_F_NEXT;
 const RXQ: u64 = 0;
 const TXQ: u64 = 0x1_0000;
 const BUF: u64 = 0x10_0000;
@@ -134,7 +133,7 @@ impl Rig {
                 )
             };
             if n >= 0 {
-                buf.truncate(n as usize);
+                buf.truncate(usize::try_from(n).unwrap());
                 return Some(buf);
             }
             if Instant::now() > deadline {
@@ -181,7 +180,7 @@ fn tx_frames_reach_the_tap_whole() {
     q.tx.add_desc_chains(&[dn(BUF, 40, 0, 1), d(BUF + 0x1000, 60, 0)], 0)
         .unwrap();
     r.activate(&q);
-    r.net.notify(TX as u16);
+    r.net.notify(u16::try_from(TX).unwrap());
     r.wait_used(TXQ, 1);
     assert_eq!(r.peer_recv().as_deref(), Some(&f[..]));
     assert_eq!(r.net.stats().tx_frames(), 1);
@@ -217,7 +216,7 @@ fn malformed_tx_chains_are_returned_unsent() {
     )
     .unwrap();
     r.activate(&q);
-    r.net.notify(TX as u16);
+    r.net.notify(u16::try_from(TX).unwrap());
     r.wait_used(TXQ, 6);
     assert_eq!(r.peer_recv(), None, "nothing malformed reaches the tap");
     assert_eq!(r.net.stats().tx_dropped(), 6);
@@ -262,7 +261,7 @@ fn rx_frames_span_mergeable_buffers_with_num_buffers() {
     assert_eq!(r.used_idx(RXQ), 2);
     q.rx.add_desc_chains(&[d(BUF + 0x3000, 1024, W)], 3)
         .unwrap();
-    r.net.notify(RX as u16);
+    r.net.notify(u16::try_from(RX).unwrap());
     r.wait_used(RXQ, 3);
     assert_eq!(r.used_len(RXQ, 2), 300);
     let used_id: u32 = r
@@ -283,7 +282,7 @@ fn rx_waits_for_the_guest_to_add_buffers() {
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(r.used_idx(RXQ), 0);
     q.rx.add_desc_chains(&[d(BUF, 2048, W)], 0).unwrap();
-    r.net.notify(RX as u16);
+    r.net.notify(u16::try_from(RX).unwrap());
     r.wait_used(RXQ, 1);
     assert_eq!(r.used_len(RXQ, 0), 600);
 }

@@ -596,7 +596,9 @@ fn rx_frame(tap: &Tap, scratch: &mut Scratch, a: &mut Active) -> RxOutcome {
             break;
         }
         let take = left.min(c.capacity);
-        let _ = a.rx.add_used(&a.mem, c.head, take as u32);
+        // take <= the frame's length, which the tap bounds far below 4 GiB.
+        let _ =
+            a.rx.add_used(&a.mem, c.head, u32::try_from(take).unwrap_or(u32::MAX));
         left -= take;
         filled += 1;
     }
@@ -606,7 +608,8 @@ fn rx_frame(tap: &Tap, scratch: &mut Scratch, a: &mut Active) -> RxOutcome {
         &a.mem,
         first,
         NUM_BUFFERS_OFFSET,
-        &(filled as u16).to_le_bytes(),
+        // filled <= the buffers popped, at most the queue's size.
+        &u16::try_from(filled).unwrap_or(u16::MAX).to_le_bytes(),
     );
     unpop(&mut a.rx, popped - filled);
     RxOutcome::Delivered

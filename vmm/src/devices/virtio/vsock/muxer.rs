@@ -137,7 +137,8 @@ impl Muxer {
     }
 
     fn watch(&self, fd: RawFd, events: EventSet, op: ControlOperation) -> std::io::Result<()> {
-        self.epoll.ctl(op, fd, EpollEvent::new(events, fd as u64))
+        self.epoll
+            .ctl(op, fd, EpollEvent::new(events, fd_token(fd)))
     }
 
     pub fn activate(&mut self, mem: GuestMemoryMmap, rx: Queue, tx: Queue, interrupt: Interrupt) {
@@ -294,7 +295,7 @@ impl Muxer {
             // A burst's buffer goes back; an idle connection holds nothing.
             c.out = Vec::new();
         }
-        c.fwd_cnt = c.fwd_cnt.wrapping_add(written as u32);
+        c.fwd_cnt = c.fwd_cnt.wrapping_add(count32(written));
         let tell = c.fwd_cnt.wrapping_sub(c.told_fwd_cnt) >= CONN_BUF_ALLOC / 2;
         self.refresh_interest(key);
         if tell {
@@ -352,7 +353,9 @@ impl Muxer {
             (false, false) => ControlOperation::Modify,
         };
         c.watched = events;
-        let _ = self.epoll.ctl(op, fd, EpollEvent::new(events, fd as u64));
+        let _ = self
+            .epoll
+            .ctl(op, fd, EpollEvent::new(events, fd_token(fd)));
     }
 
     fn packet_for(&mut self, key: Key, op: u16, flags: u32, data: Vec<u8>) -> Packet {
@@ -456,7 +459,7 @@ impl Muxer {
                 }
                 Ok(n) => {
                     buf.truncate(n);
-                    c.rx_cnt = c.rx_cnt.wrapping_add(n as u32);
+                    c.rx_cnt = c.rx_cnt.wrapping_add(count32(n));
                     let key = *key;
                     return Some(self.packet_for(key, OP_RW, 0, buf));
                 }
@@ -630,11 +633,27 @@ pub fn spawn_event_loop(muxer: Arc<Mutex<Muxer>>) -> std::io::Result<()> {
                 };
                 let mut m = muxer.lock().expect("vsock lock");
                 for ev in &events[..n] {
-                    m.dispatch(ev.data() as RawFd, ev.event_set());
+                    if let Ok(fd) = RawFd::try_from(ev.data()) {
+                        m.dispatch(fd, ev.event_set());
+                    }
                 }
             }
         })?;
     Ok(())
+}
+
+/// The epoll token of a watched fd (fds are never negative).
+fn fd_token(fd: RawFd) -> u64 {
+    u64::try_from(fd).unwrap_or(u64::MAX)
+}
+
+/// A byte count as vsock's credit counters take it: they count modulo 2^32.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the counters wrap by design (virtio 5.10.6.3)"
+)]
+fn count32(n: usize) -> u32 {
+    n as u32
 }
 
 #[cfg(test)]
@@ -755,14 +774,16 @@ mod tests {
         raise_fd_limit();
         let dir = tempfile::tempdir().unwrap();
         let (mut m, accepted) = muxer_with_host_service(dir.path());
-        for port in 0..(MAX_CONNECTIONS as u32 + 50) {
+        for port in 0..(u32::try_from(MAX_CONNECTIONS).unwrap() + 50) {
             m.handle_guest_packet(guest_packet(10_000 + port, 1234, OP_REQUEST, Vec::new()));
         }
         assert_eq!(m.load().0, MAX_CONNECTIONS);
         let refused = m
             .control
             .iter()
-            .filter(|p| p.op == OP_RST && p.dst_port >= 10_000 + MAX_CONNECTIONS as u32)
+            .filter(|p| {
+                p.op == OP_RST && p.dst_port >= 10_000 + u32::try_from(MAX_CONNECTIONS).unwrap()
+            })
             .count();
         assert_eq!(refused, 50);
         drop(accepted);
@@ -774,7 +795,7 @@ mod tests {
     fn replies_waiting_for_rx_buffers_are_capped() {
         let dir = tempfile::tempdir().unwrap();
         let mut m = Muxer::new(3, dir.path().join("v.sock")).unwrap();
-        for port in 0..(3 * MAX_PENDING_CONTROL as u32) {
+        for port in 0..(3 * u32::try_from(MAX_PENDING_CONTROL).unwrap()) {
             // RW on a connection that does not exist: each earns an RST.
             m.handle_guest_packet(guest_packet(port, 77, OP_RW, vec![1]));
         }
@@ -797,7 +818,12 @@ mod tests {
         let n = m.epoll.wait(50, &mut events).unwrap();
         let conn_events = events[..n]
             .iter()
-            .filter(|e| matches!(m.fds.get(&(e.data() as RawFd)), Some(Token::Conn(_))))
+            .filter(|e| {
+                matches!(
+                    m.fds.get(&RawFd::try_from(e.data()).unwrap()),
+                    Some(Token::Conn(_))
+                )
+            })
             .count();
         assert_eq!(
             conn_events, 0,

@@ -99,7 +99,7 @@ impl Packet {
             .set_flags(self.flags)
             .set_buf_alloc(self.buf_alloc)
             .set_fwd_cnt(self.fwd_cnt)
-            .set_len(self.data.len() as u32);
-        Some((PKT_HEADER_SIZE + self.data.len()) as u32)
+            .set_len(u32::try_from(self.data.len()).ok()?);
+        u32::try_from(PKT_HEADER_SIZE + self.data.len()).ok()
     }
 }
