@@ -21,6 +21,29 @@ pub enum HypervisorKind {
     Qemu,
 }
 
+/// Whether pod NICs move frames through the kernel's `/dev/vhost-net`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VhostNet {
+    /// Where `/dev/vhost-net` opens (QEMU: and KVM runs the VM); the VMM's own otherwise.
+    #[default]
+    Auto,
+    /// Always; a host without it cannot start pods with a network.
+    On,
+    /// Never: the VMM moves the frames.
+    Off,
+}
+
+impl VhostNet {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VhostNet::Auto => "auto",
+            VhostNet::On => "on",
+            VhostNet::Off => "off",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HullConfig {
@@ -58,6 +81,8 @@ pub struct HullConfig {
     pub jail_vmm: bool,
     pub vmm_uid: u32,
     pub vmm_gid: u32,
+    /// The NICs' data path.
+    pub vhost_net: VhostNet,
     /// KiB each pod log (console, VMM, daemons) may hold; output past it is discarded.
     pub log_max_kib: u64,
 }
@@ -86,6 +111,7 @@ impl Default for HullConfig {
             jail_vmm: true,
             vmm_uid: 65534,
             vmm_gid: 65534,
+            vhost_net: VhostNet::Auto,
         }
     }
 }

@@ -299,6 +299,8 @@ fn inside_vsock_flood_is_bounded() {
 /// Pod networking on hull-vmm's virtio-net: a pod joined to a prepared network namespace
 /// (a veth as CNI makes) serves HTTP, and the veth's far side pings it and fetches the
 /// page through the shim's tap and hull-vmm's device; nothing of hull's is left after.
+/// Both data paths: the test host's kernel has /dev/vhost-net, which `vhost_net = "auto"`
+/// takes, and `"off"` makes hull-vmm move the frames itself.
 #[test]
 fn pod_network_reaches_hull_vmm_guests_in_the_test_host() {
     run_own_test("inside_pod_network_on_hull_vmm", 600);
@@ -308,8 +310,35 @@ fn pod_network_reaches_hull_vmm_guests_in_the_test_host() {
 #[ignore = "runs inside the nested test host"]
 fn inside_pod_network_on_hull_vmm() {
     require_inside();
+    assert!(
+        std::path::Path::new("/dev/vhost-net").exists(),
+        "the test host's kernel is built with VHOST_NET"
+    );
+    web_pod_on_hull_vmm("auto", true);
+    web_pod_on_hull_vmm("off", false);
+}
+
+/// The kernel's vhost-net worker of process `pid`: a kernel thread (up to Linux 6.3) or a
+/// thread of the process itself (from 6.4), named `vhost-PID` either way.
+fn vhost_worker_of(pid: i32) -> bool {
+    let name = format!("vhost-{pid}");
+    let comm_is = |p: std::path::PathBuf| {
+        std::fs::read_to_string(p.join("comm")).is_ok_and(|c| c.trim() == name)
+    };
+    let dirs = |d: &str| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(d)
+            .map(|r| r.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    dirs("/proc").into_iter().any(comm_is)
+        || dirs(&format!("/proc/{pid}/task")).into_iter().any(comm_is)
+}
+
+fn web_pod_on_hull_vmm(vhost_net: &str, in_kernel: bool) {
     let (outer, pod) = hull_tests::netns::cni_like_pair();
-    let c = Containerd::start_with_hull_config("hypervisor = \"builtin\"");
+    let c = Containerd::start_with_hull_config(&format!(
+        "hypervisor = \"builtin\"\nvhost_net = \"{vhost_net}\""
+    ));
     let netns = format!("network:{}", pod.path().display());
     c.ctr_ok(&[
         "run",
@@ -337,6 +366,12 @@ fn inside_pod_network_on_hull_vmm() {
         "eth0",
     ]);
     assert!(addrs.contains("198.19.0.2/24"), "{addrs}");
+    let vmm = jailed_vmm(c.vmm_pid("web").expect("the VMM's pid"));
+    assert_eq!(
+        vhost_worker_of(vmm),
+        in_kernel,
+        "vhost_net = {vhost_net}: a vhost-{vmm} worker is there exactly when vhost-net moves the frames"
+    );
     let outside = |args: &[&str]| {
         let mut a = vec!["netns", "exec", outer.0.as_str(), "busybox"];
         a.extend_from_slice(args);
@@ -364,7 +399,7 @@ fn inside_pod_network_on_hull_vmm() {
         )
         .unwrap_or_default();
         panic!(
-            "no ping reply from the hull-vmm guest\nguest:\n{}\npod ns:\n{}\n{}\nhull-vmm:\n{vmm_log}\n{}",
+            "vhost_net = {vhost_net}: no ping reply from the hull-vmm guest\nguest:\n{}\npod ns:\n{}\n{}\nhull-vmm:\n{vmm_log}\n{}",
             String::from_utf8_lossy(&guest.stdout),
             pod.ip(&["-s", "link", "show"]),
             pod.tc(&["-s", "filter", "show", "dev", "eth0", "ingress"]),

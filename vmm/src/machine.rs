@@ -202,7 +202,8 @@ impl Machine {
             device_params += &mmio.add(&vm, &ram.memory, Box::new(dev))?;
         }
         for n in &cfg.nets {
-            let dev = Net::new(n).with_context(|| format!("net device on tap-fd {}", n.tap_fd))?;
+            let dev = Net::new(n, &ram.memory)
+                .with_context(|| format!("net device on tap-fd {}", n.tap_fd))?;
             device_params += &mmio.add(&vm, &ram.memory, Box::new(dev))?;
         }
 

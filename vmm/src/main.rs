@@ -63,7 +63,8 @@ struct Cli {
     /// A virtio-fs device served by a vhost-user daemon: SOCKET,TAG. Repeatable.
     #[arg(long)]
     fs_socket: Vec<FsConfig>,
-    /// A virtio-net device on an inherited tap fd: tap-fd=N[,mac=MAC][,mtu=N]. Repeatable.
+    /// A virtio-net device on an inherited tap fd: tap-fd=N[,mac=MAC][,mtu=N][,vhost=auto|on|off]
+    /// (auto: through /dev/vhost-net where it opens). Repeatable.
     #[arg(long)]
     net: Vec<NetConfig>,
     /// The API socket (JSON lines; `{"action":"shutdown"}` stops the VM).

@@ -29,6 +29,9 @@ pub enum ThreadKind {
     /// Event loops (vsock sockets, virtio-fs interrupts, the API socket) and the main
     /// thread once the VM runs.
     Device,
+    /// virtio-net's thread when vhost-net moves the frames: an event loop that also
+    /// attaches and detaches the kernel's rings.
+    VhostNet,
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
@@ -122,7 +125,7 @@ fn filter_with(
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     let extra = match kind {
         ThreadKind::Vcpu => VCPU_EXTRA,
-        ThreadKind::Device => DEVICE_EXTRA,
+        ThreadKind::Device | ThreadKind::VhostNet => DEVICE_EXTRA,
     };
     for nr in COMMON.iter().chain(extra) {
         rules.insert(*nr, Vec::new());
@@ -136,11 +139,34 @@ fn filter_with(
         ],
         // TUNSETOFFLOAD: the net thread tells the tap what the guest negotiated.
         ThreadKind::Device => vec![eq(1, FIONBIO), eq(1, libc::TUNSETOFFLOAD)],
+        ThreadKind::VhostNet => [FIONBIO, libc::TUNSETOFFLOAD]
+            .into_iter()
+            .chain(vhost_net_ioctls())
+            .map(|nr| eq(1, nr))
+            .collect(),
     };
     rules.insert(libc::SYS_ioctl, ioctls);
     rules.insert(libc::SYS_socket, vec![eq(0, libc::AF_UNIX as u64)]);
     let f = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)?;
     BpfProgram::try_from(f).map_err(seccompiler::Error::Backend)
+}
+
+/// What the vhost-net thread asks of `/dev/vhost-net` after start-up: features, rings,
+/// eventfds and the tap (owner and memory table are set before seccomp).
+fn vhost_net_ioctls() -> impl Iterator<Item = u64> {
+    use vhost::vhost_kern::vhost_binding as v;
+    [
+        v::VHOST_SET_FEATURES(),
+        v::VHOST_SET_VRING_NUM(),
+        v::VHOST_SET_VRING_ADDR(),
+        v::VHOST_SET_VRING_BASE(),
+        v::VHOST_GET_VRING_BASE(),
+        v::VHOST_SET_VRING_CALL(),
+        v::VHOST_SET_VRING_KICK(),
+        v::VHOST_SET_VRING_ERR(),
+        v::VHOST_NET_SET_BACKEND(),
+    ]
+    .into_iter()
 }
 
 /// Installs the filter for `kind` on the calling thread; a thread that can't be confined
@@ -211,16 +237,32 @@ mod tests {
     }
 
     #[test]
+    fn vhost_net_ioctl_numbers_are_the_kernels() {
+        // From <linux/vhost.h>: _IOW(VHOST_VIRTIO = 0xaf, nr, type).
+        let all: Vec<u64> = vhost_net_ioctls().collect();
+        for nr in [
+            0x4008_af00,
+            0x4008_af10,
+            0x4028_af11,
+            0x4008_af21,
+            0x4008_af30,
+        ] {
+            assert!(all.contains(&nr), "{nr:#x} in {all:x?}");
+        }
+    }
+
+    #[test]
     fn filters_compile() {
         assert!(filter(ThreadKind::Vcpu).unwrap().len() > 40);
         assert!(filter(ThreadKind::Device).unwrap().len() > 40);
+        assert!(filter(ThreadKind::VhostNet).unwrap().len() > 40);
     }
 
     /// A confined thread keeps working on what it holds but can't open files or create
     /// descriptors or processes. (Errno instead of Trap, so the test process survives.)
     #[test]
     fn a_confined_thread_cannot_open_files_or_fork() {
-        for kind in [ThreadKind::Vcpu, ThreadKind::Device] {
+        for kind in [ThreadKind::Vcpu, ThreadKind::Device, ThreadKind::VhostNet] {
             let prog = filter_with(kind, SeccompAction::Errno(libc::EPERM as u32)).unwrap();
             let (opened, evt, forked, wrote) = std::thread::spawn(move || {
                 let evt = vmm_sys_util::eventfd::EventFd::new(0).unwrap();

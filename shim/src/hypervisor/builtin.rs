@@ -14,6 +14,7 @@ use super::{
     GUEST_CID, SHARED_FS_TAG, VIRTIOFSD_SOCKET, Vm, VmSpec, diagnostics_report, find_tool,
     spawn_virtiofsd,
 };
+use crate::config::VhostNet;
 use crate::daemon::{CONSOLE_LOG, Daemon, PASSED_FD_BASE, Role, join_cgroup, pass_fds};
 use crate::vm_cgroup::VmCgroup;
 
@@ -24,6 +25,7 @@ pub struct BuiltinConfig {
     pub spec: VmSpec,
     /// uid and gid of the jailed VMM; none: not jailed.
     pub jail: Option<(u32, u32)>,
+    pub vhost_net: VhostNet,
 }
 
 impl BuiltinConfig {
@@ -34,6 +36,7 @@ impl BuiltinConfig {
             virtiofsd: find_tool("virtiofsd"),
             spec,
             jail: Some((65534, 65534)),
+            vhost_net: VhostNet::Auto,
         }
     }
 
@@ -88,10 +91,11 @@ impl BuiltinConfig {
             args.extend([
                 "--net".into(),
                 format!(
-                    "tap-fd={},mac={},mtu={}",
+                    "tap-fd={},mac={},mtu={},vhost={}",
                     PASSED_FD_BASE + i as i32,
                     nic.link.mac_string(),
-                    nic.link.mtu
+                    nic.link.mtu,
+                    self.vhost_net.as_str()
                 ),
             ]);
         }

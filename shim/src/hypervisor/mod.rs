@@ -98,6 +98,7 @@ pub fn boot(cfg: &HullConfig, spec: VmSpec) -> anyhow::Result<Box<dyn Vm>> {
             }
             let mut bc = BuiltinConfig::new(spec);
             bc.jail = cfg.jail_vmm.then_some((cfg.vmm_uid, cfg.vmm_gid));
+            bc.vhost_net = cfg.vhost_net;
             use_configured_tools([
                 (&mut bc.hull_vmm, &cfg.hull_vmm),
                 (&mut bc.virtiofsd, &cfg.virtiofsd),
@@ -117,6 +118,7 @@ pub fn boot(cfg: &HullConfig, spec: VmSpec) -> anyhow::Result<Box<dyn Vm>> {
             qc.shared_dir = Some(spec.shared_dir);
             qc.log_max_bytes = spec.log_max_bytes;
             qc.nics = spec.nics;
+            qc.vhost_net = cfg.vhost_net;
             Ok(Box::new(QemuVm::start(qc, cgroup)?))
         }
     }

@@ -15,6 +15,7 @@ use super::accel::{Accel, host_tsc_khz};
 use super::{
     DAEMON_SOCKET_TIMEOUT, VIRTIOFSD_SOCKET, Vm, diagnostics_report, find_tool, spawn_virtiofsd,
 };
+use crate::config::VhostNet;
 use crate::daemon::{CONSOLE_LOG, Daemon, PASSED_FD_BASE, Role, join_cgroup, pass_fds};
 use crate::network::Nic;
 use crate::vm_cgroup::VmCgroup;
@@ -41,6 +42,7 @@ pub struct QemuConfig {
     pub log_max_bytes: u64,
     /// The pod's NICs: taps whose fds QEMU inherits.
     pub nics: Vec<Nic>,
+    pub vhost_net: VhostNet,
 }
 
 impl QemuConfig {
@@ -61,6 +63,7 @@ impl QemuConfig {
             shared_dir: None,
             log_max_bytes: crate::config::DEFAULT_LOG_MAX_KIB * 1024,
             nics: Vec::new(),
+            vhost_net: VhostNet::Auto,
         }
     }
 
@@ -149,7 +152,13 @@ impl QemuConfig {
             ]);
         }
         // The in-kernel data path needs KVM's ioeventfds; under TCG QEMU moves the frames.
-        let vhost = self.accel == Accel::Kvm && std::path::Path::new("/dev/vhost-net").exists();
+        let vhost = match self.vhost_net {
+            VhostNet::Auto => {
+                self.accel == Accel::Kvm && std::path::Path::new("/dev/vhost-net").exists()
+            }
+            VhostNet::On => true,
+            VhostNet::Off => false,
+        };
         for (i, nic) in self.nics.iter().enumerate() {
             a.extend([
                 "-netdev".to_string(),

@@ -2,13 +2,18 @@
 //! virtio 1.x headers, checksum and TSO offloads both ways, mergeable RX buffers, event
 //! index, the MAC and MTU in config space.
 //!
-//! The frames move on a thread of the device's own (`worker`), woken by the queues'
-//! notifications (KVM ioeventfds: a guest kick never stops a vCPU in userspace) and by the
-//! tap; used buffers are signalled through the device's irqfd. That thread is made when
-//! the device is, before seccomp, and lives as long as the VMM: activation and reset only
-//! hand it queues or take them back.
+//! Two data paths, picked when the device is made (`vhost=auto|on|off`, auto by default):
+//! - in the kernel (`vhost`): where `/dev/vhost-net` can be opened, its kernel worker moves
+//!   the frames and hull-vmm only turns its completions into interrupts;
+//! - in hull-vmm (`worker`): a thread of the device's own, woken by the queues'
+//!   notifications (KVM ioeventfds: a guest kick never stops a vCPU in userspace) and by
+//!   the tap; used buffers are signalled through the device's irqfd.
+//!
+//! Either thread is made when the device is, before seccomp, and lives as long as the VMM:
+//! activation and reset only hand it queues or take them back.
 
 mod tap;
+mod vhost;
 mod worker;
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -32,6 +37,32 @@ pub use tap::{Tap, VNET_HDR_LEN};
 pub use worker::NetStats;
 use worker::{Control, Worker};
 
+/// Whether the frames move through `/dev/vhost-net`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VhostMode {
+    /// The kernel's data path where `/dev/vhost-net` opens, hull-vmm's otherwise.
+    #[default]
+    Auto,
+    /// The kernel's, or the VMM does not start.
+    On,
+    /// hull-vmm's own.
+    Off,
+}
+
+impl std::str::FromStr for VhostMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(VhostMode::Auto),
+            "on" => Ok(VhostMode::On),
+            "off" => Ok(VhostMode::Off),
+            _ => Err(format!("bad vhost `{s}` (auto, on or off)")),
+        }
+    }
+}
+
 pub const DEVICE_TYPE: u32 = VIRTIO_ID_NET;
 const QUEUE_SIZES: [u16; 2] = [256, 256];
 const RX: usize = 0;
@@ -54,8 +85,8 @@ const OFFERED: u64 = bit(VIRTIO_NET_F_CSUM)
     | bit(VIRTIO_NET_F_MAC)
     | bit(VIRTIO_RING_F_EVENT_IDX);
 
-/// A NIC as configured by the operator: `tap-fd=N[,mac=XX:..][,mtu=M]` or JSON
-/// `{"tap_fd": N, "mac": "02:..", "mtu": 1500}`.
+/// A NIC as configured by the operator: `tap-fd=N[,mac=XX:..][,mtu=M][,vhost=auto]` or
+/// JSON `{"tap_fd": N, "mac": "02:..", "mtu": 1500, "vhost": "auto"}`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetConfig {
@@ -66,6 +97,8 @@ pub struct NetConfig {
     pub mac: Option<String>,
     #[serde(default)]
     pub mtu: Option<u16>,
+    #[serde(default)]
+    pub vhost: VhostMode,
 }
 
 impl std::str::FromStr for NetConfig {
@@ -76,6 +109,7 @@ impl std::str::FromStr for NetConfig {
             tap_fd: -1,
             mac: None,
             mtu: None,
+            vhost: VhostMode::Auto,
         };
         for opt in s.split(',') {
             match opt.split_once('=') {
@@ -86,9 +120,10 @@ impl std::str::FromStr for NetConfig {
                 Some(("mtu", v)) => {
                     cfg.mtu = Some(v.parse().map_err(|_| format!("bad mtu `{v}`"))?)
                 }
+                Some(("vhost", v)) => cfg.vhost = v.parse()?,
                 _ => {
                     return Err(format!(
-                        "unknown net option `{opt}` (tap-fd=N, mac=MAC, mtu=N)"
+                        "unknown net option `{opt}` (tap-fd=N, mac=MAC, mtu=N, vhost=auto|on|off)"
                     ));
                 }
             }
@@ -154,11 +189,13 @@ pub struct Net {
     control: mpsc::Sender<Control>,
     control_evt: Arc<EventFd>,
     stats: NetStats,
+    in_kernel: bool,
 }
 
 impl Net {
-    /// Takes ownership of the configured tap fd and starts the device thread.
-    pub fn new(cfg: &NetConfig) -> anyhow::Result<Net> {
+    /// Takes ownership of the configured tap fd, opens vhost-net as configured (before
+    /// the jail: it opens a device node) and starts the device thread.
+    pub fn new(cfg: &NetConfig, mem: &GuestMemoryMmap) -> anyhow::Result<Net> {
         cfg.validate().map_err(anyhow::Error::msg)?;
         // SAFETY: F_GETFD only asks whether the descriptor is open.
         if unsafe { libc::fcntl(cfg.tap_fd, libc::F_GETFD) } < 0 {
@@ -172,11 +209,35 @@ impl Net {
             Some(m) => parse_mac(m).map_err(anyhow::Error::msg)?,
             None => random_mac(),
         };
-        Net::with_tap(tap, mac, cfg.mtu)
+        let kernel = match cfg.vhost {
+            VhostMode::Off => None,
+            VhostMode::On => Some(vhost::Kernel::open(mem).context("vhost=on")?),
+            VhostMode::Auto => match vhost::Kernel::open(mem) {
+                Ok(k) => Some(k),
+                Err(e) if e.is_unavailable() => {
+                    tracing::debug!(error = %e, "no vhost-net: frames move in hull-vmm");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "vhost-net unusable: frames move in hull-vmm");
+                    None
+                }
+            },
+        };
+        Net::build(tap, mac, cfg.mtu, kernel)
     }
 
-    /// A device on `tap` (tests pass a datagram socket).
+    /// A device on `tap` with hull-vmm's own data path (tests pass a datagram socket).
     pub fn with_tap(tap: Tap, mac: [u8; 6], mtu: Option<u16>) -> anyhow::Result<Net> {
+        Net::build(tap, mac, mtu, None)
+    }
+
+    fn build(
+        tap: Tap,
+        mac: [u8; 6],
+        mtu: Option<u16>,
+        kernel: Option<vhost::Kernel>,
+    ) -> anyhow::Result<Net> {
         let mut config = [0u8; 12];
         config[..6].copy_from_slice(&mac);
         config[8..10].copy_from_slice(&1u16.to_le_bytes());
@@ -192,14 +253,24 @@ impl Net {
         let control_evt = Arc::new(EventFd::new(libc::EFD_NONBLOCK).context("control eventfd")?);
         let (control, rx) = mpsc::channel();
         let stats = NetStats::default();
-        Worker::spawn(
-            tap,
-            queue_evts[RX].clone(),
-            queue_evts[TX].clone(),
-            control_evt.clone(),
-            rx,
-            stats.clone(),
-        )
+        let in_kernel = kernel.is_some();
+        match kernel {
+            Some(k) => vhost::spawn(
+                k,
+                tap,
+                [queue_evts[RX].clone(), queue_evts[TX].clone()],
+                control_evt.clone(),
+                rx,
+            ),
+            None => Worker::spawn(
+                tap,
+                queue_evts[RX].clone(),
+                queue_evts[TX].clone(),
+                control_evt.clone(),
+                rx,
+                stats.clone(),
+            ),
+        }
         .context("starting the net thread")?;
         Ok(Net {
             config,
@@ -209,10 +280,17 @@ impl Net {
             control,
             control_evt,
             stats,
+            in_kernel,
         })
     }
 
-    /// Frame counters, usable after the device is handed to its transport.
+    /// Whether vhost-net moves the frames.
+    pub fn in_kernel(&self) -> bool {
+        self.in_kernel
+    }
+
+    /// Frame counters of hull-vmm's own data path (vhost-net's are the kernel's), usable
+    /// after the device is handed to its transport.
     pub fn stats(&self) -> NetStats {
         self.stats.clone()
     }
@@ -286,18 +364,25 @@ impl VirtioDevice for Net {
             }
         }
         let mtu = u16::from_le_bytes([self.config[10], self.config[11]]);
-        self.send(Control::Activate(Box::new(worker::Active {
+        let (reply, answer) = mpsc::channel();
+        let active = worker::Active {
             mem,
             rx,
             tx,
             interrupt,
+            acked: self.acked,
             mergeable: acked(VIRTIO_NET_F_MRG_RXBUF),
             offload,
             host_tso4: acked(VIRTIO_NET_F_HOST_TSO4),
             host_tso6: acked(VIRTIO_NET_F_HOST_TSO6),
             mtu: if mtu == 0 { 1500 } else { mtu },
-        })));
-        Ok(())
+        };
+        self.send(Control::Activate(Box::new(active), reply));
+        match answer.recv_timeout(RESET_TIMEOUT) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => bail!("{e}"),
+            Err(_) => bail!("the net thread did not answer the activation"),
+        }
     }
 
     fn notify(&mut self, index: u16) {

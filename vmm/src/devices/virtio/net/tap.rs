@@ -4,6 +4,7 @@
 //! (`IFF_VNET_HDR` + `TUNSETVNETHDRSZ`), so checksum and segmentation offloads pass
 //! between guest and host untouched. A datagram socket stands in for a tap in tests.
 
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
@@ -14,7 +15,7 @@ nix::ioctl_write_ptr_bad!(tun_set_vnet_hdr_sz, libc::TUNSETVNETHDRSZ, libc::c_in
 nix::ioctl_write_int_bad!(tun_set_offload, libc::TUNSETOFFLOAD);
 
 pub struct Tap {
-    fd: OwnedFd,
+    fd: File,
     /// A real tap (offloads are set on it); false for a test's datagram socket.
     is_tap: bool,
 }
@@ -27,13 +28,24 @@ impl Tap {
         // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which outlives the call.
         unsafe { tun_set_vnet_hdr_sz(fd.as_raw_fd(), &size) }.map_err(io::Error::from)?;
         set_nonblocking(fd.as_raw_fd())?;
-        Ok(Tap { fd, is_tap: true })
+        Ok(Tap {
+            fd: File::from(fd),
+            is_tap: true,
+        })
     }
 
     /// A packet socket (`SOCK_DGRAM`/`SOCK_SEQPACKET`) in place of a tap, for tests.
     pub fn from_datagram_socket(fd: OwnedFd) -> io::Result<Tap> {
         set_nonblocking(fd.as_raw_fd())?;
-        Ok(Tap { fd, is_tap: false })
+        Ok(Tap {
+            fd: File::from(fd),
+            is_tap: false,
+        })
+    }
+
+    /// The tap as vhost-net takes it (VHOST_NET_SET_BACKEND).
+    pub fn file(&self) -> &File {
+        &self.fd
     }
 
     /// Tells the tap which offloads the guest takes on frames it receives (`TUN_F_*`).

@@ -315,18 +315,75 @@ fn reset_stops_the_device_and_bad_configs_are_refused() {
         "tap-fd=5,mac=01:00:00:00:00:01",
         "tap-fd=5,mtu=20",
         "tap-fd=5,speed=1",
+        "tap-fd=5,vhost=maybe",
         "mac=zz",
     ] {
         assert!(bad.parse::<NetConfig>().is_err(), "{bad}");
     }
     let ok: NetConfig = "tap-fd=100,mac=02:00:00:00:00:09,mtu=9000".parse().unwrap();
-    assert_eq!((ok.tap_fd, ok.mtu), (100, Some(9000)));
-    assert!(
-        Net::new(&NetConfig {
-            tap_fd: 999,
-            mac: None,
-            mtu: None
-        })
-        .is_err()
+    assert_eq!(
+        (ok.tap_fd, ok.mtu, ok.vhost),
+        (100, Some(9000), VhostMode::Auto)
     );
+    let off: NetConfig = "tap-fd=100,vhost=off".parse().unwrap();
+    assert_eq!(off.vhost, VhostMode::Off);
+    let closed = NetConfig {
+        tap_fd: 999,
+        mac: None,
+        mtu: None,
+        vhost: VhostMode::Auto,
+    };
+    assert!(Net::new(&closed, &mem).is_err());
+}
+
+/// A tap (`IFF_TAP|IFF_NO_PI|IFF_VNET_HDR`) in a network namespace of its own, made on a
+/// thread that leaves the test's namespace; it goes away with its last fd.
+fn private_tap() -> std::os::fd::RawFd {
+    use std::os::fd::IntoRawFd;
+    nix::ioctl_write_ptr_bad!(tun_set_iff, libc::TUNSETIFF, libc::ifreq);
+    std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare (root)");
+        let tun = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .expect("/dev/net/tun");
+        // SAFETY: ifreq is plain old data; all-zero is a valid (empty) value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        req.ifr_ifru.ifru_flags =
+            i16::try_from(libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR).unwrap();
+        // SAFETY: an open /dev/net/tun and a valid ifreq that outlives the call.
+        unsafe { tun_set_iff(tun.as_raw_fd(), &req) }.expect("TUNSETIFF");
+        tun.into_raw_fd()
+    })
+    .join()
+    .unwrap()
+}
+
+/// `vhost=` picks the data path: off is hull-vmm's own, auto is the kernel's exactly where
+/// /dev/vhost-net exists, on is the kernel's or a clear error.
+#[test]
+fn vhost_mode_picks_the_data_path_this_host_has() {
+    let mem = crate::memory::create(16).unwrap().memory;
+    let has_vhost = std::path::Path::new("/dev/vhost-net").exists();
+    let make = |vhost| {
+        Net::new(
+            &NetConfig {
+                tap_fd: private_tap(),
+                mac: None,
+                mtu: None,
+                vhost,
+            },
+            &mem,
+        )
+    };
+    assert!(!make(VhostMode::Off).unwrap().in_kernel());
+    assert_eq!(make(VhostMode::Auto).unwrap().in_kernel(), has_vhost);
+    match make(VhostMode::On) {
+        Ok(net) => assert!(has_vhost && net.in_kernel()),
+        Err(e) => {
+            let e = format!("{e:#}");
+            assert!(!has_vhost && e.contains("/dev/vhost-net"), "{e}");
+        }
+    }
 }

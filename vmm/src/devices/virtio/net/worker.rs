@@ -45,6 +45,8 @@ pub struct Active {
     pub rx: Queue,
     pub tx: Queue,
     pub interrupt: Interrupt,
+    /// Every feature the driver accepted.
+    pub acked: u64,
     pub mergeable: bool,
     /// `TUN_F_*` for the tap: what the guest accepts on RX.
     pub offload: u32,
@@ -53,8 +55,11 @@ pub struct Active {
     pub mtu: u16,
 }
 
+/// The data path's answer to an activation: an error fails the device.
+pub type ActivateReply = mpsc::Sender<Result<(), String>>;
+
 pub enum Control {
-    Activate(Box<Active>),
+    Activate(Box<Active>, ActivateReply),
     Reset(mpsc::Sender<()>),
     Stop,
 }
@@ -267,10 +272,11 @@ impl Worker {
     fn handle_control(&mut self) -> bool {
         while let Ok(c) = self.control.try_recv() {
             match c {
-                Control::Activate(a) => {
+                Control::Activate(a, reply) => {
                     if let Err(e) = self.tap.set_offload(a.offload) {
                         tracing::warn!(error = %e, offload = a.offload, "TUNSETOFFLOAD");
                     }
+                    let _ = reply.send(Ok(()));
                     self.active = Some(a);
                     self.arm_tap(true);
                     self.process_tx();
