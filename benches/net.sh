@@ -4,7 +4,8 @@
 # side is in an "outer" namespace standing for the bridge); iperf3 runs in the pod, the
 # client on the far side. TCP throughput both ways and ping RTT, for hull (whatever backend
 # this host's `auto` picks, or HULL_HYPERVISOR) and for runc on the same kind of link in the
-# same run, and hull/runc ratios. iperf3 and its libraries come from the host, bound into
+# same run, and hull/runc ratios. Where /dev/vhost-net exists, hull runs twice: frames
+# through the kernel's vhost-net (`vhost_net = "auto"`) and through the VMM (`"off"`). iperf3 and its libraries come from the host, bound into
 # the busybox image read-only.
 set -euo pipefail
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
@@ -93,9 +94,19 @@ backend=$(hull_accel)
 [ -n "${HULL_HYPERVISOR:-}" ] && backend="$HULL_HYPERVISOR ($backend)"
 echo "where: host kernel $(uname -r), $(nproc) cores; hull: $backend; iperf3 TCP ${SECONDS_PER_RUN}s per direction"
 read -r r_tx r_rx r_rtt < <(measure io.containerd.runc.v2 "bench-runc-$tag" 1)
-read -r h_tx h_rx h_rtt < <(measure io.containerd.hull.v2 "bench-hull-$tag" 2)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
-printf '%-8s %18s %18s %12s\n' runtime "far side→pod Gb/s" "pod→far side Gb/s" "ping RTT ms"
-printf '%-8s %18s %18s %12s\n' runc "$r_tx" "$r_rx" "$r_rtt"
-printf '%-8s %18s %18s %12s\n' hull "$h_tx" "$h_rx" "$h_rtt"
-printf '%-8s %18s %18s %12s\n' hull/runc "$(ratio "$h_tx" "$r_tx")" "$(ratio "$h_rx" "$r_rx")" "$(ratio "$h_rtt" "$r_rtt")"
+rows=("$(printf '%-22s %18s %18s %12s' runtime "far side→pod Gb/s" "pod→far side Gb/s" "ping RTT ms")"
+      "$(printf '%-22s %18s %18s %12s' runc "$r_tx" "$r_rx" "$r_rtt")")
+modes=(auto)
+[ -e /dev/vhost-net ] && modes=(auto off)
+for i in "${!modes[@]}"; do
+  mode=${modes[$i]}
+  # Each shim reads the config when it starts: the next pod gets the new data path.
+  sed -i '/^vhost_net = /d' "$HULL_CTRD_DIR/hull.toml"
+  echo "vhost_net = \"$mode\"" >>"$HULL_CTRD_DIR/hull.toml"
+  read -r h_tx h_rx h_rtt < <(measure io.containerd.hull.v2 "bench-hull-$mode-$tag" $((2 + i)))
+  label="hull vhost_net=$mode"
+  rows+=("$(printf '%-22s %18s %18s %12s' "$label" "$h_tx" "$h_rx" "$h_rtt")"
+         "$(printf '%-22s %18s %18s %12s' "  ratio to runc" "$(ratio "$h_tx" "$r_tx")" "$(ratio "$h_rx" "$r_rx")" "$(ratio "$h_rtt" "$r_rtt")")")
+done
+printf '%s\n' "${rows[@]}"

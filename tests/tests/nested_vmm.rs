@@ -500,7 +500,7 @@ echo "host sees: $(dd if=/tmp/rw.img bs=512 skip=2 count=1 2>/dev/null | head -c
     assert!(out.contains("ro-write-refused"), "{out}");
     assert!(out.contains("host sees: hull-was-here"), "{out}");
     assert!(
-        out.contains("hull-vmm: opening disk /tmp/missing.img"),
+        out.contains("hull-vmm: block device: opening disk /tmp/missing.img"),
         "{out}"
     );
 }

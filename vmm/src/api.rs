@@ -7,9 +7,8 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use serde::Deserialize;
 
 use crate::machine::{ExitReason, ExitSender};
@@ -31,14 +30,32 @@ struct Envelope {
     action: Request,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what} {path}: {source}", path = .path.display())]
+    Socket {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("spawning the API thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
 /// Binds `path` (replacing a stale socket) and serves it on its own thread.
-pub fn serve(path: &Path, exit: ExitSender) -> anyhow::Result<()> {
+pub fn serve(path: &Path, exit: ExitSender) -> Result<(), Error> {
+    let socket = |what| {
+        move |source| Error::Socket {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    };
     if path.exists() {
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing the stale API socket {}", path.display()))?;
+        std::fs::remove_file(path).map_err(socket("removing the stale API socket"))?;
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    let listener = UnixListener::bind(path).map_err(socket("binding the API socket"))?;
     std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
@@ -54,7 +71,7 @@ pub fn serve(path: &Path, exit: ExitSender) -> anyhow::Result<()> {
                 }
             }
         })
-        .context("spawning the API thread")?;
+        .map_err(Error::Thread)?;
     Ok(())
 }
 

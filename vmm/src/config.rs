@@ -12,7 +12,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use serde::Deserialize;
 
 use crate::devices::virtio::block::DiskConfig;
@@ -68,20 +67,46 @@ fn default_vcpus() -> u8 {
     1
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {path}: {source}", path = .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {source}", path = .path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{device}: {problem}")]
+    Invalid { device: String, problem: String },
+}
+
 impl VmConfig {
-    pub fn from_file(path: &Path) -> anyhow::Result<VmConfig> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let cfg: VmConfig =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    pub fn from_file(path: &Path) -> Result<VmConfig, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg: VmConfig = serde_json::from_str(&text).map_err(|source| Error::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
         // The flag form checks these as it parses them.
         for f in &cfg.fs {
-            f.validate()
-                .map_err(|e| anyhow::anyhow!("fs device {}: {e}", f.socket.display()))?;
+            f.validate().map_err(|problem| Error::Invalid {
+                device: format!("fs device {}", f.socket.display()),
+                problem,
+            })?;
         }
         for n in &cfg.net {
-            n.validate()
-                .map_err(|e| anyhow::anyhow!("net device on tap_fd {}: {e}", n.tap_fd))?;
+            n.validate().map_err(|problem| Error::Invalid {
+                device: format!("net device on tap_fd {}", n.tap_fd),
+                problem,
+            })?;
         }
         Ok(cfg)
     }
@@ -91,7 +116,7 @@ impl VmConfig {
 mod tests {
     use super::*;
 
-    fn parse(json: &str) -> anyhow::Result<VmConfig> {
+    fn parse(json: &str) -> Result<VmConfig, Error> {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("vm.json");
         std::fs::write(&p, json).unwrap();
@@ -125,7 +150,7 @@ mod tests {
             ),
             ("{", "EOF"),
         ] {
-            let e = format!("{:#}", parse(json).unwrap_err());
+            let e = parse(json).unwrap_err().to_string();
             assert!(e.contains(want), "{json}: {e}");
         }
     }

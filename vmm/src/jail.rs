@@ -19,7 +19,6 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::CloneFlags;
 use nix::sys::resource::{Resource, setrlimit};
@@ -37,29 +36,56 @@ pub struct JailConfig {
 /// The read end of the pipe whose write end the waiter holds.
 static WAITER_PIPE: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
 
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the jail's uid and gid must not be 0")]
+    RootIds,
+    #[error("the jail's waiter died during start-up")]
+    WaiterGone,
+    #[error("still able to be root after dropping privileges")]
+    StillRoot,
+    #[error("{step}: {source}")]
+    Step {
+        step: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Names the step that failed with a system error.
+fn at<E: Into<std::io::Error>>(step: impl Into<String>) -> impl FnOnce(E) -> Error {
+    let step = step.into();
+    move |e| Error::Step {
+        step,
+        source: e.into(),
+    }
+}
+
 /// Open files the jailed VMM may hold (vsock connections are capped at 1024).
 const MAX_OPEN_FILES: u64 = 4096;
 
 /// Unshares the namespaces and forks (see the module doc). Returns in the child only; the
 /// parent waits for it and exits with its status. Must run before any thread starts.
-pub fn enter_namespaces(cfg: &JailConfig) -> anyhow::Result<()> {
+pub fn enter_namespaces(cfg: &JailConfig) -> Result<(), Error> {
     if cfg.uid == 0 || cfg.gid == 0 {
-        bail!("the jail's uid and gid must not be 0");
+        return Err(Error::RootIds);
     }
-    std::env::set_current_dir(&cfg.root)
-        .with_context(|| format!("entering the jail directory {}", cfg.root.display()))?;
+    std::env::set_current_dir(&cfg.root).map_err(at(format!(
+        "entering the jail directory {}",
+        cfg.root.display()
+    )))?;
     nix::sched::unshare(
         CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWPID
             | CloneFlags::CLONE_NEWIPC
             | CloneFlags::CLONE_NEWUTS,
     )
-    .context("unsharing namespaces (needs root)")?;
+    .map_err(at("unsharing namespaces (needs root)"))?;
     // The waiter holds the write end: the child sees it close if the waiter is gone.
-    let (alive_r, alive_w) = nix::unistd::pipe().context("pipe")?;
+    let (alive_r, alive_w) = nix::unistd::pipe().map_err(at("pipe"))?;
     // SAFETY: the process has a single thread here (the caller's contract), so the child
     // may run any code after fork.
-    match unsafe { nix::unistd::fork() }.context("fork")? {
+    match unsafe { nix::unistd::fork() }.map_err(at("fork"))? {
         ForkResult::Parent { child } => {
             drop(alive_r);
             let code = wait_for(child);
@@ -77,15 +103,15 @@ pub fn enter_namespaces(cfg: &JailConfig) -> anyhow::Result<()> {
                     nix::sys::signal::SigHandler::Handler(exit_on_signal),
                 )
             }
-            .context("installing the SIGTERM handler")?;
+            .map_err(at("installing the SIGTERM handler"))?;
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
-                .context("PR_SET_PDEATHSIG")?;
+                .map_err(at("PR_SET_PDEATHSIG"))?;
             if waiter_gone(&alive_r) {
-                bail!("the jail's waiter died during start-up");
+                return Err(Error::WaiterGone);
             }
             // Kept for the VMM's life: `confine` checks it once more.
             let _ = WAITER_PIPE.set(alive_r);
-            nix::unistd::sethostname("hull-vmm").context("sethostname")?;
+            nix::unistd::sethostname("hull-vmm").map_err(at("sethostname"))?;
             // Nothing mounted in here reaches the host's namespace.
             mount(
                 None::<&str>,
@@ -94,7 +120,7 @@ pub fn enter_namespaces(cfg: &JailConfig) -> anyhow::Result<()> {
                 MsFlags::MS_REC | MsFlags::MS_PRIVATE,
                 None::<&str>,
             )
-            .context("making the mount namespace private")?;
+            .map_err(at("making the mount namespace private"))?;
             Ok(())
         }
     }
@@ -129,7 +155,7 @@ fn wait_for(child: nix::unistd::Pid) -> i32 {
 
 /// Pivots into the jail and drops every privilege (see the module doc). `max_file_size`
 /// bounds any file the VMM writes (its console log).
-pub fn confine(cfg: &JailConfig, max_file_size: u64) -> anyhow::Result<()> {
+pub fn confine(cfg: &JailConfig, max_file_size: u64) -> Result<(), Error> {
     pivot_into(&cfg.root)?;
     // A write past the file-size limit fails with EFBIG instead of killing the VMM.
     // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
@@ -139,32 +165,33 @@ pub fn confine(cfg: &JailConfig, max_file_size: u64) -> anyhow::Result<()> {
             nix::sys::signal::SigHandler::SigIgn,
         )
     }
-    .context("ignoring SIGXFSZ")?;
-    setrlimit(Resource::RLIMIT_NOFILE, MAX_OPEN_FILES, MAX_OPEN_FILES).context("RLIMIT_NOFILE")?;
-    setrlimit(Resource::RLIMIT_FSIZE, max_file_size, max_file_size).context("RLIMIT_FSIZE")?;
+    .map_err(at("ignoring SIGXFSZ"))?;
+    setrlimit(Resource::RLIMIT_NOFILE, MAX_OPEN_FILES, MAX_OPEN_FILES)
+        .map_err(at("RLIMIT_NOFILE"))?;
+    setrlimit(Resource::RLIMIT_FSIZE, max_file_size, max_file_size).map_err(at("RLIMIT_FSIZE"))?;
     drop_bounding_set()?;
-    nix::unistd::setgroups(&[]).context("setgroups")?;
+    nix::unistd::setgroups(&[]).map_err(at("setgroups"))?;
     let (gid, uid) = (Gid::from_raw(cfg.gid), Uid::from_raw(cfg.uid));
     // glibc applies these to every thread of the process.
-    nix::unistd::setresgid(gid, gid, gid).context("setresgid")?;
-    nix::unistd::setresuid(uid, uid, uid).context("setresuid")?;
+    nix::unistd::setresgid(gid, gid, gid).map_err(at("setresgid"))?;
+    nix::unistd::setresuid(uid, uid, uid).map_err(at("setresuid"))?;
     // A change of uid clears the parent-death signal: set it again, then make sure the
     // waiter did not die in between.
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
-        .context("PR_SET_PDEATHSIG")?;
+        .map_err(at("PR_SET_PDEATHSIG"))?;
     if WAITER_PIPE.get().is_some_and(waiter_gone) {
-        bail!("the jail's waiter died during start-up");
+        return Err(Error::WaiterGone);
     }
-    nix::sys::prctl::set_no_new_privs().context("PR_SET_NO_NEW_PRIVS")?;
-    nix::sys::prctl::set_dumpable(false).context("PR_SET_DUMPABLE")?;
+    nix::sys::prctl::set_no_new_privs().map_err(at("PR_SET_NO_NEW_PRIVS"))?;
+    nix::sys::prctl::set_dumpable(false).map_err(at("PR_SET_DUMPABLE"))?;
     let root = Uid::from_raw(0);
     if nix::unistd::geteuid().is_root() || nix::unistd::setresuid(root, root, root).is_ok() {
-        bail!("still able to be root after dropping privileges");
+        return Err(Error::StillRoot);
     }
     Ok(())
 }
 
-fn pivot_into(root: &Path) -> anyhow::Result<()> {
+fn pivot_into(root: &Path) -> Result<(), Error> {
     let none = None::<&str>;
     mount(
         Some(root),
@@ -173,23 +200,23 @@ fn pivot_into(root: &Path) -> anyhow::Result<()> {
         MsFlags::MS_BIND | MsFlags::MS_REC,
         none,
     )
-    .with_context(|| format!("bind-mounting {}", root.display()))?;
+    .map_err(at(format!("bind-mounting {}", root.display())))?;
     let ro = MsFlags::MS_BIND
         | MsFlags::MS_REMOUNT
         | MsFlags::MS_RDONLY
         | MsFlags::MS_NOSUID
         | MsFlags::MS_NODEV
         | MsFlags::MS_NOEXEC;
-    mount(none, root, none, ro, none).context("making the jail read-only")?;
-    std::env::set_current_dir(root).context("entering the jail")?;
+    mount(none, root, none, ro, none).map_err(at("making the jail read-only"))?;
+    std::env::set_current_dir(root).map_err(at("entering the jail"))?;
     // pivot_root(".", "."): the old root ends up stacked on the new one, then detached.
-    nix::unistd::pivot_root(".", ".").context("pivot_root")?;
-    umount2(".", MntFlags::MNT_DETACH).context("detaching the old root")?;
-    std::env::set_current_dir("/").context("chdir /")?;
+    nix::unistd::pivot_root(".", ".").map_err(at("pivot_root"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(at("detaching the old root"))?;
+    std::env::set_current_dir("/").map_err(at("chdir /"))?;
     Ok(())
 }
 
-fn drop_bounding_set() -> anyhow::Result<()> {
+fn drop_bounding_set() -> Result<(), Error> {
     let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse::<libc::c_ulong>().ok())
@@ -198,10 +225,9 @@ fn drop_bounding_set() -> anyhow::Result<()> {
         // SAFETY: prctl(PR_CAPBSET_DROP, cap) takes plain integers and touches no memory.
         let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
         if r != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
-            bail!(
-                "dropping capability {cap}: {}",
-                std::io::Error::last_os_error()
-            );
+            return Err(at(format!("dropping capability {cap}"))(
+                std::io::Error::last_os_error(),
+            ));
         }
     }
     Ok(())

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, bail};
 use kvm_bindings::{
     KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, kvm_userspace_memory_region,
 };
@@ -83,6 +82,58 @@ struct MmioBus {
     devices: Vec<(u64, Mutex<MmioTransport>)>,
 }
 
+/// What making or running the VM can fail on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("a VM needs at least one vCPU")]
+    NoVcpus,
+    #[error("too many virtio devices (at most {0})")]
+    TooManyDevices(u32),
+    #[error("{op}: {source}")]
+    Kvm {
+        op: String,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Device {
+        what: String,
+        #[source]
+        source: crate::devices::virtio::Error,
+    },
+    #[error(transparent)]
+    Arch(#[from] crate::arch::x86_64::Error),
+    #[error(transparent)]
+    Memory(#[from] memory::Error),
+    #[error("loading the image: {0}")]
+    Image(#[source] vm_memory::GuestMemoryError),
+    #[error("every vCPU thread ended without a word")]
+    NoExit,
+    /// A vCPU met a state it cannot go on from; the message has its registers.
+    #[error("vCPU {id}: {what}")]
+    Vcpu { id: usize, what: String },
+}
+
+fn ioctl(op: impl Into<String>) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    let op = op.into();
+    move |source| Error::Kvm { op, source }
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io { what, source }
+}
+
+fn device_error(what: impl Into<String>) -> impl FnOnce(crate::devices::virtio::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Device { what, source }
+}
+
 impl MmioBus {
     /// Places `device` in the next window with the next IRQ, wired to KVM through an irqfd;
     /// returns the kernel parameter that announces it.
@@ -91,30 +142,28 @@ impl MmioBus {
         vm: &VmFd,
         mem: &GuestMemoryMmap,
         device: Box<dyn VirtioDevice>,
-    ) -> anyhow::Result<String> {
-        let n = u32::try_from(self.devices.len())?;
+    ) -> Result<String, Error> {
+        let max = MMIO_LAST_IRQ - MMIO_FIRST_IRQ + 1;
+        let n = u32::try_from(self.devices.len()).map_err(|_| Error::TooManyDevices(max))?;
         let irq = MMIO_FIRST_IRQ + n;
         if irq > MMIO_LAST_IRQ {
-            bail!(
-                "too many virtio devices (at most {})",
-                MMIO_LAST_IRQ - MMIO_FIRST_IRQ + 1
-            );
+            return Err(Error::TooManyDevices(max));
         }
         let base = MMIO_BASE + u64::from(n) * MMIO_LEN;
-        let evt = EventFd::new(libc::EFD_NONBLOCK).context("virtio irq eventfd")?;
+        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(io("virtio irq eventfd"))?;
         vm.register_irqfd(&evt, irq)
-            .context("registering a virtio irqfd")?;
+            .map_err(ioctl("registering a virtio irqfd"))?;
         // A write of queue index i to the notify register signals the device's i-th
         // eventfd inside KVM: the vCPU goes on running the guest.
-        for (i, qevt) in device.queue_events()?.iter().enumerate() {
-            vm.register_ioevent(
-                qevt,
-                &IoEventAddress::Mmio(base + QUEUE_NOTIFY),
-                u32::try_from(i)?,
-            )
-            .context("registering a queue ioeventfd")?;
+        let queue_events = device
+            .queue_events()
+            .map_err(io("cloning the queue eventfds"))?;
+        for (i, qevt) in (0u32..).zip(&queue_events) {
+            vm.register_ioevent(qevt, &IoEventAddress::Mmio(base + QUEUE_NOTIFY), i)
+                .map_err(ioctl("registering a queue ioeventfd"))?;
         }
-        let transport = MmioTransport::new(device, mem.clone(), Interrupt::new(evt))?;
+        let transport = MmioTransport::new(device, mem.clone(), Interrupt::new(evt))
+            .map_err(device_error("the virtio-mmio transport"))?;
         self.devices.push((base, Mutex::new(transport)));
         Ok(format!(" virtio_mmio.device=4K@{base:#x}:{irq}"))
     }
@@ -138,7 +187,7 @@ pub enum ExitReason {
 }
 
 /// How a VM's end is reported to `Machine::run`.
-pub type ExitSender = mpsc::Sender<anyhow::Result<ExitReason>>;
+pub type ExitSender = mpsc::Sender<Result<ExitReason, Error>>;
 
 pub struct Machine {
     _vm: VmFd,
@@ -147,25 +196,25 @@ pub struct Machine {
     bus: Arc<Mutex<PioBus>>,
     mmio: Arc<MmioBus>,
     exit_tx: ExitSender,
-    exit_rx: mpsc::Receiver<anyhow::Result<ExitReason>>,
+    exit_rx: mpsc::Receiver<Result<ExitReason, Error>>,
 }
 
 impl Machine {
-    pub fn new(cfg: MachineConfig) -> anyhow::Result<Machine> {
+    pub fn new(cfg: MachineConfig) -> Result<Machine, Error> {
         if cfg.vcpus == 0 {
-            bail!("a VM needs at least one vCPU");
+            return Err(Error::NoVcpus);
         }
-        let kvm = Kvm::new().context("opening /dev/kvm")?;
-        let vm = kvm.create_vm().context("KVM_CREATE_VM")?;
+        let kvm = Kvm::new().map_err(ioctl("opening /dev/kvm"))?;
+        let vm = kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
         boot_step("KVM VM created");
         let ram = memory::create(cfg.memory_mib)?;
-        for (slot, region) in ram.memory.iter().enumerate() {
+        for (slot, region) in (0u32..).zip(ram.memory.iter()) {
             let host = ram
                 .memory
                 .get_host_address(region.start_addr())
-                .context("region host address")?;
+                .map_err(crate::arch::x86_64::Error::from)?;
             let mr = kvm_userspace_memory_region {
-                slot: u32::try_from(slot)?,
+                slot,
                 guest_phys_addr: region.start_addr().raw_value(),
                 memory_size: region.len(),
                 userspace_addr: host as u64,
@@ -173,14 +222,16 @@ impl Machine {
             };
             // SAFETY: the region is a live mapping owned by `ram`, which the Machine keeps
             // for as long as the VM exists; its size and address come from that mapping.
-            unsafe { vm.set_user_memory_region(mr) }.context("KVM_SET_USER_MEMORY_REGION")?;
+            unsafe { vm.set_user_memory_region(mr) }
+                .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
         }
         irqchip::create(&vm)?;
         boot_step("guest RAM mapped, irqchip and PIT made");
 
-        let serial = Serial::new(cfg.serial_out).context("serial eventfd")?;
-        vm.register_irqfd(&serial.irq_evt()?, serial::IRQ)
-            .context("registering the serial irqfd")?;
+        let serial = Serial::new(cfg.serial_out).map_err(io("serial eventfd"))?;
+        let serial_irq = serial.irq_evt().map_err(io("serial eventfd"))?;
+        vm.register_irqfd(&serial_irq, serial::IRQ)
+            .map_err(ioctl("registering the serial irqfd"))?;
         let bus = Arc::new(Mutex::new(PioBus {
             serial,
             i8042: I8042,
@@ -191,19 +242,20 @@ impl Machine {
         };
         let mut device_params = String::new();
         if let Some(v) = cfg.vsock {
-            let dev = Vsock::new(v.cid, v.uds)?;
+            let dev = Vsock::new(v.cid, v.uds).map_err(device_error("vsock device"))?;
             device_params += &mmio.add(&vm, &ram.memory, Box::new(dev))?;
         }
         for d in &cfg.disks {
-            device_params += &mmio.add(&vm, &ram.memory, Box::new(Block::open(d)?))?;
+            let dev = Block::open(d).map_err(device_error("block device"))?;
+            device_params += &mmio.add(&vm, &ram.memory, Box::new(dev))?;
         }
         for f in &cfg.fs {
-            let dev = VhostUserFs::connect(f)?;
+            let dev = VhostUserFs::connect(f).map_err(device_error("virtio-fs device"))?;
             device_params += &mmio.add(&vm, &ram.memory, Box::new(dev))?;
         }
         for n in &cfg.nets {
             let dev = Net::new(n, &ram.memory)
-                .with_context(|| format!("net device on tap-fd {}", n.tap_fd))?;
+                .map_err(device_error(format!("net device on tap-fd {}", n.tap_fd)))?;
             device_params += &mmio.add(&vm, &ram.memory, Box::new(dev))?;
         }
 
@@ -212,7 +264,7 @@ impl Machine {
         for id in 0..cfg.vcpus {
             let vcpu = vm
                 .create_vcpu(u64::from(id))
-                .with_context(|| format!("KVM_CREATE_VCPU {id}"))?;
+                .map_err(ioctl(format!("KVM_CREATE_VCPU {id}")))?;
             cpu::configure_common(&kvm, &vcpu, id, cfg.vcpus)?;
             vcpus.push(vcpu);
         }
@@ -241,7 +293,7 @@ impl Machine {
             Boot::RealMode { image, addr } => {
                 ram.memory
                     .write_slice(&image, GuestAddress(u64::from(addr)))
-                    .context("loading the image")?;
+                    .map_err(Error::Image)?;
                 cpu::configure_real_mode(&vcpus[0], addr)?;
             }
         }
@@ -265,7 +317,7 @@ impl Machine {
 
     /// Runs every vCPU on its own thread; returns when the first one ends the VM (or the
     /// API asks for it). The calling thread is confined once the vCPUs run.
-    pub fn run(self) -> anyhow::Result<ExitReason> {
+    pub fn run(self) -> Result<ExitReason, Error> {
         let tx = self.exit_tx;
         for (id, vcpu) in self.vcpus.into_iter().enumerate() {
             let bus = self.bus.clone();
@@ -276,13 +328,11 @@ impl Machine {
                 .spawn(move || {
                     let _ = tx.send(run_vcpu(id, vcpu, &bus, &mmio));
                 })
-                .context("spawning a vCPU thread")?;
+                .map_err(io("spawning a vCPU thread"))?;
         }
         drop(tx);
         seccomp::apply_or_exit(ThreadKind::Device);
-        self.exit_rx
-            .recv()
-            .context("every vCPU thread ended without a word")?
+        self.exit_rx.recv().map_err(|_| Error::NoExit)?
     }
 }
 
@@ -327,8 +377,9 @@ fn run_vcpu(
     mut vcpu: VcpuFd,
     bus: &Mutex<PioBus>,
     mmio: &MmioBus,
-) -> anyhow::Result<ExitReason> {
+) -> Result<ExitReason, Error> {
     seccomp::apply_or_exit(ThreadKind::Vcpu);
+    let fail = |what: String| Err(Error::Vcpu { id, what });
     if id == 0 {
         tracing::info!(
             us = process_start()
@@ -379,19 +430,23 @@ fn run_vcpu(
             Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
                 KVM_SYSTEM_EVENT_RESET => return Ok(ExitReason::Reset),
                 KVM_SYSTEM_EVENT_SHUTDOWN => return Ok(ExitReason::Shutdown),
-                other => bail!("vCPU {id}: unexpected system event {other}"),
+                other => return fail(format!("unexpected system event {other}")),
             },
-            Ok(VcpuExit::Hlt) => bail!("vCPU {id} halted with no interrupt controller to wake it"),
-            Ok(VcpuExit::FailEntry(reason, cpu)) => bail!(
-                "vCPU {id}: VM entry failed (reason {reason:#x}, cpu {cpu}): {}",
-                vcpu_state(&vcpu)
-            ),
-            Ok(VcpuExit::InternalError) => {
-                bail!("vCPU {id}: KVM internal error: {}", vcpu_state(&vcpu))
+            Ok(VcpuExit::Hlt) => {
+                return fail("halted with no interrupt controller to wake it".into());
             }
-            Ok(other) => bail!("vCPU {id}: unhandled exit {other:?}"),
+            Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                return fail(format!(
+                    "VM entry failed (reason {reason:#x}, cpu {cpu}): {}",
+                    vcpu_state(&vcpu)
+                ));
+            }
+            Ok(VcpuExit::InternalError) => {
+                return fail(format!("KVM internal error: {}", vcpu_state(&vcpu)));
+            }
+            Ok(other) => return fail(format!("unhandled exit {other:?}")),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
-            Err(e) => bail!("vCPU {id}: KVM_RUN: {e}"),
+            Err(e) => return fail(format!("KVM_RUN: {e}")),
         }
     }
 }

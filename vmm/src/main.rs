@@ -88,7 +88,7 @@ struct Cli {
 impl Cli {
     fn vm_config(self) -> anyhow::Result<VmConfig> {
         if let Some(path) = &self.config {
-            return VmConfig::from_file(path);
+            return Ok(VmConfig::from_file(path)?);
         }
         Ok(VmConfig {
             kernel: self.kernel.expect("clap requires --kernel"),
@@ -160,7 +160,7 @@ fn run(cfg: VmConfig) -> anyhow::Result<ExitReason> {
         // Everything is open; nothing of the host is needed from here on.
         jail::confine(j, cfg.serial_log_max.saturating_add(1 << 20))?;
     }
-    machine.run()
+    Ok(machine.run()?)
 }
 
 /// Enters the jail's namespaces (forking: only the VMM child returns) and makes the
@@ -218,7 +218,8 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("hull-vmm: {e:#}");
+            // hull-vmm's errors carry their causes in their messages.
+            eprintln!("hull-vmm: {e}");
             ExitCode::FAILURE
         }
     }

@@ -5,10 +5,19 @@ use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::FromRawFd;
 
-use anyhow::{Context, bail};
 use vm_memory::{FileOffset, GuestMemoryMmap};
 
 use crate::arch::x86_64::layout;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("guest memory must be at least 16 MiB, not {0} MiB")]
+    TooSmall(u32),
+    #[error("making the guest memory file: {0}")]
+    File(#[source] std::io::Error),
+    #[error("mapping guest memory: {0}")]
+    Map(#[source] vm_memory::mmap::FromRangesError),
+}
 
 pub struct GuestRam {
     pub memory: GuestMemoryMmap,
@@ -16,31 +25,29 @@ pub struct GuestRam {
     pub file: File,
 }
 
-pub fn create(size_mib: u32) -> anyhow::Result<GuestRam> {
+pub fn create(size_mib: u32) -> Result<GuestRam, Error> {
     if size_mib < 16 {
-        bail!("guest memory must be at least 16 MiB");
+        return Err(Error::TooSmall(size_mib));
     }
     let size = u64::from(size_mib) << 20;
-    let name = CString::new("hull-guest-ram")?;
+    let name = CString::from(c"hull-guest-ram");
     // SAFETY: memfd_create takes a valid NUL-terminated name and flags; it returns a new
     // descriptor we own or -1.
     let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("memfd_create");
+        return Err(Error::File(std::io::Error::last_os_error()));
     }
     // SAFETY: `fd` was just created and is owned by nobody else.
     let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(size).context("sizing the guest memory file")?;
+    file.set_len(size).map_err(Error::File)?;
     let mut offset = 0u64;
-    let ranges: Vec<_> = layout::ram_ranges(size)
-        .into_iter()
-        .map(|(addr, len)| {
-            let fo = FileOffset::new(file.try_clone().expect("dup memfd"), offset);
-            offset += len as u64;
-            (addr, len, Some(fo))
-        })
-        .collect();
-    let memory = GuestMemoryMmap::from_ranges_with_files(ranges).context("mapping guest memory")?;
+    let mut ranges = Vec::new();
+    for (addr, len) in layout::ram_ranges(size) {
+        let fo = FileOffset::new(file.try_clone().map_err(Error::File)?, offset);
+        offset += len as u64;
+        ranges.push((addr, len, Some(fo)));
+    }
+    let memory = GuestMemoryMmap::from_ranges_with_files(ranges).map_err(Error::Map)?;
     Ok(GuestRam { memory, file })
 }
 

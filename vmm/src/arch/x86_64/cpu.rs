@@ -2,7 +2,7 @@
 //! firmware-less images): CPUID, MSRs, registers, segments and identity page tables,
 //! FPU, and the local APIC's LINT0/LINT1 wiring.
 
-use anyhow::Context;
+use crate::arch::x86_64::{Error, Result, ioctl};
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_fpu, kvm_msr_entry, kvm_regs};
 use kvm_ioctls::{Kvm, VcpuFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -42,10 +42,10 @@ const FALLBACK_BRAND: &[u8] = b"hull virtual CPU";
 /// topology leaves describe `count` single-threaded cores in one package (not the host's
 /// sharing counts), and the brand string is never empty. Everything else (features,
 /// caches, TLBs, XSAVE sizes) is what KVM reports it can virtualise.
-pub fn cpuid(kvm: &Kvm, id: u8, count: u8) -> anyhow::Result<CpuId> {
+pub fn cpuid(kvm: &Kvm, id: u8, count: u8) -> Result<CpuId> {
     let mut cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .context("KVM_GET_SUPPORTED_CPUID")?;
+        .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
     normalise(&mut cpuid, id, count);
     Ok(cpuid)
 }
@@ -138,7 +138,7 @@ fn set_brand_if_missing(cpuid: &mut CpuId) {
     }
 }
 
-fn boot_msrs() -> anyhow::Result<Msrs> {
+fn boot_msrs() -> Result<Msrs> {
     let entry = |index, data| kvm_msr_entry {
         index,
         data,
@@ -158,31 +158,31 @@ fn boot_msrs() -> anyhow::Result<Msrs> {
         // MTRRs on, default type write-back.
         entry(MSR_MTRR_DEF_TYPE, (1 << 11) | 6),
     ])
-    .map_err(|e| anyhow::anyhow!("building MSR list: {e:?}"))
+    .map_err(|e| Error::Msrs(format!("{e:?}")))
 }
 
 /// CPUID, MSRs, FPU and LAPIC: every vCPU needs them, the boot one and the others.
-pub fn configure_common(kvm: &Kvm, vcpu: &VcpuFd, id: u8, count: u8) -> anyhow::Result<()> {
+pub fn configure_common(kvm: &Kvm, vcpu: &VcpuFd, id: u8, count: u8) -> Result<()> {
     vcpu.set_cpuid2(&cpuid(kvm, id, count)?)
-        .context("KVM_SET_CPUID2")?;
+        .map_err(ioctl("KVM_SET_CPUID2"))?;
     let msrs = boot_msrs()?;
-    let written = vcpu.set_msrs(&msrs).context("KVM_SET_MSRS")?;
+    let written = vcpu.set_msrs(&msrs).map_err(ioctl("KVM_SET_MSRS"))?;
     if written != msrs.as_slice().len() {
-        anyhow::bail!(
-            "KVM accepted only {written} of {} boot MSRs",
-            msrs.as_slice().len()
-        );
+        return Err(Error::MsrsRefused {
+            written,
+            wanted: msrs.as_slice().len(),
+        });
     }
     let fpu = kvm_fpu {
         fcw: 0x37f,
         mxcsr: 0x1f80,
         ..Default::default()
     };
-    vcpu.set_fpu(&fpu).context("KVM_SET_FPU")?;
-    let mut lapic = vcpu.get_lapic().context("KVM_GET_LAPIC")?;
+    vcpu.set_fpu(&fpu).map_err(ioctl("KVM_SET_FPU"))?;
+    let mut lapic = vcpu.get_lapic().map_err(ioctl("KVM_GET_LAPIC"))?;
     set_lvt_mode(&mut lapic.regs, APIC_LVT0, APIC_MODE_EXTINT);
     set_lvt_mode(&mut lapic.regs, APIC_LVT1, APIC_MODE_NMI);
-    vcpu.set_lapic(&lapic).context("KVM_SET_LAPIC")?;
+    vcpu.set_lapic(&lapic).map_err(ioctl("KVM_SET_LAPIC"))?;
     Ok(())
 }
 
@@ -198,7 +198,7 @@ fn set_lvt_mode(regs: &mut [std::os::raw::c_char; 1024], offset: usize, mode: u3
 }
 
 /// Registers, segments and paging for the 64-bit Linux entry at `entry`.
-pub fn configure_long_mode(vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: u64) -> anyhow::Result<()> {
+pub fn configure_long_mode(vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: u64) -> Result<()> {
     let regs = kvm_regs {
         rflags: 0x2,
         rip: entry,
@@ -207,7 +207,7 @@ pub fn configure_long_mode(vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: u64) -> 
         rsi: ZERO_PAGE_START,
         ..Default::default()
     };
-    vcpu.set_regs(&regs).context("KVM_SET_REGS")?;
+    vcpu.set_regs(&regs).map_err(ioctl("KVM_SET_REGS"))?;
 
     for (i, e) in BOOT_GDT.iter().enumerate() {
         mem.write_obj(*e, GuestAddress(BOOT_GDT_START + 8 * i as u64))?;
@@ -220,9 +220,10 @@ pub fn configure_long_mode(vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: u64) -> 
         mem.write_obj((i << 21) | 0x83, GuestAddress(PDE_START + i * 8))?;
     }
 
-    let mut sregs = vcpu.get_sregs().context("KVM_GET_SREGS")?;
+    let mut sregs = vcpu.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
     sregs.gdt.base = BOOT_GDT_START;
-    sregs.gdt.limit = u16::try_from(std::mem::size_of_val(&BOOT_GDT) - 1)?;
+    sregs.gdt.limit = u16::try_from(std::mem::size_of_val(&BOOT_GDT) - 1)
+        .map_err(|_| Error::TooLarge("the boot GDT"))?;
     sregs.idt.base = BOOT_IDT_START;
     sregs.idt.limit = 7;
     sregs.cs = segment(BOOT_GDT[1], 1);
@@ -237,22 +238,22 @@ pub fn configure_long_mode(vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: u64) -> 
     sregs.cr4 |= X86_CR4_PAE;
     sregs.cr0 |= X86_CR0_PE | X86_CR0_PG;
     sregs.efer |= EFER_LME | EFER_LMA;
-    vcpu.set_sregs(&sregs).context("KVM_SET_SREGS")?;
+    vcpu.set_sregs(&sregs).map_err(ioctl("KVM_SET_SREGS"))?;
     Ok(())
 }
 
 /// Real mode at `addr` (below 64 KiB): code segment 0, flat.
-pub fn configure_real_mode(vcpu: &VcpuFd, addr: u16) -> anyhow::Result<()> {
-    let mut sregs = vcpu.get_sregs().context("KVM_GET_SREGS")?;
+pub fn configure_real_mode(vcpu: &VcpuFd, addr: u16) -> Result<()> {
+    let mut sregs = vcpu.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
     sregs.cs.base = 0;
     sregs.cs.selector = 0;
-    vcpu.set_sregs(&sregs).context("KVM_SET_SREGS")?;
+    vcpu.set_sregs(&sregs).map_err(ioctl("KVM_SET_SREGS"))?;
     let regs = kvm_regs {
         rip: u64::from(addr),
         rflags: 0x2,
         ..Default::default()
     };
-    vcpu.set_regs(&regs).context("KVM_SET_REGS")?;
+    vcpu.set_regs(&regs).map_err(ioctl("KVM_SET_REGS"))?;
     Ok(())
 }
 

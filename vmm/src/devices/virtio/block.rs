@@ -11,7 +11,6 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_ID_BYTES,
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
@@ -21,7 +20,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
-use super::{Interrupt, VirtioDevice, read_config_bytes};
+use super::{Error, Interrupt, VirtioDevice, expect_queues, io, read_config_bytes};
 
 pub const DEVICE_TYPE: u32 = VIRTIO_ID_BLOCK;
 pub const SECTOR_SIZE: u64 = 512;
@@ -112,22 +111,23 @@ pub struct Block {
 }
 
 impl Block {
-    pub fn open(cfg: &DiskConfig) -> anyhow::Result<Block> {
+    pub fn open(cfg: &DiskConfig) -> Result<Block, Error> {
         let file = OpenOptions::new()
             .read(true)
             .write(!cfg.read_only)
             .open(&cfg.path)
-            .with_context(|| format!("opening disk {}", cfg.path.display()))?;
+            .map_err(io(format!("opening disk {}", cfg.path.display())))?;
         Block::from_file(file, cfg.read_only, &cfg.path)
     }
 
-    fn from_file(file: File, read_only: bool, path: &Path) -> anyhow::Result<Block> {
-        let meta = file.metadata().context("disk metadata")?;
-        anyhow::ensure!(
-            meta.is_file(),
-            "disk {} is not a regular file",
-            path.display()
-        );
+    fn from_file(file: File, read_only: bool, path: &Path) -> Result<Block, Error> {
+        let meta = file.metadata().map_err(io("disk metadata"))?;
+        if !meta.is_file() {
+            return Err(Error::Config(format!(
+                "disk {} is not a regular file",
+                path.display()
+            )));
+        }
         let sectors = meta.len() / SECTOR_SIZE;
         if !meta.len().is_multiple_of(SECTOR_SIZE) {
             tracing::warn!(
@@ -300,8 +300,8 @@ impl VirtioDevice for Block {
         mem: GuestMemoryMmap,
         mut queues: Vec<Queue>,
         interrupt: Interrupt,
-    ) -> anyhow::Result<()> {
-        anyhow::ensure!(queues.len() == 1, "virtio-blk has one queue");
+    ) -> Result<(), Error> {
+        expect_queues("virtio-blk", 1, queues.len())?;
         self.active = Some(Active {
             mem,
             queue: queues.remove(0),

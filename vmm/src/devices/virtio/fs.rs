@@ -12,7 +12,6 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use anyhow::Context;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
@@ -21,7 +20,9 @@ use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{Interrupt, VIRTIO_F_VERSION_1, VirtioDevice, read_config_bytes};
+use super::{
+    Error, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice, expect_queues, io, read_config_bytes,
+};
 
 pub const DEVICE_TYPE: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_FS;
 /// The high-priority queue and one request queue.
@@ -83,19 +84,30 @@ pub struct VhostUserFs {
 
 impl VhostUserFs {
     /// Connects to the daemon now, so that a missing or dead one is a clear start-up error.
-    pub fn connect(cfg: &FsConfig) -> anyhow::Result<VhostUserFs> {
+    pub fn connect(cfg: &FsConfig) -> Result<VhostUserFs, Error> {
         // The tag is copied into the config space below: a library caller may not have
         // parsed it through the checked paths.
-        cfg.validate().map_err(anyhow::Error::msg)?;
-        let frontend = Frontend::connect(&cfg.socket, QUEUE_SIZES.len() as u64)
-            .with_context(|| format!("connecting to virtiofsd at {}", cfg.socket.display()))?;
-        frontend.set_owner().context("vhost-user SET_OWNER")?;
-        let backend_features = frontend.get_features().context("vhost-user GET_FEATURES")?;
-        anyhow::ensure!(
-            backend_features & VIRTIO_F_VERSION_1 != 0,
-            "the vhost-user daemon at {} does not speak virtio 1",
-            cfg.socket.display()
-        );
+        cfg.validate().map_err(Error::Config)?;
+        let frontend =
+            Frontend::connect(&cfg.socket, QUEUE_SIZES.len() as u64).map_err(|source| {
+                Error::Daemon {
+                    socket: cfg.socket.clone(),
+                    source: Box::new(Error::VhostUser {
+                        op: "connect",
+                        source,
+                    }),
+                }
+            })?;
+        frontend.set_owner().map_err(vhost_user("SET_OWNER"))?;
+        let backend_features = frontend
+            .get_features()
+            .map_err(vhost_user("GET_FEATURES"))?;
+        if backend_features & VIRTIO_F_VERSION_1 == 0 {
+            return Err(Error::Backend(format!(
+                "the vhost-user daemon at {} does not speak virtio 1",
+                cfg.socket.display()
+            )));
+        }
         let mut config = [0u8; TAG_MAX + 4];
         config[..cfg.tag.len()].copy_from_slice(cfg.tag.as_bytes());
         config[TAG_MAX..].copy_from_slice(&1u32.to_le_bytes());
@@ -103,7 +115,7 @@ impl VhostUserFs {
             .iter()
             .map(|_| EventFd::new(libc::EFD_NONBLOCK))
             .collect::<Result<Vec<_>, _>>()
-            .context("kick eventfds")?;
+            .map_err(io("kick eventfds"))?;
         Ok(VhostUserFs {
             frontend,
             socket: cfg.socket.clone(),
@@ -116,29 +128,31 @@ impl VhostUserFs {
         })
     }
 
-    fn setup_backend(&mut self, mem: &GuestMemoryMmap, queues: &[Queue]) -> anyhow::Result<()> {
+    fn setup_backend(&mut self, mem: &GuestMemoryMmap, queues: &[Queue]) -> Result<(), Error> {
         let calls = &self.forwarder.calls;
         let f = &mut self.frontend;
         let protocol = self.backend_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         f.set_features(self.acked_features | protocol)
-            .context("SET_FEATURES")?;
+            .map_err(vhost_user("SET_FEATURES"))?;
         if protocol != 0 {
-            let theirs = f.get_protocol_features().context("GET_PROTOCOL_FEATURES")?;
+            let theirs = f
+                .get_protocol_features()
+                .map_err(vhost_user("GET_PROTOCOL_FEATURES"))?;
             f.set_protocol_features(theirs & VhostUserProtocolFeatures::REPLY_ACK)
-                .context("SET_PROTOCOL_FEATURES")?;
+                .map_err(vhost_user("SET_PROTOCOL_FEATURES"))?;
         }
         let regions = mem
             .iter()
             .map(VhostUserMemoryRegionInfo::from_guest_region)
             .collect::<Result<Vec<_>, _>>()
-            .context("describing guest memory")?;
-        f.set_mem_table(&regions).context("SET_MEM_TABLE")?;
+            .map_err(vhost_user("describing guest memory"))?;
+        f.set_mem_table(&regions)
+            .map_err(vhost_user("SET_MEM_TABLE"))?;
         for (i, q) in queues.iter().enumerate() {
-            let host = |addr: u64| -> anyhow::Result<u64> {
+            let host = |addr: u64| -> Result<u64, Error> {
                 Ok(mem
                     .get_host_address(GuestAddress(addr))
-                    .with_context(|| format!("queue {i}: ring at {addr:#x} outside guest memory"))?
-                    as u64)
+                    .map_err(|_| Error::InvalidQueue)? as u64)
             };
             let ring = VringConfigData {
                 queue_max_size: q.max_size(),
@@ -149,14 +163,19 @@ impl VhostUserFs {
                 avail_ring_addr: host(q.avail_ring())?,
                 log_addr: None,
             };
-            f.set_vring_num(i, q.size()).context("SET_VRING_NUM")?;
-            f.set_vring_addr(i, &ring).context("SET_VRING_ADDR")?;
-            f.set_vring_base(i, 0).context("SET_VRING_BASE")?;
-            f.set_vring_call(i, &calls[i]).context("SET_VRING_CALL")?;
+            f.set_vring_num(i, q.size())
+                .map_err(vhost_user("SET_VRING_NUM"))?;
+            f.set_vring_addr(i, &ring)
+                .map_err(vhost_user("SET_VRING_ADDR"))?;
+            f.set_vring_base(i, 0)
+                .map_err(vhost_user("SET_VRING_BASE"))?;
+            f.set_vring_call(i, &calls[i])
+                .map_err(vhost_user("SET_VRING_CALL"))?;
             f.set_vring_kick(i, &self.kicks[i])
-                .context("SET_VRING_KICK")?;
+                .map_err(vhost_user("SET_VRING_KICK"))?;
             if protocol != 0 {
-                f.set_vring_enable(i, true).context("SET_VRING_ENABLE")?;
+                f.set_vring_enable(i, true)
+                    .map_err(vhost_user("SET_VRING_ENABLE"))?;
             }
         }
         Ok(())
@@ -189,10 +208,13 @@ impl VirtioDevice for VhostUserFs {
         mem: GuestMemoryMmap,
         queues: Vec<Queue>,
         interrupt: Interrupt,
-    ) -> anyhow::Result<()> {
-        anyhow::ensure!(queues.len() == QUEUE_SIZES.len(), "virtio-fs has 2 queues");
+    ) -> Result<(), Error> {
+        expect_queues("virtio-fs", QUEUE_SIZES.len(), queues.len())?;
         self.setup_backend(&mem, &queues)
-            .with_context(|| format!("vhost-user daemon at {}", self.socket.display()))?;
+            .map_err(|e| Error::Daemon {
+                socket: self.socket.clone(),
+                source: Box::new(e),
+            })?;
         *self.forwarder.target.lock().expect("fs irq lock") = Some(interrupt);
         self.active = true;
         Ok(())
@@ -222,6 +244,11 @@ impl VirtioDevice for VhostUserFs {
     }
 }
 
+/// Names the vhost-user request that failed.
+fn vhost_user(op: &'static str) -> impl FnOnce(vhost::Error) -> Error {
+    move |source| Error::VhostUser { op, source }
+}
+
 /// The thread that turns the daemon's call eventfds into the device interrupt. It is
 /// started with the device, before any seccomp filter, and raises the interrupt only while
 /// the device is active.
@@ -232,14 +259,14 @@ struct Forwarder {
 }
 
 impl Forwarder {
-    fn spawn(queues: usize) -> anyhow::Result<Forwarder> {
+    fn spawn(queues: usize) -> Result<Forwarder, Error> {
         let calls = (0..queues)
             .map(|_| EventFd::new(libc::EFD_NONBLOCK))
             .collect::<Result<Vec<_>, _>>()
-            .context("call eventfds")?;
+            .map_err(io("call eventfds"))?;
         let calls = Arc::new(calls);
-        let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).context("stop eventfd")?);
-        let epoll = Epoll::new().context("epoll")?;
+        let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(io("stop eventfd"))?);
+        let epoll = Epoll::new().map_err(io("epoll"))?;
         for (i, c) in calls.iter().enumerate() {
             epoll
                 .ctl(
@@ -247,7 +274,7 @@ impl Forwarder {
                     c.as_raw_fd(),
                     EpollEvent::new(EventSet::IN, i as u64),
                 )
-                .context("epoll add")?;
+                .map_err(io("epoll add"))?;
         }
         epoll
             .ctl(
@@ -255,7 +282,7 @@ impl Forwarder {
                 stop.as_raw_fd(),
                 EpollEvent::new(EventSet::IN, queues as u64),
             )
-            .context("epoll add")?;
+            .map_err(io("epoll add"))?;
         let target: Arc<Mutex<Option<Interrupt>>> = Arc::default();
         let (t_calls, t_target, t_stop) = (calls.clone(), target.clone(), stop.clone());
         std::thread::Builder::new()
@@ -285,7 +312,7 @@ impl Forwarder {
                     }
                 }
             })
-            .context("spawning the virtio-fs interrupt thread")?;
+            .map_err(io("spawning the virtio-fs interrupt thread"))?;
         Ok(Forwarder {
             calls,
             target,
@@ -326,7 +353,10 @@ mod tests {
             socket: dir.path().join("none.sock"),
             tag: "t".into(),
         };
-        let err = format!("{:#}", VhostUserFs::connect(&cfg).err().unwrap());
-        assert!(err.contains("connecting to virtiofsd"), "{err}");
+        let err = VhostUserFs::connect(&cfg).err().unwrap().to_string();
+        assert!(
+            err.contains("none.sock") && err.contains("connect"),
+            "{err}"
+        );
     }
 }

@@ -13,7 +13,7 @@ use virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::{Interrupt, VIRTIO_F_VERSION_1, VirtioDevice};
+use super::{Error, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice};
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
@@ -44,11 +44,11 @@ pub struct MmioTransport {
     activated: bool,
 }
 
-fn new_queues(device: &dyn VirtioDevice) -> anyhow::Result<Vec<Queue>> {
+fn new_queues(device: &dyn VirtioDevice) -> Result<Vec<Queue>, Error> {
     device
         .queue_max_sizes()
         .iter()
-        .map(|s| Queue::new(*s).map_err(|e| anyhow::anyhow!("queue of size {s}: {e:?}")))
+        .map(|s| Queue::new(*s).map_err(|e| Error::Config(format!("queue of size {s}: {e:?}"))))
         .collect()
 }
 
@@ -57,7 +57,7 @@ impl MmioTransport {
         device: Box<dyn VirtioDevice>,
         mem: GuestMemoryMmap,
         interrupt: Interrupt,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, Error> {
         let queues = new_queues(device.as_ref())?;
         Ok(MmioTransport {
             device,
@@ -202,14 +202,14 @@ impl MmioTransport {
                 self.device
                     .activate(self.mem.clone(), queues, self.interrupt.clone())
             } else {
-                Err(anyhow::anyhow!("the driver set up an invalid queue"))
+                Err(Error::InvalidQueue)
             };
             match result {
                 Ok(()) => self.activated = true,
                 Err(e) => {
                     static FAILED: LogBudget = LogBudget::new(8);
                     if FAILED.spend() {
-                        tracing::warn!(error = %format!("{e:#}"), "virtio device failed to activate");
+                        tracing::warn!(error = %e, "virtio device failed to activate");
                     }
                     self.status |= STATUS_FAILED;
                 }
@@ -269,7 +269,7 @@ mod tests {
             _m: GuestMemoryMmap,
             q: Vec<Queue>,
             _i: Interrupt,
-        ) -> anyhow::Result<()> {
+        ) -> Result<(), Error> {
             assert_eq!(q.len(), 2);
             *self.0.sizes.lock().unwrap() = q.iter().map(|q| q.size()).collect();
             *self.0.activated.lock().unwrap() = true;

@@ -20,6 +20,64 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << VERSION_1_BIT;
 /// Interrupt status bit: the device used buffers.
 pub const INT_VRING: u32 = VIRTIO_MMIO_INT_VRING;
 
+/// What making or activating a virtio device can fail on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The operator's description of the device is wrong.
+    #[error("{0}")]
+    Config(String),
+    #[error("{device} needs {expected} queues, not {got}")]
+    QueueCount {
+        device: &'static str,
+        expected: usize,
+        got: usize,
+    },
+    #[error("the driver set up an invalid queue")]
+    InvalidQueue,
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("vhost-user {op}: {source}")]
+    VhostUser {
+        op: &'static str,
+        #[source]
+        source: vhost::Error,
+    },
+    #[error("vhost-user daemon at {socket}: {source}", socket = .socket.display())]
+    Daemon {
+        socket: std::path::PathBuf,
+        #[source]
+        source: Box<Error>,
+    },
+    #[error(transparent)]
+    VhostNet(#[from] net::VhostNetError),
+    /// The device's own thread refused or did not answer.
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// Names the operation that failed with an I/O error.
+pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// Checks the number of queues the transport hands a device.
+pub fn expect_queues(device: &'static str, expected: usize, got: usize) -> Result<(), Error> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(Error::QueueCount {
+            device,
+            expected,
+            got,
+        })
+    }
+}
+
 /// Descriptor flags as the descriptor's 16-bit field holds them (the bindings' are u32).
 #[cfg(test)]
 pub const DESC_F_WRITE: u16 = desc_flag(virtio_bindings::virtio_ring::VRING_DESC_F_WRITE);
@@ -82,11 +140,11 @@ pub trait VirtioDevice: Send {
         mem: GuestMemoryMmap,
         queues: Vec<Queue>,
         interrupt: Interrupt,
-    ) -> anyhow::Result<()>;
+    ) -> Result<(), Error>;
     /// Eventfds that KVM may signal directly for the driver's queue notifications (one
     /// per queue, in order; registered as ioeventfds on the notify register), so a kick
     /// costs no exit to userspace. None: notifications arrive through `notify`.
-    fn queue_events(&self) -> anyhow::Result<Vec<EventFd>> {
+    fn queue_events(&self) -> std::io::Result<Vec<EventFd>> {
         Ok(Vec::new())
     }
     /// The driver notified queue `index`.

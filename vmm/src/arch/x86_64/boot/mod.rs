@@ -7,7 +7,6 @@ pub mod mptable;
 use std::fs::File;
 use std::path::Path;
 
-use anyhow::{Context, bail};
 use linux_loader::cmdline::Cmdline;
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
@@ -20,6 +19,7 @@ use vm_memory::{
 };
 
 use crate::arch::x86_64::layout::*;
+use crate::arch::x86_64::{Error, Result};
 
 const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
 const KERNEL_HDR_MAGIC: u32 = 0x5372_6448;
@@ -40,19 +40,21 @@ pub struct Entry {
 }
 
 /// Loads the kernel and returns its entry point and the end of what it occupies.
-pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> anyhow::Result<KernelLoaderResult> {
-    let mut file =
-        File::open(path).with_context(|| format!("opening kernel {}", path.display()))?;
+pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<KernelLoaderResult> {
+    let open = || {
+        File::open(path).map_err(|source| Error::Open {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
     let himem = Some(GuestAddress(HIMEM_START));
-    match Elf::load(mem, None, &mut file, himem) {
+    match Elf::load(mem, None, &mut open()?, himem) {
         Ok(r) => Ok(r),
-        Err(elf_err) => {
-            let mut file = File::open(path)?;
-            BzImage::load(mem, None, &mut file, himem).map_err(|bz_err| {
-                anyhow::anyhow!(
-                    "{} is neither an ELF vmlinux ({elf_err}) nor a bzImage ({bz_err})",
-                    path.display()
-                )
+        Err(elf) => {
+            BzImage::load(mem, None, &mut open()?, himem).map_err(|bzimage| Error::Kernel {
+                path: path.to_path_buf(),
+                elf,
+                bzimage,
             })
         }
     }
@@ -63,38 +65,40 @@ pub fn load_initrd(
     mem: &GuestMemoryMmap,
     path: &Path,
     kernel_end: u64,
-) -> anyhow::Result<(GuestAddress, usize)> {
-    let mut file =
-        File::open(path).with_context(|| format!("opening initrd {}", path.display()))?;
+) -> Result<(GuestAddress, usize)> {
+    let mut file = File::open(path).map_err(|source| Error::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let size = file.metadata()?.len();
+    let too_big = || Error::InitrdTooBig { size };
     let low_end = mem
         .iter()
         .next()
         .map(|r| r.start_addr().unchecked_add(r.len()))
-        .context("no guest memory")?;
+        .ok_or_else(too_big)?;
     let top = low_end.raw_value().min(MMIO_GAP_START);
     if size >= top {
-        bail!("initrd ({size} bytes) does not fit in guest memory");
+        return Err(too_big());
     }
     let addr = (top - size) & !(PAGE_SIZE - 1);
     if addr < kernel_end {
-        bail!("initrd ({size} bytes) overlaps the kernel: give the VM more memory");
+        return Err(Error::InitrdOverlapsKernel { size });
     }
-    let region = mem
-        .find_region(GuestAddress(addr))
-        .context("initrd address not in guest memory")?;
+    let region = mem.find_region(GuestAddress(addr)).ok_or_else(too_big)?;
     let offset = GuestAddress(addr).unchecked_offset_from(region.start_addr());
-    let len = usize::try_from(size)?;
-    let slice = region.get_slice(vm_memory::MemoryRegionAddress(offset), len)?;
+    let len = usize::try_from(size).map_err(|_| too_big())?;
+    let slice = region
+        .get_slice(vm_memory::MemoryRegionAddress(offset), len)
+        .map_err(Error::Memory)?;
     file.read_exact_volatile(&mut slice.clone())
-        .context("reading the initrd into guest memory")?;
+        .map_err(Error::InitrdRead)?;
     Ok((GuestAddress(addr), len))
 }
 
-pub fn build_cmdline(extra: &str) -> anyhow::Result<Cmdline> {
-    let mut c = Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| anyhow::anyhow!("{e}"))?;
-    c.insert_str(extra)
-        .map_err(|e| anyhow::anyhow!("kernel command line: {e}"))?;
+pub fn build_cmdline(extra: &str) -> Result<Cmdline> {
+    let mut c = Cmdline::new(CMDLINE_MAX_SIZE)?;
+    c.insert_str(extra)?;
     Ok(c)
 }
 
@@ -104,8 +108,9 @@ pub fn configure_linux(
     kernel: &KernelLoaderResult,
     cmdline: &Cmdline,
     initrd: Option<(GuestAddress, usize)>,
-) -> anyhow::Result<()> {
-    load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline).context("writing the command line")?;
+) -> Result<()> {
+    load_cmdline(mem, GuestAddress(CMDLINE_START), cmdline)
+        .map_err(|e| Error::BootParams(format!("the command line: {e}")))?;
     let cmdline_len = cmdline
         .as_cstring()
         .map(|c| c.as_bytes_with_nul().len())
@@ -119,12 +124,15 @@ pub fn configure_linux(
     params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
     params.hdr.header = KERNEL_HDR_MAGIC;
     params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT_BYTES;
-    params.hdr.cmd_line_ptr = u32::try_from(CMDLINE_START)?;
-    params.hdr.cmdline_size = u32::try_from(cmdline_len)?;
+    params.hdr.cmd_line_ptr =
+        u32::try_from(CMDLINE_START).map_err(|_| Error::TooLarge("the command line's address"))?;
+    params.hdr.cmdline_size =
+        u32::try_from(cmdline_len).map_err(|_| Error::TooLarge("the command line"))?;
     if let Some((addr, size)) = initrd {
         // The boot protocol's fields are 32 bits: load_initrd keeps it below the MMIO gap.
-        params.hdr.ramdisk_image = u32::try_from(addr.raw_value()).context("initrd above 4 GiB")?;
-        params.hdr.ramdisk_size = u32::try_from(size).context("initrd of 4 GiB or more")?;
+        params.hdr.ramdisk_image =
+            u32::try_from(addr.raw_value()).map_err(|_| Error::TooLarge("the initrd's address"))?;
+        params.hdr.ramdisk_size = u32::try_from(size).map_err(|_| Error::TooLarge("the initrd"))?;
     }
     let mut entries = vec![(0, EBDA_START)];
     for region in mem.iter() {
@@ -135,19 +143,20 @@ pub fn configure_linux(
         }
     }
     if entries.len() > params.e820_table.len() {
-        bail!("too many e820 entries");
+        return Err(Error::TooLarge("the e820 map"));
     }
     for (i, (addr, size)) in entries.iter().enumerate() {
         params.e820_table[i].addr = *addr;
         params.e820_table[i].size = *size;
         params.e820_table[i].r#type = E820_RAM;
     }
-    params.e820_entries = u8::try_from(entries.len())?;
+    params.e820_entries =
+        u8::try_from(entries.len()).map_err(|_| Error::TooLarge("the e820 map"))?;
     LinuxBootConfigurator::write_bootparams(
         &BootParams::new(&params, GuestAddress(ZERO_PAGE_START)),
         mem,
     )
-    .map_err(|e| anyhow::anyhow!("writing boot_params: {e}"))?;
+    .map_err(|e| Error::BootParams(e.to_string()))?;
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! its CPUs, its IOAPIC and how ISA interrupts reach it. Written at the start of the last
 //! KiB of base memory, where Linux looks for it.
 
-use anyhow::bail;
+use crate::arch::x86_64::{Error, Result};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::arch::x86_64::layout::EBDA_START;
@@ -24,9 +24,9 @@ fn checksum(bytes: &[u8]) -> u8 {
 }
 
 /// The table for `cpus` vCPUs (APIC ids 0..cpus); the IOAPIC takes id `cpus + 1`.
-pub fn build(cpus: u8) -> anyhow::Result<Vec<u8>> {
+pub fn build(cpus: u8) -> Result<Vec<u8>> {
     if cpus == 0 || cpus > 254 {
-        bail!("the MP table describes 1 to 254 CPUs, not {cpus}");
+        return Err(Error::Cpus(cpus));
     }
     let ioapic_id = cpus + 1;
     let mut entries = Vec::new();
@@ -57,9 +57,7 @@ pub fn build(cpus: u8) -> anyhow::Result<Vec<u8>> {
     let table_len = 44 + entries.len();
     let mut table = Vec::with_capacity(table_len);
     table.extend_from_slice(b"PCMP");
-    let Ok(table_len) = u16::try_from(table_len) else {
-        bail!("MP table of {table_len} bytes is too large");
-    };
+    let table_len = u16::try_from(table_len).map_err(|_| Error::MpTableTooBig(cpus))?;
     table.extend_from_slice(&table_len.to_le_bytes());
     table.push(4); // spec revision 1.4
     table.push(0); // checksum, below
@@ -74,7 +72,8 @@ pub fn build(cpus: u8) -> anyhow::Result<Vec<u8>> {
     table[7] = checksum(&table);
 
     // The floating pointer comes first and points just past itself.
-    let table_addr = u32::try_from(EBDA_START + 16)?;
+    let table_addr =
+        u32::try_from(EBDA_START + 16).map_err(|_| Error::TooLarge("the MP table's address"))?;
     let mut out = Vec::with_capacity(16 + table.len());
     out.extend_from_slice(b"_MP_");
     out.extend_from_slice(&table_addr.to_le_bytes());
@@ -82,12 +81,12 @@ pub fn build(cpus: u8) -> anyhow::Result<Vec<u8>> {
     out[10] = checksum(&out[..16]);
     out.extend_from_slice(&table);
     if out.len() > 1024 {
-        bail!("an MP table for {cpus} CPUs does not fit in the last KiB of base memory");
+        return Err(Error::MpTableTooBig(cpus));
     }
     Ok(out)
 }
 
-pub fn write(mem: &GuestMemoryMmap, cpus: u8) -> anyhow::Result<()> {
+pub fn write(mem: &GuestMemoryMmap, cpus: u8) -> Result<()> {
     mem.write_slice(&build(cpus)?, GuestAddress(EBDA_START))?;
     Ok(())
 }

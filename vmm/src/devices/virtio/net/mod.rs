@@ -20,7 +20,6 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::mpsc;
 
-use anyhow::{Context, bail};
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{
@@ -32,8 +31,9 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{Interrupt, VirtioDevice, read_config_bytes};
+use super::{Error, Interrupt, VirtioDevice, expect_queues, io, read_config_bytes};
 pub use tap::{Tap, VNET_HDR_LEN};
+pub use vhost::Error as VhostNetError;
 pub use worker::NetStats;
 use worker::{Control, Worker};
 
@@ -195,23 +195,23 @@ pub struct Net {
 impl Net {
     /// Takes ownership of the configured tap fd, opens vhost-net as configured (before
     /// the jail: it opens a device node) and starts the device thread.
-    pub fn new(cfg: &NetConfig, mem: &GuestMemoryMmap) -> anyhow::Result<Net> {
-        cfg.validate().map_err(anyhow::Error::msg)?;
+    pub fn new(cfg: &NetConfig, mem: &GuestMemoryMmap) -> Result<Net, Error> {
+        cfg.validate().map_err(Error::Config)?;
         // SAFETY: F_GETFD only asks whether the descriptor is open.
         if unsafe { libc::fcntl(cfg.tap_fd, libc::F_GETFD) } < 0 {
-            bail!("tap-fd {} is not open", cfg.tap_fd);
+            return Err(Error::Config(format!("tap-fd {} is not open", cfg.tap_fd)));
         }
         // SAFETY: the fd is open (checked above), was handed to this process for this
         // device, and nothing else in hull-vmm refers to it; the Tap owns it from here.
         let fd = unsafe { OwnedFd::from_raw_fd(cfg.tap_fd) };
-        let tap = Tap::from_fd(fd).with_context(|| format!("setting up tap-fd {}", cfg.tap_fd))?;
+        let tap = Tap::from_fd(fd).map_err(io(format!("setting up tap-fd {}", cfg.tap_fd)))?;
         let mac = match &cfg.mac {
-            Some(m) => parse_mac(m).map_err(anyhow::Error::msg)?,
+            Some(m) => parse_mac(m).map_err(Error::Config)?,
             None => random_mac(),
         };
         let kernel = match cfg.vhost {
             VhostMode::Off => None,
-            VhostMode::On => Some(vhost::Kernel::open(mem).context("vhost=on")?),
+            VhostMode::On => Some(vhost::Kernel::open(mem)?),
             VhostMode::Auto => match vhost::Kernel::open(mem) {
                 Ok(k) => Some(k),
                 Err(e) if e.is_unavailable() => {
@@ -228,7 +228,7 @@ impl Net {
     }
 
     /// A device on `tap` with hull-vmm's own data path (tests pass a datagram socket).
-    pub fn with_tap(tap: Tap, mac: [u8; 6], mtu: Option<u16>) -> anyhow::Result<Net> {
+    pub fn with_tap(tap: Tap, mac: [u8; 6], mtu: Option<u16>) -> Result<Net, Error> {
         Net::build(tap, mac, mtu, None)
     }
 
@@ -237,7 +237,7 @@ impl Net {
         mac: [u8; 6],
         mtu: Option<u16>,
         kernel: Option<vhost::Kernel>,
-    ) -> anyhow::Result<Net> {
+    ) -> Result<Net, Error> {
         let mut config = [0u8; 12];
         config[..6].copy_from_slice(&mac);
         config[8..10].copy_from_slice(&1u16.to_le_bytes());
@@ -249,8 +249,9 @@ impl Net {
         let queue_evts = (0..QUEUE_SIZES.len())
             .map(|_| EventFd::new(libc::EFD_NONBLOCK).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()
-            .context("queue eventfds")?;
-        let control_evt = Arc::new(EventFd::new(libc::EFD_NONBLOCK).context("control eventfd")?);
+            .map_err(io("queue eventfds"))?;
+        let control_evt =
+            Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(io("control eventfd"))?);
         let (control, rx) = mpsc::channel();
         let stats = NetStats::default();
         let in_kernel = kernel.is_some();
@@ -271,7 +272,7 @@ impl Net {
                 stats.clone(),
             ),
         }
-        .context("starting the net thread")?;
+        .map_err(io("starting the net thread"))?;
         Ok(Net {
             config,
             features,
@@ -329,11 +330,8 @@ impl VirtioDevice for Net {
         self.acked = features;
     }
 
-    fn queue_events(&self) -> anyhow::Result<Vec<EventFd>> {
-        self.queue_evts
-            .iter()
-            .map(|e| e.try_clone().context("cloning a queue eventfd"))
-            .collect()
+    fn queue_events(&self) -> std::io::Result<Vec<EventFd>> {
+        self.queue_evts.iter().map(|e| e.try_clone()).collect()
     }
 
     fn activate(
@@ -341,8 +339,8 @@ impl VirtioDevice for Net {
         mem: GuestMemoryMmap,
         mut queues: Vec<Queue>,
         interrupt: Interrupt,
-    ) -> anyhow::Result<()> {
-        anyhow::ensure!(queues.len() == 2, "virtio-net needs 2 queues");
+    ) -> Result<(), Error> {
+        expect_queues("virtio-net", 2, queues.len())?;
         let acked = |b: u32| self.acked & bit(b) != 0;
         let event_idx = acked(VIRTIO_RING_F_EVENT_IDX);
         for q in &mut queues {
@@ -380,8 +378,10 @@ impl VirtioDevice for Net {
         self.send(Control::Activate(Box::new(active), reply));
         match answer.recv_timeout(RESET_TIMEOUT) {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => bail!("{e}"),
-            Err(_) => bail!("the net thread did not answer the activation"),
+            Ok(Err(e)) => Err(Error::Backend(e)),
+            Err(_) => Err(Error::Backend(
+                "the net thread did not answer the activation".into(),
+            )),
         }
     }
 

@@ -14,11 +14,10 @@ pub mod packet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use anyhow::Context;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
-use super::{Interrupt, VirtioDevice, read_config_bytes};
+use super::{Error, Interrupt, VirtioDevice, expect_queues, io, read_config_bytes};
 pub use muxer::Muxer;
 
 pub const DEVICE_TYPE: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
@@ -33,14 +32,16 @@ pub struct Vsock {
 
 impl Vsock {
     /// Binds the hybrid socket at `uds` and starts the device's epoll thread.
-    pub fn new(cid: u64, uds: PathBuf) -> anyhow::Result<Vsock> {
-        anyhow::ensure!(
-            cid >= 3 && cid < u64::from(u32::MAX),
-            "guest cid {cid} is reserved or too large"
-        );
-        let muxer = Muxer::new(cid, uds).context("vsock backend")?;
+    pub fn new(cid: u64, uds: PathBuf) -> Result<Vsock, Error> {
+        if !(3..u64::from(u32::MAX)).contains(&cid) {
+            return Err(Error::Config(format!(
+                "guest cid {cid} is reserved or too large"
+            )));
+        }
+        let socket = io(format!("vsock socket {}", uds.display()));
+        let muxer = Muxer::new(cid, uds).map_err(socket)?;
         let muxer = Arc::new(Mutex::new(muxer));
-        muxer::spawn_event_loop(muxer.clone())?;
+        muxer::spawn_event_loop(muxer.clone()).map_err(io("starting the vsock thread"))?;
         Ok(Vsock { cid, muxer })
     }
 }
@@ -86,8 +87,8 @@ impl VirtioDevice for Vsock {
         mem: GuestMemoryMmap,
         mut queues: Vec<Queue>,
         interrupt: Interrupt,
-    ) -> anyhow::Result<()> {
-        anyhow::ensure!(queues.len() == 3, "vsock needs 3 queues");
+    ) -> Result<(), Error> {
+        expect_queues("vsock", 3, queues.len())?;
         let tx = queues.remove(1);
         let rx = queues.remove(0);
         self.muxer
