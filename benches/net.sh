@@ -14,6 +14,14 @@ command -v iperf3 >/dev/null || { echo "bench-net: iperf3 missing (run scripts/s
 
 tag=$$
 cleanup() {
+  local rc=$?
+  if [ "$rc" != 0 ] && [ -n "${HULL_CTRD_DIR:-}" ]; then
+    echo "bench-net failed ($rc): the end of containerd's and the pods' logs" >&2
+    tail -n 40 "$HULL_CTRD_DIR/containerd.log" >&2 || true
+    for f in "$HULL_CTRD_DIR"/run/*/vm/*.log; do
+      [ -f "$f" ] && { echo "== $f" >&2; tail -n 20 "$f" >&2; }
+    done
+  fi
   hull_containerd_stop
   # measure runs in a subshell: find its namespaces by this run's tag.
   for ns in $(ip netns list | awk '{print $1}' | grep -- "-$tag\$" || true); do
@@ -28,6 +36,9 @@ trap cleanup EXIT
 hull_containerd_start "$REPO/target/release"
 if [ -n "${HULL_HYPERVISOR:-}" ]; then
   echo "hypervisor = \"$HULL_HYPERVISOR\"" >>"$HULL_CTRD_DIR/hull.toml"
+  # In the nested test host every guest instruction is emulated twice over: agent calls
+  # (a container with the bench's bind mounts) take longer than the default 30 s there.
+  echo "agent_timeout_s = 120" >>"$HULL_CTRD_DIR/hull.toml"
 fi
 
 # outer/pod namespace pair $1 with the pod at 198.19.$2.2/24

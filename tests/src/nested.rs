@@ -14,12 +14,21 @@ pub const INSIDE_ENV: &str = "HULL_IN_TEST_HOST";
 /// One test host at a time: two TCG VMs on two cores would starve each other's guests.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// The test host's memory unless a test asks for more (test-host.sh's default).
+pub const DEFAULT_MEMORY_MIB: u32 = 2048;
+
 /// Runs `script` (sh) inside the test host; its exit status and what it printed.
 pub fn run_script(script: &str, timeout_s: u32) -> (i32, String) {
+    run_script_with_memory(script, timeout_s, DEFAULT_MEMORY_MIB)
+}
+
+/// `run_script` in a test host of `memory_mib` (many pod VMs at once need more).
+pub fn run_script_with_memory(script: &str, timeout_s: u32, memory_mib: u32) -> (i32, String) {
     crate::require_root();
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let out = Command::new(crate::repo_root().join("tests/nested/test-host.sh"))
         .args(["--timeout", &timeout_s.to_string()])
+        .args(["--memory", &memory_mib.to_string()])
         .arg("--")
         .arg(script)
         .current_dir(crate::repo_root())
@@ -33,12 +42,17 @@ pub fn run_script(script: &str, timeout_s: u32) -> (i32, String) {
 /// Runs the calling binary's test `name` (usually `#[ignore]`d) inside the test host and
 /// fails unless it passed there.
 pub fn run_own_test(name: &str, timeout_s: u32) {
+    run_own_test_with_memory(name, timeout_s, DEFAULT_MEMORY_MIB);
+}
+
+/// `run_own_test` in a test host of `memory_mib`.
+pub fn run_own_test_with_memory(name: &str, timeout_s: u32, memory_mib: u32) {
     let exe = std::env::current_exe().expect("test binary path");
     let script = format!(
         "{INSIDE_ENV}=1 RUST_BACKTRACE=1 {} --exact {name} --include-ignored --nocapture --test-threads=1",
         exe.display()
     );
-    let (rc, out) = run_script(&script, timeout_s);
+    let (rc, out) = run_script_with_memory(&script, timeout_s, memory_mib);
     assert_eq!(rc, 0, "{name} failed inside the test host");
     assert!(
         out.contains("test result: ok. 1 passed"),

@@ -371,18 +371,17 @@ impl Worker {
                 }
                 RxOutcome::Dropped => self.stats.bump(RX_DROPPED),
                 RxOutcome::TapEmpty => break,
-                RxOutcome::NoBuffers => match a.rx.enable_notification(&a.mem) {
-                    // Buffers came in meanwhile: look once more (a ring whose index claims
-                    // buffers it does not have must not keep the thread spinning).
-                    Ok(true) if !rechecked => {
+                RxOutcome::NoBuffers => {
+                    if kick_on_next_publish(&mut a.rx, &a.mem) && !rechecked {
+                        // Buffers came in meanwhile: look once more (a ring whose index
+                        // claims buffers it does not have must not keep the thread
+                        // spinning; its next publish kicks us).
                         rechecked = true;
                         continue;
                     }
-                    _ => {
-                        wait_for_buffers = true;
-                        break;
-                    }
-                },
+                    wait_for_buffers = true;
+                    break;
+                }
             }
         }
         // The guest's kick (RX queue eventfd) re-arms the tap once it has made room.
@@ -392,6 +391,33 @@ impl Worker {
         }
         self.active = Some(a);
     }
+}
+
+/// Makes the driver kick at its next publish, and says whether it published meanwhile.
+///
+/// `enable_notification` sets EVENT_IDX's avail_event to the device's position, which is
+/// right when the device has used everything before it. RX may stop short of that: the
+/// buffers published are too few for a frame and go back to the ring. A driver that has
+/// published past avail_event never crosses it again and never kicks: RX would stall for
+/// good (the nested bulk-transfer test saw it). So avail_event becomes the driver's avail
+/// index itself, written until it holds still (a driver publishing all along gets looked at
+/// again by the caller rather than waited for).
+fn kick_on_next_publish(q: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    let ours = q.next_avail();
+    let mut moved = false;
+    for _ in 0..4 {
+        let Ok(theirs) = q.avail_idx(mem, Ordering::Acquire) else {
+            break;
+        };
+        q.set_next_avail(theirs.0);
+        // True when the index moved after avail_event was written.
+        moved = q.enable_notification(mem).unwrap_or(false);
+        if !moved {
+            break;
+        }
+    }
+    q.set_next_avail(ours);
+    moved
 }
 
 /// Collects the chain's descriptors (all readable for TX, all writable for RX) onto
