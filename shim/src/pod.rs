@@ -328,13 +328,26 @@ fn watch_vm(pod: std::sync::Weak<Pod>, dead: watch::Sender<bool>) {
         std::thread::sleep(Duration::from_millis(50));
         let Some(pod) = pod.upgrade() else { return };
         let mut guard = pod.vm.lock().expect("vm lock");
-        let exited = match guard.as_mut() {
-            None => true,
-            Some(vm) => !matches!(vm.wait_exit(Duration::ZERO), Ok(None)),
+        // (clean exit, status) once the VMM has exited.
+        let exit = match guard.as_mut() {
+            None => Some((true, "gone".to_string())),
+            Some(vm) => match vm.wait_exit(Duration::ZERO) {
+                Ok(None) => None,
+                Ok(Some(status)) => Some((status.success(), status.to_string())),
+                Err(e) => Some((false, format!("unknown ({e:#})"))),
+            },
         };
-        if exited {
+        if let Some((clean, status)) = exit {
             if let Some(vm) = guard.take() {
-                tracing::warn!(sandbox = %pod.id, console = %vm.console().lines().rev().take(5).collect::<Vec<_>>().join(" | "), "pod VM exited");
+                let console = vm.console();
+                let last = console.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+                if clean {
+                    tracing::info!(sandbox = %pod.id, %status, console = %last, "pod VM exited");
+                } else {
+                    // Why it failed is in the VMM's own log (its error, a triple fault, a
+                    // seccomp report) as much as on the console: both go to the shim log.
+                    tracing::warn!(sandbox = %pod.id, %status, report = %vm.diagnostics(), "pod VM failed");
+                }
             }
             let _ = dead.send(true);
             return;
