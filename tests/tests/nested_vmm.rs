@@ -170,7 +170,11 @@ fn inside_ctr_run_with_the_builtin_backend() {
 /// `auto` boot slots (4 per core) and deadline (30 s) are sized for, so its config says
 /// what fits it: two boots at a time, two minutes each. Eight guests of 256 MiB do not fit
 /// in the default 2 GiB test host next to containerd and eight shims: it gets 4 GiB.
+/// Kept out of `make test`: in 1 run of 4 the test host's own kernel (KVM on QEMU's
+/// emulated SVM) oopsed in a VMM's vCPU thread ("stack guard page was hit", recursive page
+/// faults inside KVM_RUN) and hung, and once a VMM died right after boot.
 #[test]
+#[ignore = "long nested run: `make test-nested-load`"]
 fn eight_pods_at_once_on_hull_vmm_in_the_test_host() {
     run_own_test_with_memory("inside_eight_pods_at_once", 900, 4096);
 }
