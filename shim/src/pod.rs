@@ -340,7 +340,12 @@ fn watch_vm(pod: std::sync::Weak<Pod>, dead: watch::Sender<bool>) {
         if let Some((clean, status)) = exit {
             if let Some(vm) = guard.take() {
                 let console = vm.console();
-                let last = console.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+                let last = console
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .join(" | ");
                 if clean {
                     tracing::info!(sandbox = %pod.id, %status, console = %last, "pod VM exited");
                 } else {

@@ -339,14 +339,16 @@ impl Machine {
 /// Logs how long after the process start a step of making the VM finished: the parts of
 /// "VMM start -> first KVM_RUN" in `make bench-vmm`.
 fn boot_step(step: &str) {
-    tracing::debug!(
-        us = process_start()
-            .elapsed()
-            .as_micros()
-            .try_into()
-            .unwrap_or(u64::MAX),
-        "{step}"
-    );
+    tracing::debug!(us = since_start_us(), "{step}");
+}
+
+/// Microseconds since the process started.
+fn since_start_us() -> u64 {
+    process_start()
+        .elapsed()
+        .as_micros()
+        .try_into()
+        .unwrap_or(u64::MAX)
 }
 
 /// When the process started, for the boot figures hull-vmm logs.
@@ -381,14 +383,7 @@ fn run_vcpu(
     seccomp::apply_or_exit(ThreadKind::Vcpu);
     let fail = |what: String| Err(Error::Vcpu { id, what });
     if id == 0 {
-        tracing::info!(
-            us = process_start()
-                .elapsed()
-                .as_micros()
-                .try_into()
-                .unwrap_or(u64::MAX),
-            "first KVM_RUN"
-        );
+        tracing::info!(us = since_start_us(), "first KVM_RUN");
     }
     loop {
         match vcpu.run() {
@@ -400,14 +395,7 @@ fn run_vcpu(
                         // The guest may write the boot-timer port as often as it likes.
                         static READY: LogBudget = LogBudget::new(1);
                         if READY.spend() {
-                            tracing::info!(
-                                ms = process_start()
-                                    .elapsed()
-                                    .as_millis()
-                                    .try_into()
-                                    .unwrap_or(u64::MAX),
-                                "guest agent ready"
-                            )
+                            tracing::info!(ms = since_start_us() / 1000, "guest agent ready")
                         }
                     }
                     Action::None => {}
