@@ -23,9 +23,42 @@ pub fn run_script(script: &str, timeout_s: u32) -> (i32, String) {
 }
 
 /// `run_script` in a test host of `memory_mib` (many pod VMs at once need more).
+///
+/// A run that failed the way the nested stack itself fails (see `environment_failure`)
+/// runs once more, and says so; a second failure stands. What the first run printed stays
+/// in the test's output.
 pub fn run_script_with_memory(script: &str, timeout_s: u32, memory_mib: u32) -> (i32, String) {
     crate::require_root();
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (rc, text, all) = run_once(script, timeout_s, memory_mib);
+    if rc != 0
+        && let Some(why) = environment_failure(rc, &all)
+    {
+        eprintln!("nested: {why}: running the test host once more");
+        let (rc, text, _) = run_once(script, timeout_s, memory_mib);
+        return (rc, text);
+    }
+    (rc, text)
+}
+
+/// Whether a failed run shows the nested stack's own known failures rather than hull's:
+/// QEMU's emulated SVM under the test host's KVM sometimes triple-faults a guest while it
+/// unpacks its initramfs, or oopses the test host's kernel, which then hangs until the
+/// timeout (docs/vmm.md). `make test-nested-load` measures how often.
+fn environment_failure(rc: i32, output: &str) -> Option<&'static str> {
+    if output.contains("stack guard page was hit") || output.contains("Oops:") {
+        Some("the test host's kernel oopsed")
+    } else if rc == 124 || output.contains("terminating on signal 15") {
+        Some("the test host hung until its timeout")
+    } else if output.contains("guest shut down (triple fault)") {
+        Some("a guest triple-faulted (the open nested boot bug)")
+    } else {
+        None
+    }
+}
+
+/// One test host run: exit status, stdout, and stdout with stderr.
+fn run_once(script: &str, timeout_s: u32, memory_mib: u32) -> (i32, String, String) {
     let out = Command::new(crate::repo_root().join("tests/nested/test-host.sh"))
         .args(["--timeout", &timeout_s.to_string()])
         .args(["--memory", &memory_mib.to_string()])
@@ -35,8 +68,9 @@ pub fn run_script_with_memory(script: &str, timeout_s: u32, memory_mib: u32) -> 
         .output()
         .expect("running the nested test host");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text)
+    let all = format!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("{all}");
+    (out.status.code().unwrap_or(-1), text, all)
 }
 
 /// Runs the calling binary's test `name` (usually `#[ignore]`d) inside the test host and
@@ -66,4 +100,19 @@ pub fn require_inside() {
         std::env::var_os(INSIDE_ENV).is_some(),
         "this test runs inside the nested test host: run the test that calls run_own_test"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::environment_failure;
+
+    #[test]
+    fn only_the_nested_stacks_own_failures_earn_a_second_run() {
+        assert!(environment_failure(1, "qemu-system-x86_64: terminating on signal 15").is_some());
+        assert!(environment_failure(124, "").is_some());
+        assert!(environment_failure(1, "[ 30.8] BUG: TASK stack guard page was hit at").is_some());
+        assert!(environment_failure(101, "hull-vmm: guest shut down (triple fault)").is_some());
+        assert!(environment_failure(101, "assertion `left == right` failed").is_none());
+        assert!(environment_failure(1, "hull-vmm: block device: opening disk").is_none());
+    }
 }
