@@ -339,14 +339,14 @@ fn watch_vm(pod: std::sync::Weak<Pod>, dead: watch::Sender<bool>) {
         };
         if let Some((clean, status)) = exit {
             if let Some(vm) = guard.take() {
-                let console = vm.console();
-                let last = console
-                    .lines()
-                    .rev()
-                    .take(5)
-                    .collect::<Vec<_>>()
-                    .join(" | ");
                 if clean {
+                    let console = vm.console();
+                    let last = console
+                        .lines()
+                        .rev()
+                        .take(5)
+                        .collect::<Vec<_>>()
+                        .join(" | ");
                     tracing::info!(sandbox = %pod.id, %status, console = %last, "pod VM exited");
                 } else {
                     // Why it failed is in the VMM's own log (its error, a triple fault, a

@@ -8,7 +8,7 @@
 //! device (logged), never the VMM.
 
 use crate::log_budget::LogBudget;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -17,11 +17,11 @@ use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::EpollEvent;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    Error, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice, expect_queues, io, read_config_bytes,
+    Error, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice, epoll, expect_queues, io, read_config_bytes,
 };
 
 pub const DEVICE_TYPE: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_FS;
@@ -266,23 +266,14 @@ impl Forwarder {
             .map_err(io("call eventfds"))?;
         let calls = Arc::new(calls);
         let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(io("stop eventfd"))?);
-        let epoll = Epoll::new().map_err(io("epoll"))?;
-        for (i, c) in calls.iter().enumerate() {
-            epoll
-                .ctl(
-                    ControlOperation::Add,
-                    c.as_raw_fd(),
-                    EpollEvent::new(EventSet::IN, i as u64),
-                )
-                .map_err(io("epoll add"))?;
-        }
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                stop.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, queues as u64),
-            )
-            .map_err(io("epoll add"))?;
+        // Token i: call eventfd i; token `queues`: stop.
+        let sources: Vec<(RawFd, u64)> = calls
+            .iter()
+            .chain([&*stop])
+            .zip(0u64..)
+            .map(|(e, token)| (e.as_raw_fd(), token))
+            .collect();
+        let epoll = epoll::watching(&sources).map_err(io("epoll"))?;
         let target: Arc<Mutex<Option<Interrupt>>> = Arc::default();
         let (t_calls, t_target, t_stop) = (calls.clone(), target.clone(), stop.clone());
         std::thread::Builder::new()
@@ -290,15 +281,7 @@ impl Forwarder {
             .spawn(move || {
                 crate::seccomp::apply_or_exit(crate::seccomp::ThreadKind::Device);
                 let mut events = vec![EpollEvent::default(); queues + 1];
-                loop {
-                    let n = match epoll.wait(-1, &mut events) {
-                        Ok(n) => n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            tracing::error!(error = %e, "virtio-fs: epoll");
-                            return;
-                        }
-                    };
+                while let Some(n) = epoll::wait(&epoll, &mut events, "virtio-fs") {
                     for ev in &events[..n] {
                         let Some(c) = usize::try_from(ev.data()).ok().and_then(|i| t_calls.get(i))
                         else {

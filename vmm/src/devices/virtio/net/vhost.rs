@@ -27,12 +27,13 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::{Epoll, EpollEvent};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::tap::Tap;
 use super::worker::{Active, Control};
 use super::{RX, TX, bit};
+use crate::devices::virtio::epoll;
 use crate::log_budget::LogBudget;
 
 /// The transport features the kernel acts on; the offloads (CSUM, TSO) are the tap's, set
@@ -180,19 +181,12 @@ pub fn spawn(
         ],
         err: EventFd::new(libc::EFD_NONBLOCK)?,
     };
-    let epoll = Epoll::new()?;
-    for (fd, token) in [
+    let epoll = epoll::watching(&[
         (control_evt.as_raw_fd(), TOKEN_CONTROL),
         (evts.call[RX].as_raw_fd(), TOKEN_CALL_RX),
         (evts.call[TX].as_raw_fd(), TOKEN_CALL_TX),
         (evts.err.as_raw_fd(), TOKEN_ERR),
-    ] {
-        epoll.ctl(
-            ControlOperation::Add,
-            fd,
-            EpollEvent::new(EventSet::IN, token),
-        )?;
-    }
+    ])?;
     std::thread::Builder::new()
         .name("net-vhost".into())
         .spawn(move || {
@@ -213,15 +207,7 @@ fn run(
 ) {
     let mut active: Option<Box<Active>> = None;
     let mut events = [EpollEvent::default(); 4];
-    loop {
-        let n = match epoll.wait(-1, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => {
-                tracing::error!(error = %e, "vhost-net event loop failed");
-                return;
-            }
-        };
+    while let Some(n) = epoll::wait(epoll, &mut events, "vhost-net") {
         for ev in &events[..n] {
             match ev.data() {
                 TOKEN_CONTROL => {

@@ -28,7 +28,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::tap::{Tap, VNET_HDR_LEN};
-use crate::devices::virtio::Interrupt;
+use crate::devices::virtio::{Interrupt, epoll};
 use crate::log_budget::LogBudget;
 
 /// The largest frame with its header: a 64 KiB GSO packet, Ethernet and VLAN headers.
@@ -196,18 +196,11 @@ impl Worker {
         control: mpsc::Receiver<Control>,
         stats: NetStats,
     ) -> std::io::Result<()> {
-        let epoll = Epoll::new()?;
-        for (fd, token) in [
+        let epoll = epoll::watching(&[
             (control_evt.as_raw_fd(), TOKEN_CONTROL),
             (rx_evt.as_raw_fd(), TOKEN_RX_QUEUE),
             (tx_evt.as_raw_fd(), TOKEN_TX_QUEUE),
-        ] {
-            epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            )?;
-        }
+        ])?;
         let mut w = Worker {
             tap,
             epoll,
@@ -236,15 +229,7 @@ impl Worker {
 
     fn run(&mut self) {
         let mut events = [EpollEvent::default(); 8];
-        loop {
-            let n = match self.epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, "net event loop failed");
-                    return;
-                }
-            };
+        while let Some(n) = epoll::wait(&self.epoll, &mut events, "net") {
             for ev in &events[..n] {
                 match ev.data() {
                     TOKEN_CONTROL => {

@@ -622,15 +622,7 @@ pub fn spawn_event_loop(muxer: Arc<Mutex<Muxer>>) -> std::io::Result<()> {
         .spawn(move || {
             crate::seccomp::apply_or_exit(crate::seccomp::ThreadKind::Device);
             let mut events = vec![EpollEvent::default(); 64];
-            loop {
-                let n = match epoll.wait(-1, &mut events) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        tracing::error!(error = %e, "vsock event loop failed");
-                        return;
-                    }
-                };
+            while let Some(n) = crate::devices::virtio::epoll::wait(&epoll, &mut events, "vsock") {
                 let mut m = muxer.lock().expect("vsock lock");
                 for ev in &events[..n] {
                     if let Ok(fd) = RawFd::try_from(ev.data()) {
