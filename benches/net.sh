@@ -52,12 +52,21 @@ make_link() {
   ip -n "$pod" route add default via "198.19.$2.1"
 }
 
+# The bind sources are copies in this run's directory: in the nested test host the root
+# file system is an overlay on 9p, which a pod's virtiofsd should not have to serve.
+stage=$HULL_CTRD_DIR/iperf3
+mkdir -p "$stage"
 binds=()
+stage_bind() { # host file, path in the container
+  local copy
+  copy=$stage/$(basename "$2")
+  cp -L "$1" "$copy"
+  binds+=(--mount "type=bind,src=$copy,dst=$2,options=rbind:ro")
+}
 for lib in $(ldd "$(command -v iperf3)" | awk '$3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
-  real=$(readlink -f "$lib")
-  binds+=(--mount "type=bind,src=$real,dst=$lib,options=rbind:ro")
+  stage_bind "$lib" "$lib"
 done
-binds+=(--mount "type=bind,src=$(readlink -f "$(command -v iperf3)"),dst=/usr/bin/iperf3,options=rbind:ro")
+stage_bind "$(command -v iperf3)" /usr/bin/iperf3
 
 gbits() { jq -r 'if .error then ("iperf3: " + .error | halt_error) else .end.sum_received.bits_per_second / 1e9 | . * 100 | round / 100 end'; }
 

@@ -24,11 +24,14 @@ const FIONBIO: u64 = 0x5421;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThreadKind {
-    /// Runs KVM_RUN and serves device exits inline (serial, virtio-mmio, block I/O).
+    /// Runs KVM_RUN and serves the exits answered inline (serial, i8042, virtio-mmio
+    /// registers). Device work is the event loops': a vCPU thread touches no file.
     Vcpu,
-    /// Event loops (vsock sockets, virtio-fs interrupts, the API socket) and the main
-    /// thread once the VM runs.
+    /// Event loops (virtio-net, vsock sockets, virtio-fs interrupts, the API socket) and
+    /// the main thread once the VM runs.
     Device,
+    /// virtio-blk's event loop: it also reads, writes and syncs its disk image.
+    Block,
     /// virtio-net's thread when vhost-net moves the frames: an event loop that also
     /// attaches and detaches the kernel's rings.
     VhostNet,
@@ -86,8 +89,8 @@ const COMMON: &[i64] = &[
     libc::SYS_getsockopt,
 ];
 
-/// vCPU threads also do the block device's I/O.
-const VCPU_EXTRA: &[i64] = &[
+/// The block device's loop reads and writes the image it holds.
+const BLOCK_EXTRA: &[i64] = &[
     libc::SYS_pread64,
     libc::SYS_pwrite64,
     libc::SYS_fdatasync,
@@ -123,11 +126,12 @@ fn filter_with(
     mismatch: SeccompAction,
 ) -> Result<BpfProgram, seccompiler::Error> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    let extra = match kind {
-        ThreadKind::Vcpu => VCPU_EXTRA,
-        ThreadKind::Device | ThreadKind::VhostNet => DEVICE_EXTRA,
+    let extra: &[&[i64]] = match kind {
+        ThreadKind::Vcpu => &[],
+        ThreadKind::Device | ThreadKind::VhostNet => &[DEVICE_EXTRA],
+        ThreadKind::Block => &[DEVICE_EXTRA, BLOCK_EXTRA],
     };
-    for nr in COMMON.iter().chain(extra) {
+    for nr in COMMON.iter().chain(extra.iter().copied().flatten()) {
         rules.insert(*nr, Vec::new());
     }
     let ioctls = match kind {
@@ -139,6 +143,7 @@ fn filter_with(
         ],
         // TUNSETOFFLOAD: the net thread tells the tap what the guest negotiated.
         ThreadKind::Device => vec![eq(1, FIONBIO), eq(1, libc::TUNSETOFFLOAD)],
+        ThreadKind::Block => vec![eq(1, FIONBIO)],
         ThreadKind::VhostNet => [FIONBIO, libc::TUNSETOFFLOAD]
             .into_iter()
             .chain(vhost_net_ioctls())
@@ -256,13 +261,48 @@ mod tests {
         assert!(filter(ThreadKind::Vcpu).unwrap().len() > 40);
         assert!(filter(ThreadKind::Device).unwrap().len() > 40);
         assert!(filter(ThreadKind::VhostNet).unwrap().len() > 40);
+        assert!(filter(ThreadKind::Block).unwrap().len() > 40);
+    }
+
+    /// Only the block device's loop does file I/O; a vCPU thread, which runs whatever
+    /// exit the guest makes, cannot even read a file it holds.
+    #[test]
+    fn only_the_block_loop_reads_and_writes_files() {
+        let file = tempfile::tempfile().unwrap();
+        for (kind, allowed) in [
+            (ThreadKind::Vcpu, false),
+            (ThreadKind::Device, false),
+            (ThreadKind::Block, true),
+        ] {
+            let prog = filter_with(kind, SeccompAction::Errno(libc::EPERM as u32)).unwrap();
+            let f = file.try_clone().unwrap();
+            let (wrote, read, synced) = std::thread::spawn(move || {
+                use std::os::unix::fs::FileExt;
+                seccompiler::apply_filter(&prog).unwrap();
+                let wrote = f.write_all_at(b"x", 0).is_ok();
+                let read = f.read_exact_at(&mut [0u8; 1], 0).is_ok();
+                (wrote, read, f.sync_data().is_ok())
+            })
+            .join()
+            .unwrap();
+            assert_eq!(
+                (wrote, read, synced),
+                (allowed, allowed, allowed),
+                "{kind:?}"
+            );
+        }
     }
 
     /// A confined thread keeps working on what it holds but can't open files or create
     /// descriptors or processes. (Errno instead of Trap, so the test process survives.)
     #[test]
     fn a_confined_thread_cannot_open_files_or_fork() {
-        for kind in [ThreadKind::Vcpu, ThreadKind::Device, ThreadKind::VhostNet] {
+        for kind in [
+            ThreadKind::Vcpu,
+            ThreadKind::Device,
+            ThreadKind::Block,
+            ThreadKind::VhostNet,
+        ] {
             let prog = filter_with(kind, SeccompAction::Errno(libc::EPERM as u32)).unwrap();
             let (opened, evt, forked, wrote) = std::thread::spawn(move || {
                 let evt = vmm_sys_util::eventfd::EventFd::new(0).unwrap();

@@ -302,7 +302,9 @@ fn fuzz_virtio_blk_requests_and_descriptor_chains() {
         path: img.path().into(),
         read_only: false,
     };
-    let (mut t, mem) = transport(Box::new(Block::open(&disk).unwrap()));
+    let blk = Block::open(&disk).unwrap();
+    let pacer = blk.pacer();
+    let (mut t, mem) = transport(Box::new(blk));
     bring_up(&mut t, 1);
     let mut avail = 0u16;
     let mut total_used = 0usize;
@@ -314,6 +316,8 @@ fn fuzz_virtio_blk_requests_and_descriptor_chains() {
         scribble_queue(&mem, &mut r, 0, &mut avail);
         let before = used_idx(&mem, 0);
         t.write(0x50, &0u32.to_le_bytes());
+        // The device serves the kick on its own thread; the guest waits for it.
+        pacer.settle();
         let used = used_idx(&mem, 0).wrapping_sub(before);
         total_used += usize::from(used);
         assert!(
@@ -422,6 +426,7 @@ fn fuzz_vsock_packets_from_the_guest() {
             scribble_buffers(&mem, &mut r);
             scribble_queue(&mem, &mut r, q, &mut avail[ix(q)]);
             t.write(0x50, &u32::try_from(q).unwrap().to_le_bytes());
+            probe.settle();
             continue;
         }
         // RX buffers now and then: without them replies must queue, boundedly.
@@ -431,6 +436,7 @@ fn fuzz_vsock_packets_from_the_guest() {
                 .collect();
             publish_chains(&mem, 0, &bufs, true, &mut avail[0]);
             t.write(0x50, &0u32.to_le_bytes());
+            probe.settle();
         }
         let n = r.below(4) + 1;
         let mut chains = Vec::new();
@@ -458,6 +464,7 @@ fn fuzz_vsock_packets_from_the_guest() {
         }
         publish_chains(&mem, 1, &chains, false, &mut avail[1]);
         t.write(0x50, &1u32.to_le_bytes());
+        probe.settle();
         let (conns, replies) = probe.load();
         assert!(
             conns <= 1024 && replies <= 2048,

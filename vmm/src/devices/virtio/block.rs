@@ -1,5 +1,6 @@
 //! virtio-blk (device type 2) over a raw image file: read, write (unless read-only),
-//! flush, and get-id. Requests are served synchronously when the driver notifies.
+//! flush, and get-id. Requests are served on the device's own event loop, woken by the
+//! queue's ioeventfd: disk I/O never holds a vCPU, and vCPU threads may not touch files.
 //!
 //! The guest controls every field of a request: the chain's layout, the sector, the
 //! lengths. Each is checked; a request that is out of range, misaligned or malformed
@@ -10,7 +11,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_ID_BYTES,
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
@@ -19,8 +22,11 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
+use super::event_loop::{self, Backend, Control, Inbox, Mailbox, Pacer};
 use super::{Error, Interrupt, VirtioDevice, expect_queues, io, read_config_bytes};
+use crate::seccomp::ThreadKind;
 
 pub const DEVICE_TYPE: u32 = VIRTIO_ID_BLOCK;
 pub const SECTOR_SIZE: u64 = 512;
@@ -105,10 +111,26 @@ struct Disk {
 }
 
 pub struct Block {
-    disk: Disk,
     config: [u8; 16],
-    active: Option<Active>,
+    read_only: bool,
+    id: [u8; ID_BYTES],
+    /// Written by KVM on a notify (ioeventfd), or by `notify`.
+    kick: Arc<EventFd>,
+    mailbox: Mailbox<Active>,
+    pacer: Pacer,
 }
+
+/// The device's event loop: the image, and the queue while the driver runs.
+struct Worker {
+    disk: Disk,
+    kick: Arc<EventFd>,
+    inbox: Inbox<Active>,
+    active: Option<Active>,
+    stopped: bool,
+}
+
+const TOKEN_CONTROL: u32 = 0;
+const TOKEN_KICK: u32 = 1;
 
 impl Block {
     pub fn open(cfg: &DiskConfig) -> Result<Block, Error> {
@@ -143,22 +165,43 @@ impl Block {
         let mut config = [0u8; 16];
         config[..8].copy_from_slice(&sectors.to_le_bytes());
         config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
-        Ok(Block {
+        let kick = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(io("kick eventfd"))?);
+        let (mailbox, inbox) = event_loop::mailbox("virtio-blk").map_err(io("control eventfd"))?;
+        let worker = Worker {
             disk: Disk {
                 file,
                 read_only,
                 sectors,
                 id,
             },
-            config,
+            kick: kick.clone(),
+            inbox,
             active: None,
+            stopped: false,
+        };
+        let pacer = event_loop::spawn("virtio-blk", ThreadKind::Block, worker)
+            .map_err(io("starting the virtio-blk thread"))?;
+        Ok(Block {
+            config,
+            read_only,
+            id,
+            kick,
+            mailbox,
+            pacer,
         })
     }
 
     pub fn id(&self) -> &[u8; ID_BYTES] {
-        &self.disk.id
+        &self.id
     }
 
+    /// Waits for the device's loop, usable after the device is handed to its transport.
+    pub fn pacer(&self) -> Pacer {
+        self.pacer.clone()
+    }
+}
+
+impl Worker {
     fn process_queue(&mut self) {
         let Some(a) = self.active.as_mut() else {
             return;
@@ -176,6 +219,45 @@ impl Block {
         if used {
             a.interrupt.signal_used();
         }
+    }
+}
+
+impl MutEventSubscriber for Worker {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(self.inbox.events(TOKEN_CONTROL));
+        event_loop::watch(ops, self.kick.as_ref(), TOKEN_KICK, "the queue's kick");
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        match events.data() {
+            TOKEN_KICK => {
+                let _ = self.kick.read();
+                self.process_queue();
+            }
+            _ => {
+                for c in self.inbox.take() {
+                    match c {
+                        Control::Activate(a, reply) => {
+                            self.active = Some(a);
+                            let _ = reply.send(Ok(()));
+                            // Requests published before the driver's first kick.
+                            self.process_queue();
+                        }
+                        Control::Reset(done) => {
+                            self.active = None;
+                            let _ = done.send(());
+                        }
+                        Control::Stop => self.stopped = true,
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Backend for Worker {
+    fn finished(&self) -> bool {
+        self.stopped
     }
 }
 
@@ -288,7 +370,7 @@ impl VirtioDevice for Block {
     }
 
     fn features(&self) -> u64 {
-        F_SEG_MAX | F_FLUSH | if self.disk.read_only { F_RO } else { 0 }
+        F_SEG_MAX | F_FLUSH | if self.read_only { F_RO } else { 0 }
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -302,22 +384,26 @@ impl VirtioDevice for Block {
         interrupt: Interrupt,
     ) -> Result<(), Error> {
         expect_queues("virtio-blk", 1, queues.len())?;
-        self.active = Some(Active {
+        self.mailbox.activate(Active {
             mem,
             queue: queues.remove(0),
             interrupt,
-        });
-        Ok(())
+        })
+    }
+
+    fn queue_events(&self) -> std::io::Result<Vec<EventFd>> {
+        Ok(vec![self.kick.try_clone()?])
     }
 
     fn notify(&mut self, index: u16) {
         if index == 0 {
-            self.process_queue();
+            let _ = self.kick.write(1);
         }
     }
 
     fn reset(&mut self) {
-        self.active = None;
+        // The guest may reuse the ring's memory once this returns.
+        self.mailbox.reset();
     }
 }
 
@@ -378,6 +464,8 @@ mod tests {
         blk.activate(m.clone(), vec![queue], Interrupt::new(evt))
             .unwrap();
         blk.notify(0);
+        blk.pacer().settle();
+        blk.reset();
         let used_idx: u16 = m.read_obj(q.used_addr().unchecked_add(2)).unwrap();
         assert_eq!(used_idx, 1, "every chain is returned to the driver");
         let used_len: u32 = m.read_obj(q.used_addr().unchecked_add(8)).unwrap();

@@ -1,28 +1,28 @@
 //! virtio-fs (device type 26) as a vhost-user frontend: the file system itself is served
 //! by a vhost-user daemon (virtiofsd) that maps guest memory from the memfd and works the
-//! queues directly. hull-vmm only negotiates, hands over memory and rings, forwards the
-//! guest's queue notifications to the daemon's kick eventfds, and turns the daemon's call
-//! eventfds into the device's interrupt.
+//! queues directly. hull-vmm only negotiates and hands over memory and rings; the guest's
+//! queue notifications reach the daemon's kick eventfds through KVM (ioeventfds), and an
+//! event loop turns the daemon's call eventfds into the device's interrupt.
 //!
 //! The daemon is a separate, possibly failing process: every error from it fails the
 //! device (logged), never the VMM.
 
 use crate::log_budget::LogBudget;
-use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-use vmm_sys_util::epoll::EpollEvent;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::event_loop::{self, Backend, Control, Inbox, Mailbox};
 use super::{
-    Error, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice, epoll, expect_queues, io, read_config_bytes,
+    Error, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice, expect_queues, io, read_config_bytes,
 };
+use crate::seccomp::ThreadKind;
 
 pub const DEVICE_TYPE: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_FS;
 /// The high-priority queue and one request queue.
@@ -78,7 +78,8 @@ pub struct VhostUserFs {
     acked_features: u64,
     config: [u8; TAG_MAX + 4],
     kicks: Vec<EventFd>,
-    forwarder: Forwarder,
+    calls: Vec<EventFd>,
+    forwarder: Mailbox<Interrupt>,
     active: bool,
 }
 
@@ -116,6 +117,7 @@ impl VhostUserFs {
             .map(|_| EventFd::new(libc::EFD_NONBLOCK))
             .collect::<Result<Vec<_>, _>>()
             .map_err(io("kick eventfds"))?;
+        let (calls, forwarder) = spawn_forwarder(QUEUE_SIZES.len())?;
         Ok(VhostUserFs {
             frontend,
             socket: cfg.socket.clone(),
@@ -123,13 +125,14 @@ impl VhostUserFs {
             acked_features: 0,
             config,
             kicks,
-            forwarder: Forwarder::spawn(QUEUE_SIZES.len())?,
+            calls,
+            forwarder,
             active: false,
         })
     }
 
     fn setup_backend(&mut self, mem: &GuestMemoryMmap, queues: &[Queue]) -> Result<(), Error> {
-        let calls = &self.forwarder.calls;
+        let calls = &self.calls;
         let f = &mut self.frontend;
         let protocol = self.backend_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         f.set_features(self.acked_features | protocol)
@@ -215,9 +218,13 @@ impl VirtioDevice for VhostUserFs {
                 socket: self.socket.clone(),
                 source: Box::new(e),
             })?;
-        *self.forwarder.target.lock().expect("fs irq lock") = Some(interrupt);
         self.active = true;
-        Ok(())
+        self.forwarder.activate(interrupt)
+    }
+
+    /// The daemon's kick eventfds themselves: KVM signals virtiofsd directly.
+    fn queue_events(&self) -> std::io::Result<Vec<EventFd>> {
+        self.kicks.iter().map(EventFd::try_clone).collect()
     }
 
     fn notify(&mut self, index: u16) {
@@ -233,7 +240,7 @@ impl VirtioDevice for VhostUserFs {
 
     fn reset(&mut self) {
         // Stop the daemon's rings (GET_VRING_BASE) so it no longer touches guest memory.
-        *self.forwarder.target.lock().expect("fs irq lock") = None;
+        self.forwarder.reset();
         if std::mem::take(&mut self.active) {
             for i in 0..QUEUE_SIZES.len() {
                 if let Err(e) = self.frontend.get_vring_base(i) {
@@ -249,64 +256,79 @@ fn vhost_user(op: &'static str) -> impl FnOnce(vhost::Error) -> Error {
     move |source| Error::VhostUser { op, source }
 }
 
-/// The thread that turns the daemon's call eventfds into the device interrupt. It is
-/// started with the device, before any seccomp filter, and raises the interrupt only while
-/// the device is active.
+/// The loop that turns the daemon's call eventfds into the device interrupt. It starts
+/// with the device, before any seccomp filter, and raises the interrupt only while the
+/// device is active (the mailbox hands it the interrupt, and takes it back at reset).
 struct Forwarder {
-    calls: Arc<Vec<EventFd>>,
-    target: Arc<Mutex<Option<Interrupt>>>,
-    stop: Arc<EventFd>,
+    calls: Vec<EventFd>,
+    inbox: Inbox<Interrupt>,
+    target: Option<Interrupt>,
+    stopped: bool,
 }
 
-impl Forwarder {
-    fn spawn(queues: usize) -> Result<Forwarder, Error> {
-        let calls = (0..queues)
-            .map(|_| EventFd::new(libc::EFD_NONBLOCK))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(io("call eventfds"))?;
-        let calls = Arc::new(calls);
-        let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(io("stop eventfd"))?);
-        // Token i: call eventfd i; token `queues`: stop.
-        let sources: Vec<(RawFd, u64)> = calls
-            .iter()
-            .chain([&*stop])
-            .zip(0u64..)
-            .map(|(e, token)| (e.as_raw_fd(), token))
-            .collect();
-        let epoll = epoll::watching(&sources).map_err(io("epoll"))?;
-        let target: Arc<Mutex<Option<Interrupt>>> = Arc::default();
-        let (t_calls, t_target, t_stop) = (calls.clone(), target.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name("virtio-fs-irq".into())
-            .spawn(move || {
-                crate::seccomp::apply_or_exit(crate::seccomp::ThreadKind::Device);
-                let mut events = vec![EpollEvent::default(); queues + 1];
-                while let Some(n) = epoll::wait(&epoll, &mut events, "virtio-fs") {
-                    for ev in &events[..n] {
-                        let Some(c) = usize::try_from(ev.data()).ok().and_then(|i| t_calls.get(i))
-                        else {
-                            let _ = t_stop.read();
-                            return;
-                        };
-                        let _ = c.read();
-                        if let Some(i) = t_target.lock().expect("fs irq lock").as_ref() {
-                            i.signal_used();
-                        }
+/// The call eventfds the daemon is given, and the mailbox of the loop that watches them.
+fn spawn_forwarder(queues: usize) -> Result<(Vec<EventFd>, Mailbox<Interrupt>), Error> {
+    let calls = (0..queues)
+        .map(|_| EventFd::new(libc::EFD_NONBLOCK))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io("call eventfds"))?;
+    let for_daemon = calls
+        .iter()
+        .map(EventFd::try_clone)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io("call eventfds"))?;
+    let (mailbox, inbox) = event_loop::mailbox("virtio-fs").map_err(io("control eventfd"))?;
+    let forwarder = Forwarder {
+        calls,
+        inbox,
+        target: None,
+        stopped: false,
+    };
+    event_loop::spawn("virtio-fs-irq", ThreadKind::Device, forwarder)
+        .map(drop)
+        .map_err(io("spawning the virtio-fs interrupt thread"))?;
+    Ok((for_daemon, mailbox))
+}
+
+/// The inbox's token; call eventfd i has token i.
+const TOKEN_CONTROL: u32 = u32::MAX;
+
+impl MutEventSubscriber for Forwarder {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(self.inbox.events(TOKEN_CONTROL));
+        for (call, token) in self.calls.iter().zip(0u32..) {
+            event_loop::watch(ops, call, token, "the daemon's call eventfd");
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let token = events.data();
+        if token == TOKEN_CONTROL {
+            for c in self.inbox.take() {
+                match c {
+                    Control::Activate(i, reply) => {
+                        self.target = Some(i);
+                        let _ = reply.send(Ok(()));
                     }
+                    Control::Reset(done) => {
+                        self.target = None;
+                        let _ = done.send(());
+                    }
+                    Control::Stop => self.stopped = true,
                 }
-            })
-            .map_err(io("spawning the virtio-fs interrupt thread"))?;
-        Ok(Forwarder {
-            calls,
-            target,
-            stop,
-        })
+            }
+        } else if let Some(call) = usize::try_from(token).ok().and_then(|i| self.calls.get(i)) {
+            let _ = call.read();
+            if let Some(i) = &self.target {
+                i.signal_used();
+            }
+        }
     }
 }
 
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        let _ = self.stop.write(1);
+impl Backend for Forwarder {
+    fn finished(&self) -> bool {
+        self.stopped
     }
 }
 

@@ -2,7 +2,7 @@
 //! the driver has set it up (DRIVER_OK), and signals used buffers through an interrupt.
 
 pub mod block;
-pub mod epoll;
+pub mod event_loop;
 pub mod fs;
 pub mod mmio;
 pub mod net;

@@ -18,7 +18,6 @@ mod worker;
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::sync::mpsc;
 
 use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
@@ -31,11 +30,12 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::event_loop::{self, Mailbox};
 use super::{Error, Interrupt, VirtioDevice, expect_queues, io, read_config_bytes};
 pub use tap::{Tap, VNET_HDR_LEN};
 pub use vhost::Error as VhostNetError;
 pub use worker::NetStats;
-use worker::{Control, Worker};
+use worker::Worker;
 
 /// Whether the frames move through `/dev/vhost-net`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
@@ -67,7 +67,6 @@ pub const DEVICE_TYPE: u32 = VIRTIO_ID_NET;
 const QUEUE_SIZES: [u16; 2] = [256, 256];
 const RX: usize = 0;
 const TX: usize = 1;
-const RESET_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// The MTU range a guest NIC may be given.
 const MTU_RANGE: std::ops::RangeInclusive<u16> = 68..=65535;
 
@@ -186,8 +185,7 @@ pub struct Net {
     acked: u64,
     /// One per queue: written by `notify` or directly by KVM (ioeventfd).
     queue_evts: Vec<Arc<EventFd>>,
-    control: mpsc::Sender<Control>,
-    control_evt: Arc<EventFd>,
+    mailbox: Mailbox<Box<worker::Active>>,
     stats: NetStats,
     in_kernel: bool,
 }
@@ -250,9 +248,7 @@ impl Net {
             .map(|_| EventFd::new(libc::EFD_NONBLOCK).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()
             .map_err(io("queue eventfds"))?;
-        let control_evt =
-            Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(io("control eventfd"))?);
-        let (control, rx) = mpsc::channel();
+        let (mailbox, inbox) = event_loop::mailbox("net").map_err(io("control eventfd"))?;
         let stats = NetStats::default();
         let in_kernel = kernel.is_some();
         match kernel {
@@ -260,15 +256,13 @@ impl Net {
                 k,
                 tap,
                 [queue_evts[RX].clone(), queue_evts[TX].clone()],
-                control_evt.clone(),
-                rx,
+                inbox,
             ),
             None => Worker::spawn(
                 tap,
                 queue_evts[RX].clone(),
                 queue_evts[TX].clone(),
-                control_evt.clone(),
-                rx,
+                inbox,
                 stats.clone(),
             ),
         }
@@ -278,8 +272,7 @@ impl Net {
             features,
             acked: 0,
             queue_evts,
-            control,
-            control_evt,
+            mailbox,
             stats,
             in_kernel,
         })
@@ -294,18 +287,6 @@ impl Net {
     /// after the device is handed to its transport.
     pub fn stats(&self) -> NetStats {
         self.stats.clone()
-    }
-
-    fn send(&self, c: Control) {
-        if self.control.send(c).is_ok() {
-            let _ = self.control_evt.write(1);
-        }
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        self.send(Control::Stop);
     }
 }
 
@@ -362,7 +343,6 @@ impl VirtioDevice for Net {
             }
         }
         let mtu = u16::from_le_bytes([self.config[10], self.config[11]]);
-        let (reply, answer) = mpsc::channel();
         let active = worker::Active {
             mem,
             rx,
@@ -375,14 +355,7 @@ impl VirtioDevice for Net {
             host_tso6: acked(VIRTIO_NET_F_HOST_TSO6),
             mtu: if mtu == 0 { 1500 } else { mtu },
         };
-        self.send(Control::Activate(Box::new(active), reply));
-        match answer.recv_timeout(RESET_TIMEOUT) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::Backend(e)),
-            Err(_) => Err(Error::Backend(
-                "the net thread did not answer the activation".into(),
-            )),
-        }
+        self.mailbox.activate(Box::new(active))
     }
 
     fn notify(&mut self, index: u16) {
@@ -393,13 +366,9 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) {
         self.acked = 0;
-        // The guest may reuse the queues' memory once reset returns: wait until the
-        // thread has let go of them.
-        let (done, wait) = mpsc::channel();
-        self.send(Control::Reset(done));
-        if wait.recv_timeout(RESET_TIMEOUT).is_err() {
-            tracing::warn!("the net thread did not confirm a reset");
-        }
+        // The guest may reuse the queues' memory once reset returns: the mailbox waits
+        // until the thread has let go of them.
+        self.mailbox.reset();
     }
 }
 

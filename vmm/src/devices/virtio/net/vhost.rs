@@ -15,10 +15,9 @@
 //! pointing a ring outside its RAM gets a failed device, not a kernel error.
 
 use std::io::ErrorKind;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::sync::mpsc;
 
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use vhost::net::VhostNet as _;
 use vhost::vhost_kern::net::Net as VhostNetHandle;
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
@@ -27,24 +26,24 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
-use vmm_sys_util::epoll::{Epoll, EpollEvent};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::tap::Tap;
 use super::worker::{Active, Control};
 use super::{RX, TX, bit};
-use crate::devices::virtio::epoll;
+use crate::devices::virtio::event_loop::{self, Backend, Inbox};
 use crate::log_budget::LogBudget;
+use crate::seccomp::ThreadKind;
 
 /// The transport features the kernel acts on; the offloads (CSUM, TSO) are the tap's, set
 /// with TUNSETOFFLOAD, and vhost passes the headers through.
 const KERNEL_FEATURES: u64 =
     bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_EVENT_IDX) | bit(VIRTIO_NET_F_MRG_RXBUF);
 
-const TOKEN_CONTROL: u64 = 0;
-const TOKEN_CALL_RX: u64 = 1;
-const TOKEN_CALL_TX: u64 = 2;
-const TOKEN_ERR: u64 = 3;
+const TOKEN_CONTROL: u32 = 0;
+const TOKEN_CALL_RX: u32 = 1;
+const TOKEN_CALL_TX: u32 = 2;
+const TOKEN_ERR: u32 = 3;
 
 /// Bounds the log lines a guest can cause by breaking its rings again and again.
 static RING_ERRORS: LogBudget = LogBudget::new(20);
@@ -107,7 +106,7 @@ impl Kernel {
     }
 
     /// Hands the kernel the rings and the tap. On an error the caller detaches.
-    fn attach(&self, a: &Active, tap: &Tap, evts: &Events) -> Result<(), Error> {
+    fn attach(&self, a: &Active, tap: &Tap, evts: &Eventfds) -> Result<(), Error> {
         let h = &self.handle;
         h.set_features(a.acked & self.features)
             .map_err(ioctl("SET_FEATURES"))?;
@@ -155,7 +154,7 @@ fn ring_config(q: &Queue) -> VringConfigData {
     }
 }
 
-struct Events {
+struct Eventfds {
     /// The queues' notify eventfds (KVM ioeventfds): the kernel worker waits on them.
     kick: [Arc<EventFd>; 2],
     /// Signalled by the kernel worker when it used buffers.
@@ -164,16 +163,25 @@ struct Events {
     err: EventFd,
 }
 
-/// Starts the thread that attaches the kernel data path on activation and turns its calls
-/// into virtio-mmio interrupts.
+/// The loop that attaches the kernel data path on activation and turns its calls into
+/// virtio-mmio interrupts.
+struct Attacher {
+    kernel: Kernel,
+    tap: Tap,
+    evts: Eventfds,
+    inbox: Inbox<Box<Active>>,
+    active: Option<Box<Active>>,
+    stopped: bool,
+}
+
+/// Starts the device's loop (`net-vhost`, under the vhost-net seccomp filter).
 pub fn spawn(
     kernel: Kernel,
     tap: Tap,
     kick: [Arc<EventFd>; 2],
-    control_evt: Arc<EventFd>,
-    control: mpsc::Receiver<Control>,
+    inbox: Inbox<Box<Active>>,
 ) -> std::io::Result<()> {
-    let evts = Events {
+    let evts = Eventfds {
         kick,
         call: [
             EventFd::new(libc::EFD_NONBLOCK)?,
@@ -181,72 +189,85 @@ pub fn spawn(
         ],
         err: EventFd::new(libc::EFD_NONBLOCK)?,
     };
-    let epoll = epoll::watching(&[
-        (control_evt.as_raw_fd(), TOKEN_CONTROL),
-        (evts.call[RX].as_raw_fd(), TOKEN_CALL_RX),
-        (evts.call[TX].as_raw_fd(), TOKEN_CALL_TX),
-        (evts.err.as_raw_fd(), TOKEN_ERR),
-    ])?;
-    std::thread::Builder::new()
-        .name("net-vhost".into())
-        .spawn(move || {
-            crate::seccomp::apply_or_exit(crate::seccomp::ThreadKind::VhostNet);
-            run(&kernel, &tap, &evts, &epoll, &control_evt, &control);
-            kernel.detach();
-        })?;
-    Ok(())
+    let attacher = Attacher {
+        kernel,
+        tap,
+        evts,
+        inbox,
+        active: None,
+        stopped: false,
+    };
+    event_loop::spawn("net-vhost", ThreadKind::VhostNet, attacher).map(drop)
 }
 
-fn run(
-    kernel: &Kernel,
-    tap: &Tap,
-    evts: &Events,
-    epoll: &Epoll,
-    control_evt: &EventFd,
-    control: &mpsc::Receiver<Control>,
-) {
-    let mut active: Option<Box<Active>> = None;
-    let mut events = [EpollEvent::default(); 4];
-    while let Some(n) = epoll::wait(epoll, &mut events, "vhost-net") {
-        for ev in &events[..n] {
-            match ev.data() {
-                TOKEN_CONTROL => {
-                    let _ = control_evt.read();
-                    while let Ok(c) = control.try_recv() {
-                        match c {
-                            Control::Activate(a, reply) => {
-                                let result = kernel.attach(&a, tap, evts);
-                                if result.is_err() {
-                                    kernel.detach();
-                                } else {
-                                    active = Some(a);
-                                }
-                                let _ = reply.send(result.map_err(|e| e.to_string()));
-                            }
-                            Control::Reset(done) => {
-                                kernel.detach();
-                                active = None;
-                                let _ = done.send(());
-                            }
-                            Control::Stop => return,
-                        }
+impl Attacher {
+    fn handle_control(&mut self) {
+        for c in self.inbox.take() {
+            match c {
+                Control::Activate(a, reply) => {
+                    let result = self.kernel.attach(&a, &self.tap, &self.evts);
+                    if result.is_err() {
+                        self.kernel.detach();
+                    } else {
+                        self.active = Some(a);
                     }
+                    let _ = reply.send(result.map_err(|e| e.to_string()));
                 }
-                TOKEN_CALL_RX | TOKEN_CALL_TX => {
-                    let index = if ev.data() == TOKEN_CALL_RX { RX } else { TX };
-                    let _ = evts.call[index].read();
-                    if let Some(a) = &active {
-                        a.interrupt.signal_used();
-                    }
+                Control::Reset(done) => {
+                    self.kernel.detach();
+                    self.active = None;
+                    let _ = done.send(());
                 }
-                TOKEN_ERR => {
-                    let _ = evts.err.read();
-                    if RING_ERRORS.spend() {
-                        tracing::warn!("vhost-net: the kernel found a ring it cannot use");
-                    }
+                Control::Stop => {
+                    self.kernel.detach();
+                    self.stopped = true;
                 }
-                _ => {}
             }
         }
+    }
+}
+
+impl MutEventSubscriber for Attacher {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(self.inbox.events(TOKEN_CONTROL));
+        event_loop::watch(
+            ops,
+            &self.evts.call[RX],
+            TOKEN_CALL_RX,
+            "vhost-net's RX call",
+        );
+        event_loop::watch(
+            ops,
+            &self.evts.call[TX],
+            TOKEN_CALL_TX,
+            "vhost-net's TX call",
+        );
+        event_loop::watch(ops, &self.evts.err, TOKEN_ERR, "vhost-net's error eventfd");
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        match events.data() {
+            TOKEN_CONTROL => self.handle_control(),
+            token @ (TOKEN_CALL_RX | TOKEN_CALL_TX) => {
+                let index = if token == TOKEN_CALL_RX { RX } else { TX };
+                let _ = self.evts.call[index].read();
+                if let Some(a) = &self.active {
+                    a.interrupt.signal_used();
+                }
+            }
+            TOKEN_ERR => {
+                let _ = self.evts.err.read();
+                if RING_ERRORS.spend() {
+                    tracing::warn!("vhost-net: the kernel found a ring it cannot use");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Backend for Attacher {
+    fn finished(&self) -> bool {
+        self.stopped
     }
 }

@@ -1,11 +1,12 @@
-//! The net device's thread: moves frames between the tap and the guest's queues.
+//! The net device's event loop (hull-vmm's own data path): moves frames between the tap
+//! and the guest's queues.
 //!
 //! TX: each chain the guest offers is gathered (readable descriptors only, header plus
 //! frame, at most `MAX_FRAME` bytes), its header checked against what was negotiated, and
 //! written to the tap straight from guest memory (`writev`: the kernel's copy is the only
 //! one). RX: enough RX chains to hold the largest frame the tap may deliver are collected
 //! and the tap reads straight into them (`readv`); the chains a frame did not need go
-//! back to the ring. With no room in the guest, the tap is taken off the epoll set until
+//! back to the ring. With no room in the guest, the tap is taken off the loop until
 //! the guest adds buffers, so a full guest costs nothing.
 //!
 //! Everything the guest wrote is data to check: a chain with the wrong descriptor kinds,
@@ -13,23 +14,23 @@
 //! used with nothing sent, and counted.
 
 use std::io::ErrorKind;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE,
     VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6,
 };
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::tap::{Tap, VNET_HDR_LEN};
-use crate::devices::virtio::{Interrupt, epoll};
+use crate::devices::virtio::Interrupt;
+use crate::devices::virtio::event_loop::{self, Backend, Inbox};
 use crate::log_budget::LogBudget;
+use crate::seccomp::ThreadKind;
 
 /// The largest frame with its header: a 64 KiB GSO packet, Ethernet and VLAN headers.
 pub const MAX_FRAME: usize = VNET_HDR_LEN + 65550;
@@ -55,14 +56,8 @@ pub struct Active {
     pub mtu: u16,
 }
 
-/// The data path's answer to an activation: an error fails the device.
-pub type ActivateReply = mpsc::Sender<Result<(), String>>;
-
-pub enum Control {
-    Activate(Box<Active>, ActivateReply),
-    Reset(mpsc::Sender<()>),
-    Stop,
-}
+/// What the vCPU side sends either data path.
+pub type Control = event_loop::Control<Box<Active>>;
 
 /// Frame counters (tests, fuzzing, metrics).
 #[derive(Clone, Default)]
@@ -91,10 +86,10 @@ const TX_FRAMES: usize = 1;
 const RX_DROPPED: usize = 2;
 const TX_DROPPED: usize = 3;
 
-const TOKEN_CONTROL: u64 = 0;
-const TOKEN_RX_QUEUE: u64 = 1;
-const TOKEN_TX_QUEUE: u64 = 2;
-const TOKEN_TAP: u64 = 3;
+const TOKEN_CONTROL: u32 = 0;
+const TOKEN_RX_QUEUE: u32 = 1;
+const TOKEN_TX_QUEUE: u32 = 2;
+const TOKEN_TAP: u32 = 3;
 
 /// One descriptor's worth of a frame: where it is in the guest and in this process.
 #[derive(Clone, Copy)]
@@ -154,14 +149,15 @@ impl Scratch {
 
 pub struct Worker {
     tap: Tap,
-    epoll: Epoll,
     rx_evt: Arc<EventFd>,
     tx_evt: Arc<EventFd>,
-    control_evt: Arc<EventFd>,
-    control: mpsc::Receiver<Control>,
+    inbox: Inbox<Box<Active>>,
     stats: NetStats,
     active: Option<Box<Active>>,
+    /// Whether the tap is on the loop now, and whether RX wants it there.
     tap_armed: bool,
+    want_tap: bool,
+    stopped: bool,
     scratch: Scratch,
 }
 
@@ -192,25 +188,19 @@ impl Worker {
         tap: Tap,
         rx_evt: Arc<EventFd>,
         tx_evt: Arc<EventFd>,
-        control_evt: Arc<EventFd>,
-        control: mpsc::Receiver<Control>,
+        inbox: Inbox<Box<Active>>,
         stats: NetStats,
     ) -> std::io::Result<()> {
-        let epoll = epoll::watching(&[
-            (control_evt.as_raw_fd(), TOKEN_CONTROL),
-            (rx_evt.as_raw_fd(), TOKEN_RX_QUEUE),
-            (tx_evt.as_raw_fd(), TOKEN_TX_QUEUE),
-        ])?;
-        let mut w = Worker {
+        let w = Worker {
             tap,
-            epoll,
             rx_evt,
             tx_evt,
-            control_evt,
-            control,
+            inbox,
             stats,
             active: None,
             tap_armed: false,
+            want_tap: false,
+            stopped: false,
             scratch: Scratch {
                 segments: Vec::with_capacity(MAX_SEGMENTS),
                 iovs: Vec::with_capacity(MAX_SEGMENTS),
@@ -218,44 +208,11 @@ impl Worker {
                 tx_header: [0; VNET_HDR_LEN],
             },
         };
-        std::thread::Builder::new()
-            .name("net".into())
-            .spawn(move || {
-                crate::seccomp::apply_or_exit(crate::seccomp::ThreadKind::Device);
-                w.run();
-            })?;
-        Ok(())
+        event_loop::spawn("net", ThreadKind::Device, w).map(drop)
     }
 
-    fn run(&mut self) {
-        let mut events = [EpollEvent::default(); 8];
-        while let Some(n) = epoll::wait(&self.epoll, &mut events, "net") {
-            for ev in &events[..n] {
-                match ev.data() {
-                    TOKEN_CONTROL => {
-                        let _ = self.control_evt.read();
-                        if !self.handle_control() {
-                            return;
-                        }
-                    }
-                    TOKEN_RX_QUEUE => {
-                        let _ = self.rx_evt.read();
-                        self.process_rx();
-                    }
-                    TOKEN_TX_QUEUE => {
-                        let _ = self.tx_evt.read();
-                        self.process_tx();
-                    }
-                    TOKEN_TAP => self.process_rx(),
-                    _ => {}
-                }
-            }
-        }
-    }
-
-    /// Applies queued control messages; false once the device is gone.
-    fn handle_control(&mut self) -> bool {
-        while let Ok(c) = self.control.try_recv() {
+    fn handle_control(&mut self) {
+        for c in self.inbox.take() {
             match c {
                 Control::Activate(a, reply) => {
                     if let Err(e) = self.tap.set_offload(a.offload) {
@@ -263,36 +220,34 @@ impl Worker {
                     }
                     let _ = reply.send(Ok(()));
                     self.active = Some(a);
-                    self.arm_tap(true);
                     self.process_tx();
                     self.process_rx();
                 }
                 Control::Reset(done) => {
                     self.active = None;
-                    self.arm_tap(false);
+                    self.want_tap = false;
                     let _ = done.send(());
                 }
-                Control::Stop => return false,
+                Control::Stop => self.stopped = true,
             }
         }
-        true
     }
 
-    fn arm_tap(&mut self, on: bool) {
-        if on == self.tap_armed {
+    /// Puts the tap on the loop or takes it off, as RX last wanted: with no room in the
+    /// guest a readable tap would wake the loop for nothing.
+    fn sync_tap(&mut self, ops: &mut EventOps) {
+        if self.want_tap == self.tap_armed {
             return;
         }
-        let (op, ev) = if on {
-            (
-                ControlOperation::Add,
-                EpollEvent::new(EventSet::IN, TOKEN_TAP),
-            )
+        let events = Events::with_data(&self.tap, TOKEN_TAP, EventSet::IN);
+        let result = if self.want_tap {
+            ops.add(events)
         } else {
-            (ControlOperation::Delete, EpollEvent::default())
+            ops.remove(events)
         };
-        match self.epoll.ctl(op, self.tap.as_raw_fd(), ev) {
-            Ok(()) => self.tap_armed = on,
-            Err(e) => tracing::error!(error = %e, "changing the tap's epoll interest"),
+        match result {
+            Ok(()) => self.tap_armed = self.want_tap,
+            Err(e) => tracing::error!(error = %e, "changing the tap's place on the loop"),
         }
     }
 
@@ -342,7 +297,7 @@ impl Worker {
 
     fn process_rx(&mut self) {
         let Some(mut a) = self.active.take() else {
-            self.arm_tap(false);
+            self.want_tap = false;
             return;
         };
         let mut used = false;
@@ -370,11 +325,52 @@ impl Worker {
             }
         }
         // The guest's kick (RX queue eventfd) re-arms the tap once it has made room.
-        self.arm_tap(!wait_for_buffers);
+        self.want_tap = !wait_for_buffers;
         if used && a.rx.needs_notification(&a.mem).unwrap_or(true) {
             a.interrupt.signal_used();
         }
         self.active = Some(a);
+    }
+}
+
+impl MutEventSubscriber for Worker {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(self.inbox.events(TOKEN_CONTROL));
+        event_loop::watch(
+            ops,
+            self.rx_evt.as_ref(),
+            TOKEN_RX_QUEUE,
+            "the RX queue's kick",
+        );
+        event_loop::watch(
+            ops,
+            self.tx_evt.as_ref(),
+            TOKEN_TX_QUEUE,
+            "the TX queue's kick",
+        );
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match events.data() {
+            TOKEN_CONTROL => self.handle_control(),
+            TOKEN_RX_QUEUE => {
+                let _ = self.rx_evt.read();
+                self.process_rx();
+            }
+            TOKEN_TX_QUEUE => {
+                let _ = self.tx_evt.read();
+                self.process_tx();
+            }
+            TOKEN_TAP => self.process_rx(),
+            _ => {}
+        }
+        self.sync_tap(ops);
+    }
+}
+
+impl Backend for Worker {
+    fn finished(&self) -> bool {
+        self.stopped
     }
 }
 

@@ -5,19 +5,26 @@
 //! connection's bytes. Guest → host: a guest connection to host port P becomes a unix
 //! connection to `<uds>_P`. Flow control follows the virtio spec's credit scheme.
 //!
-//! The state sits behind one mutex shared by the vCPU thread (queue notifications) and
-//! the device's epoll thread (host sockets).
+//! The device's event loop does all the work: it is woken by the queues' ioeventfds (a
+//! guest kick never stops a vCPU in userspace) and by the muxer's own epoll set of host
+//! sockets, watched as one source as Firecracker does. The muxer sits behind a mutex only
+//! so that tests and fuzzing can read what the guest made it hold.
 
 mod muxer;
 pub mod packet;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
+use super::event_loop::{self, Backend, Control, Inbox, Mailbox, Pacer};
 use super::{Error, Interrupt, VirtioDevice, expect_queues, io, read_config_bytes};
+use crate::seccomp::ThreadKind;
+use muxer::Active;
 pub use muxer::Muxer;
 
 pub const DEVICE_TYPE: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
@@ -28,10 +35,14 @@ const TX: u16 = 1;
 pub struct Vsock {
     cid: u64,
     muxer: Arc<Mutex<Muxer>>,
+    /// RX, TX and event queue kicks: written by KVM (ioeventfds) or by `notify`.
+    kicks: Vec<Arc<EventFd>>,
+    mailbox: Mailbox<Active>,
+    pacer: Pacer,
 }
 
 impl Vsock {
-    /// Binds the hybrid socket at `uds` and starts the device's epoll thread.
+    /// Binds the hybrid socket at `uds` and starts the device's event loop.
     pub fn new(cid: u64, uds: PathBuf) -> Result<Vsock, Error> {
         if !(3..u64::from(u32::MAX)).contains(&cid) {
             return Err(Error::Config(format!(
@@ -41,26 +52,117 @@ impl Vsock {
         let socket = io(format!("vsock socket {}", uds.display()));
         let muxer = Muxer::new(cid, uds).map_err(socket)?;
         let muxer = Arc::new(Mutex::new(muxer));
-        muxer::spawn_event_loop(muxer.clone()).map_err(io("starting the vsock thread"))?;
-        Ok(Vsock { cid, muxer })
+        let kicks = QUEUE_SIZES
+            .iter()
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(io("vsock kick eventfds"))?;
+        let (mailbox, inbox) = event_loop::mailbox("vsock").map_err(io("control eventfd"))?;
+        let worker = Worker {
+            muxer: muxer.clone(),
+            rx_kick: kicks[usize::from(RX)].clone(),
+            tx_kick: kicks[usize::from(TX)].clone(),
+            inbox,
+            stopped: false,
+        };
+        let pacer = event_loop::spawn("vsock", ThreadKind::Device, worker)
+            .map_err(io("starting the vsock thread"))?;
+        Ok(Vsock {
+            cid,
+            muxer,
+            kicks,
+            mailbox,
+            pacer,
+        })
     }
 }
 
 /// A handle on a vsock device's host side that stays usable after the device is handed
 /// to its transport (tests and fuzzing read how much the guest made it hold).
 #[derive(Clone)]
-pub struct VsockProbe(Arc<Mutex<Muxer>>);
+pub struct VsockProbe(Arc<Mutex<Muxer>>, Pacer);
 
 impl VsockProbe {
     /// Open connections and replies waiting for guest RX buffers.
     pub fn load(&self) -> (usize, usize) {
-        self.0.lock().expect("vsock lock").load()
+        lock(&self.0).load()
+    }
+
+    /// Returns once the device's loop has served every kick made before the call.
+    pub fn settle(&self) {
+        self.1.settle();
     }
 }
 
 impl Vsock {
     pub fn probe(&self) -> VsockProbe {
-        VsockProbe(self.muxer.clone())
+        VsockProbe(self.muxer.clone(), self.pacer.clone())
+    }
+}
+
+fn lock(m: &Mutex<Muxer>) -> std::sync::MutexGuard<'_, Muxer> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The device's event loop.
+struct Worker {
+    muxer: Arc<Mutex<Muxer>>,
+    rx_kick: Arc<EventFd>,
+    tx_kick: Arc<EventFd>,
+    inbox: Inbox<Active>,
+    stopped: bool,
+}
+
+const TOKEN_CONTROL: u32 = 0;
+const TOKEN_RX: u32 = 1;
+const TOKEN_TX: u32 = 2;
+const TOKEN_HOST: u32 = 3;
+
+impl MutEventSubscriber for Worker {
+    fn init(&mut self, ops: &mut EventOps) {
+        let _ = ops.add(self.inbox.events(TOKEN_CONTROL));
+        event_loop::watch(ops, self.rx_kick.as_ref(), TOKEN_RX, "the RX queue's kick");
+        event_loop::watch(ops, self.tx_kick.as_ref(), TOKEN_TX, "the TX queue's kick");
+        let host = lock(&self.muxer).host_events();
+        if let Err(e) = ops.add(Events::with_data_raw(host, TOKEN_HOST, EventSet::IN)) {
+            tracing::error!(error = %e, "registering the vsock host sockets with the device loop");
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let mut m = lock(&self.muxer);
+        match events.data() {
+            TOKEN_RX => {
+                let _ = self.rx_kick.read();
+                m.rx_buffers_added();
+            }
+            TOKEN_TX => {
+                let _ = self.tx_kick.read();
+                m.process_tx();
+            }
+            TOKEN_HOST => m.handle_host_events(),
+            _ => {
+                for c in self.inbox.take() {
+                    match c {
+                        Control::Activate(a, reply) => {
+                            m.activate(a);
+                            let _ = reply.send(Ok(()));
+                        }
+                        Control::Reset(done) => {
+                            m.reset();
+                            let _ = done.send(());
+                        }
+                        Control::Stop => self.stopped = true,
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Backend for Worker {
+    fn finished(&self) -> bool {
+        self.stopped
     }
 }
 
@@ -91,23 +193,28 @@ impl VirtioDevice for Vsock {
         expect_queues("vsock", 3, queues.len())?;
         let tx = queues.remove(1);
         let rx = queues.remove(0);
-        self.muxer
-            .lock()
-            .expect("vsock lock")
-            .activate(mem, rx, tx, interrupt);
-        Ok(())
+        self.mailbox.activate(Active {
+            mem,
+            rx,
+            tx,
+            interrupt,
+        })
+    }
+
+    /// The event queue's kick is registered too, so that a guest kicking it costs no
+    /// exit; the device sends no events and nothing reads it.
+    fn queue_events(&self) -> std::io::Result<Vec<EventFd>> {
+        self.kicks.iter().map(|k| k.try_clone()).collect()
     }
 
     fn notify(&mut self, index: u16) {
-        let mut m = self.muxer.lock().expect("vsock lock");
-        match index {
-            RX => m.rx_buffers_added(),
-            TX => m.process_tx(),
-            _ => {} // event queue: the device sends no events
+        if let Some(k) = self.kicks.get(usize::from(index)) {
+            let _ = k.write(1);
         }
     }
 
     fn reset(&mut self) {
-        self.muxer.lock().expect("vsock lock").reset();
+        // Connections are dropped and the queues let go of before this returns.
+        self.mailbox.reset();
     }
 }

@@ -13,7 +13,7 @@ use std::net::Shutdown;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -82,11 +82,12 @@ impl Conn {
     }
 }
 
-struct Active {
-    mem: GuestMemoryMmap,
-    rx: Queue,
-    tx: Queue,
-    interrupt: Interrupt,
+/// The queues while the driver runs.
+pub struct Active {
+    pub mem: GuestMemoryMmap,
+    pub rx: Queue,
+    pub tx: Queue,
+    pub interrupt: Interrupt,
 }
 
 enum Token {
@@ -141,14 +142,11 @@ impl Muxer {
             .ctl(op, fd, EpollEvent::new(events, fd_token(fd)))
     }
 
-    pub fn activate(&mut self, mem: GuestMemoryMmap, rx: Queue, tx: Queue, interrupt: Interrupt) {
-        self.active = Some(Active {
-            mem,
-            rx,
-            tx,
-            interrupt,
-        });
+    /// Takes the queues and serves what the driver published before its first kick.
+    pub fn activate(&mut self, active: Active) {
+        self.active = Some(active);
         self.rx_starved = false;
+        self.process_tx();
     }
 
     pub fn reset(&mut self) {
@@ -614,24 +612,29 @@ fn parse_connect(line: &[u8]) -> Option<u32> {
     text.strip_prefix("CONNECT ")?.trim().parse().ok()
 }
 
-/// The device's event loop: waits on host sockets and lets the muxer handle them.
-pub fn spawn_event_loop(muxer: Arc<Mutex<Muxer>>) -> std::io::Result<()> {
-    let epoll = muxer.lock().expect("vsock lock").epoll.clone();
-    std::thread::Builder::new()
-        .name("vsock".into())
-        .spawn(move || {
-            crate::seccomp::apply_or_exit(crate::seccomp::ThreadKind::Device);
-            let mut events = vec![EpollEvent::default(); 64];
-            while let Some(n) = crate::devices::virtio::epoll::wait(&epoll, &mut events, "vsock") {
-                let mut m = muxer.lock().expect("vsock lock");
-                for ev in &events[..n] {
-                    if let Ok(fd) = RawFd::try_from(ev.data()) {
-                        m.dispatch(fd, ev.event_set());
-                    }
-                }
+impl Muxer {
+    /// The muxer's own epoll set of host sockets: the device loop watches it as one source.
+    pub fn host_events(&self) -> RawFd {
+        self.epoll.as_raw_fd()
+    }
+
+    /// Serves the host sockets that are ready, without waiting.
+    pub fn handle_host_events(&mut self) {
+        let mut events = [EpollEvent::default(); 64];
+        let n = match self.epoll.wait(0, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => return,
+            Err(e) => {
+                tracing::error!(error = %e, "vsock: waiting on host sockets");
+                return;
             }
-        })?;
-    Ok(())
+        };
+        for ev in &events[..n] {
+            if let Ok(fd) = RawFd::try_from(ev.data()) {
+                self.dispatch(fd, ev.event_set());
+            }
+        }
+    }
 }
 
 /// The epoll token of a watched fd (fds are never negative).
