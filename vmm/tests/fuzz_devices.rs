@@ -557,11 +557,14 @@ fn settle(mem: &GuestMemoryMmap, q: u64, published: u16) {
     settle_for(mem, q, published, std::time::Duration::from_millis(1));
 }
 
-/// As `settle`, giving up once the used index has not moved for `stall`.
+/// As `settle`, giving up once the used index has not moved for `stall`, or after ten
+/// stalls' time in all (with `HULL_FUZZ_RACE` the racing thread keeps rewriting the index
+/// itself, so it may never hold still).
 fn settle_for(mem: &GuestMemoryMmap, q: u64, published: u16, stall: std::time::Duration) {
     let mut last = used_idx(mem, q);
     let mut still = std::time::Instant::now();
-    while used_idx(mem, q) != published {
+    let give_up = still + stall * 10;
+    while used_idx(mem, q) != published && std::time::Instant::now() < give_up {
         std::thread::yield_now();
         let now = used_idx(mem, q);
         if now != last {

@@ -24,7 +24,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::event_loop::{self, Backend, Control, Inbox, Mailbox, Pacer};
+use super::event_loop::{self, Backend, Inbox, Mailbox, Pacer, Request};
 use super::{Error, Interrupt, VirtioDevice, expect_queues, io, read_config_bytes};
 use crate::seccomp::ThreadKind;
 
@@ -126,7 +126,6 @@ struct Worker {
     kick: Arc<EventFd>,
     inbox: Inbox<Active>,
     active: Option<Active>,
-    stopped: bool,
 }
 
 const TOKEN_CONTROL: u32 = 0;
@@ -177,7 +176,6 @@ impl Block {
             kick: kick.clone(),
             inbox,
             active: None,
-            stopped: false,
         };
         let pacer = event_loop::spawn("virtio-blk", ThreadKind::Block, worker)
             .map_err(io("starting the virtio-blk thread"))?;
@@ -237,17 +235,16 @@ impl MutEventSubscriber for Worker {
             _ => {
                 for c in self.inbox.take() {
                     match c {
-                        Control::Activate(a, reply) => {
+                        Request::Activate(a, reply) => {
                             self.active = Some(a);
                             let _ = reply.send(Ok(()));
                             // Requests published before the driver's first kick.
                             self.process_queue();
                         }
-                        Control::Reset(done) => {
+                        Request::Reset(done) => {
                             self.active = None;
                             let _ = done.send(());
                         }
-                        Control::Stop => self.stopped = true,
                     }
                 }
             }
@@ -257,7 +254,7 @@ impl MutEventSubscriber for Worker {
 
 impl Backend for Worker {
     fn finished(&self) -> bool {
-        self.stopped
+        self.inbox.stopped()
     }
 }
 

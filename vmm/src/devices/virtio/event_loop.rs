@@ -116,13 +116,17 @@ impl Pacer {
     }
 }
 
-/// What the vCPU side asks of a backend.
-pub enum Control<A> {
+/// What the vCPU side asks of a backend, as the backend sees it.
+pub enum Request<A> {
     /// The driver is ready: here are the queues (and what else the device needs); the
     /// backend answers whether it took them.
     Activate(A, mpsc::Sender<Result<(), String>>),
     /// The driver reset the device: the backend lets go of the queues, then answers.
     Reset(mpsc::Sender<()>),
+}
+
+enum Control<A> {
+    Request(Request<A>),
     /// The device is gone: the loop ends.
     Stop,
 }
@@ -138,6 +142,7 @@ pub struct Mailbox<A> {
 pub struct Inbox<A> {
     rx: mpsc::Receiver<Control<A>>,
     evt: Arc<EventFd>,
+    stopped: bool,
 }
 
 /// A control channel for `device` (its name in errors and logs).
@@ -150,7 +155,11 @@ pub fn mailbox<A>(device: &'static str) -> std::io::Result<(Mailbox<A>, Inbox<A>
             evt: evt.clone(),
             device,
         },
-        Inbox { rx, evt },
+        Inbox {
+            rx,
+            evt,
+            stopped: false,
+        },
     ))
 }
 
@@ -162,7 +171,7 @@ impl<A> Mailbox<A> {
     /// Hands the backend its queues and waits for its answer.
     pub fn activate(&self, a: A) -> Result<(), Error> {
         let (reply, answer) = mpsc::channel();
-        if !self.send(Control::Activate(a, reply)) {
+        if !self.send(Control::Request(Request::Activate(a, reply))) {
             return Err(Error::Backend(format!(
                 "the {} thread is gone",
                 self.device
@@ -180,7 +189,9 @@ impl<A> Mailbox<A> {
     /// Takes the queues back; returns once the backend no longer touches them.
     pub fn reset(&self) {
         let (done, wait) = mpsc::channel();
-        if !self.send(Control::Reset(done)) || wait.recv_timeout(ANSWER_TIMEOUT).is_err() {
+        if !self.send(Control::Request(Request::Reset(done)))
+            || wait.recv_timeout(ANSWER_TIMEOUT).is_err()
+        {
             tracing::warn!(
                 device = self.device,
                 "the device thread did not confirm a reset"
@@ -201,20 +212,25 @@ impl<A> Inbox<A> {
         Events::with_data(self.evt.as_ref(), data, EventSet::IN)
     }
 
-    /// The messages waiting; a vanished mailbox reads as Stop.
-    pub fn take(&self) -> Vec<Control<A>> {
+    /// The requests waiting. A Stop (or a vanished mailbox) is remembered for `stopped`.
+    pub fn take(&mut self) -> Vec<Request<A>> {
         let _ = self.evt.read();
         let mut out = Vec::new();
         loop {
             match self.rx.try_recv() {
-                Ok(c) => out.push(c),
-                Err(mpsc::TryRecvError::Empty) => return out,
-                Err(mpsc::TryRecvError::Disconnected) => {
-                    out.push(Control::Stop);
+                Ok(Control::Request(r)) => out.push(r),
+                Ok(Control::Stop) | Err(mpsc::TryRecvError::Disconnected) => {
+                    self.stopped = true;
                     return out;
                 }
+                Err(mpsc::TryRecvError::Empty) => return out,
             }
         }
+    }
+
+    /// Whether the device is gone: the backend's loop ends.
+    pub fn stopped(&self) -> bool {
+        self.stopped
     }
 }
 
@@ -235,7 +251,6 @@ mod tests {
         kick: Arc<EventFd>,
         inbox: Inbox<u32>,
         kicks: Arc<Mutex<u32>>,
-        stopped: bool,
     }
 
     impl MutEventSubscriber for Counter {
@@ -252,14 +267,13 @@ mod tests {
                 _ => {
                     for c in self.inbox.take() {
                         match c {
-                            Control::Activate(v, reply) => {
+                            Request::Activate(v, reply) => {
                                 let _ =
                                     reply.send(if v == 0 { Err("zero".into()) } else { Ok(()) });
                             }
-                            Control::Reset(done) => {
+                            Request::Reset(done) => {
                                 let _ = done.send(());
                             }
-                            Control::Stop => self.stopped = true,
                         }
                     }
                 }
@@ -269,7 +283,7 @@ mod tests {
 
     impl Backend for Counter {
         fn finished(&self) -> bool {
-            self.stopped
+            self.inbox.stopped()
         }
     }
 
@@ -285,7 +299,6 @@ mod tests {
                 kick: kick.clone(),
                 inbox,
                 kicks: kicks.clone(),
-                stopped: false,
             },
         )
         .unwrap();

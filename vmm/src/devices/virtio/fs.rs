@@ -18,7 +18,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::event_loop::{self, Backend, Control, Inbox, Mailbox};
+use super::event_loop::{self, Backend, Inbox, Mailbox, Request};
 use super::{
     Error, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice, expect_queues, io, read_config_bytes,
 };
@@ -263,7 +263,6 @@ struct Forwarder {
     calls: Vec<EventFd>,
     inbox: Inbox<Interrupt>,
     target: Option<Interrupt>,
-    stopped: bool,
 }
 
 /// The call eventfds the daemon is given, and the mailbox of the loop that watches them.
@@ -282,7 +281,6 @@ fn spawn_forwarder(queues: usize) -> Result<(Vec<EventFd>, Mailbox<Interrupt>), 
         calls,
         inbox,
         target: None,
-        stopped: false,
     };
     event_loop::spawn("virtio-fs-irq", ThreadKind::Device, forwarder)
         .map(drop)
@@ -306,15 +304,14 @@ impl MutEventSubscriber for Forwarder {
         if token == TOKEN_CONTROL {
             for c in self.inbox.take() {
                 match c {
-                    Control::Activate(i, reply) => {
+                    Request::Activate(i, reply) => {
                         self.target = Some(i);
                         let _ = reply.send(Ok(()));
                     }
-                    Control::Reset(done) => {
+                    Request::Reset(done) => {
                         self.target = None;
                         let _ = done.send(());
                     }
-                    Control::Stop => self.stopped = true,
                 }
             }
         } else if let Some(call) = usize::try_from(token).ok().and_then(|i| self.calls.get(i)) {
@@ -328,7 +325,7 @@ impl MutEventSubscriber for Forwarder {
 
 impl Backend for Forwarder {
     fn finished(&self) -> bool {
-        self.stopped
+        self.inbox.stopped()
     }
 }
 

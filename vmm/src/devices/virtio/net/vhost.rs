@@ -29,8 +29,9 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::tap::Tap;
-use super::worker::{Active, Control};
+use super::worker::Active;
 use super::{RX, TX, bit};
+use crate::devices::virtio::event_loop::Request;
 use crate::devices::virtio::event_loop::{self, Backend, Inbox};
 use crate::log_budget::LogBudget;
 use crate::seccomp::ThreadKind;
@@ -171,7 +172,6 @@ struct Attacher {
     evts: Eventfds,
     inbox: Inbox<Box<Active>>,
     active: Option<Box<Active>>,
-    stopped: bool,
 }
 
 /// Starts the device's loop (`net-vhost`, under the vhost-net seccomp filter).
@@ -195,7 +195,6 @@ pub fn spawn(
         evts,
         inbox,
         active: None,
-        stopped: false,
     };
     event_loop::spawn("net-vhost", ThreadKind::VhostNet, attacher).map(drop)
 }
@@ -204,7 +203,7 @@ impl Attacher {
     fn handle_control(&mut self) {
         for c in self.inbox.take() {
             match c {
-                Control::Activate(a, reply) => {
+                Request::Activate(a, reply) => {
                     let result = self.kernel.attach(&a, &self.tap, &self.evts);
                     if result.is_err() {
                         self.kernel.detach();
@@ -213,14 +212,10 @@ impl Attacher {
                     }
                     let _ = reply.send(result.map_err(|e| e.to_string()));
                 }
-                Control::Reset(done) => {
+                Request::Reset(done) => {
                     self.kernel.detach();
                     self.active = None;
                     let _ = done.send(());
-                }
-                Control::Stop => {
-                    self.kernel.detach();
-                    self.stopped = true;
                 }
             }
         }
@@ -266,8 +261,15 @@ impl MutEventSubscriber for Attacher {
     }
 }
 
+impl Drop for Attacher {
+    /// The loop is over (the device is gone): the kernel lets go of the tap and the rings.
+    fn drop(&mut self) {
+        self.kernel.detach();
+    }
+}
+
 impl Backend for Attacher {
     fn finished(&self) -> bool {
-        self.stopped
+        self.inbox.stopped()
     }
 }

@@ -28,7 +28,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::tap::{Tap, VNET_HDR_LEN};
 use crate::devices::virtio::Interrupt;
-use crate::devices::virtio::event_loop::{self, Backend, Inbox};
+use crate::devices::virtio::event_loop::{self, Backend, Inbox, Request};
 use crate::log_budget::LogBudget;
 use crate::seccomp::ThreadKind;
 
@@ -55,9 +55,6 @@ pub struct Active {
     pub host_tso6: bool,
     pub mtu: u16,
 }
-
-/// What the vCPU side sends either data path.
-pub type Control = event_loop::Control<Box<Active>>;
 
 /// Frame counters (tests, fuzzing, metrics).
 #[derive(Clone, Default)]
@@ -157,7 +154,6 @@ pub struct Worker {
     /// Whether the tap is on the loop now, and whether RX wants it there.
     tap_armed: bool,
     want_tap: bool,
-    stopped: bool,
     scratch: Scratch,
 }
 
@@ -200,7 +196,6 @@ impl Worker {
             active: None,
             tap_armed: false,
             want_tap: false,
-            stopped: false,
             scratch: Scratch {
                 segments: Vec::with_capacity(MAX_SEGMENTS),
                 iovs: Vec::with_capacity(MAX_SEGMENTS),
@@ -214,7 +209,7 @@ impl Worker {
     fn handle_control(&mut self) {
         for c in self.inbox.take() {
             match c {
-                Control::Activate(a, reply) => {
+                Request::Activate(a, reply) => {
                     if let Err(e) = self.tap.set_offload(a.offload) {
                         tracing::warn!(error = %e, offload = a.offload, "TUNSETOFFLOAD");
                     }
@@ -223,12 +218,11 @@ impl Worker {
                     self.process_tx();
                     self.process_rx();
                 }
-                Control::Reset(done) => {
+                Request::Reset(done) => {
                     self.active = None;
                     self.want_tap = false;
                     let _ = done.send(());
                 }
-                Control::Stop => self.stopped = true,
             }
         }
     }
@@ -370,7 +364,7 @@ impl MutEventSubscriber for Worker {
 
 impl Backend for Worker {
     fn finished(&self) -> bool {
-        self.stopped
+        self.inbox.stopped()
     }
 }
 

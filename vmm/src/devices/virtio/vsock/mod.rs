@@ -21,7 +21,7 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::event_loop::{self, Backend, Control, Inbox, Mailbox, Pacer};
+use super::event_loop::{self, Backend, Inbox, Mailbox, Pacer, Request};
 use super::{Error, Interrupt, VirtioDevice, expect_queues, io, read_config_bytes};
 use crate::seccomp::ThreadKind;
 use muxer::Active;
@@ -63,7 +63,6 @@ impl Vsock {
             rx_kick: kicks[usize::from(RX)].clone(),
             tx_kick: kicks[usize::from(TX)].clone(),
             inbox,
-            stopped: false,
         };
         let pacer = event_loop::spawn("vsock", ThreadKind::Device, worker)
             .map_err(io("starting the vsock thread"))?;
@@ -110,7 +109,6 @@ struct Worker {
     rx_kick: Arc<EventFd>,
     tx_kick: Arc<EventFd>,
     inbox: Inbox<Active>,
-    stopped: bool,
 }
 
 const TOKEN_CONTROL: u32 = 0;
@@ -144,15 +142,14 @@ impl MutEventSubscriber for Worker {
             _ => {
                 for c in self.inbox.take() {
                     match c {
-                        Control::Activate(a, reply) => {
+                        Request::Activate(a, reply) => {
                             m.activate(a);
                             let _ = reply.send(Ok(()));
                         }
-                        Control::Reset(done) => {
+                        Request::Reset(done) => {
                             m.reset();
                             let _ = done.send(());
                         }
-                        Control::Stop => self.stopped = true,
                     }
                 }
             }
@@ -162,7 +159,7 @@ impl MutEventSubscriber for Worker {
 
 impl Backend for Worker {
     fn finished(&self) -> bool {
-        self.stopped
+        self.inbox.stopped()
     }
 }
 
