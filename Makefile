@@ -96,6 +96,7 @@ install: guest release
 	install -D -m 0755 target/release/containerd-shim-hull-v2 $(DESTDIR)$(PREFIX)/bin/containerd-shim-hull-v2
 	install -D -m 0755 target/release/hull-vmm $(DESTDIR)$(PREFIX)/bin/hull-vmm
 	install -D -m 0755 target/release/hull-agent-probe $(DESTDIR)$(PREFIX)/bin/hull-agent-probe
+	install -D -m 0755 target/release/hull $(DESTDIR)$(PREFIX)/bin/hull
 	install -D -m 0755 $$(command -v vhost-device-vsock || echo $$HOME/.cargo/bin/vhost-device-vsock) $(DESTDIR)$(PREFIX)/bin/vhost-device-vsock
 	install -D -m 0755 $$(command -v virtiofsd || echo $$HOME/.cargo/bin/virtiofsd) $(DESTDIR)$(PREFIX)/bin/virtiofsd
 	install -D -m 0644 build/vmlinux $(DESTDIR)$(PREFIX)/share/hull/vmlinux

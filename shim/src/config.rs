@@ -4,13 +4,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_PATH: &str = "/etc/hull/config.toml";
 /// Default bound of each pod log (console, VMM, daemons), in KiB.
 pub const DEFAULT_LOG_MAX_KIB: u64 = 4096;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HypervisorKind {
     /// hull-vmm where /dev/kvm runs a stock guest, QEMU otherwise.
@@ -22,7 +22,7 @@ pub enum HypervisorKind {
 }
 
 /// Whether pod NICs move frames through the kernel's `/dev/vhost-net`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VhostNet {
     /// Where `/dev/vhost-net` opens (QEMU: and KVM runs the VM); the VMM's own otherwise.
@@ -44,7 +44,7 @@ impl VhostNet {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HullConfig {
     pub hypervisor: HypervisorKind,

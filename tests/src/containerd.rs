@@ -194,6 +194,11 @@ impl Containerd {
         std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
     }
 
+    /// The hull config file this containerd's shims read (`HULL_CONFIG`).
+    pub fn hull_config(&self) -> PathBuf {
+        self.dir.path().join("hull.toml")
+    }
+
     /// The hull run directory (pod directories live under `<run>/<namespace>/`).
     pub fn run_dir(&self) -> PathBuf {
         self.dir.path().join("run")

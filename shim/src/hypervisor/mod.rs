@@ -154,6 +154,30 @@ fn use_configured_tools<const N: usize>(tools: [(&mut PathBuf, &PathBuf); N]) {
     }
 }
 
+/// The programs backend `kind` runs, by name, from where the shim takes them (the
+/// config's path, else `find_tool`): what `hull check` and `hull env` report.
+pub fn tools_for(cfg: &HullConfig, kind: HypervisorKind) -> Vec<(&'static str, PathBuf)> {
+    let pick = |configured: &PathBuf, name: &'static str| {
+        let path = if configured.as_os_str().is_empty() {
+            find_tool(name)
+        } else {
+            configured.clone()
+        };
+        (name, path)
+    };
+    match kind {
+        HypervisorKind::Builtin => vec![
+            pick(&cfg.hull_vmm, "hull-vmm"),
+            pick(&cfg.virtiofsd, "virtiofsd"),
+        ],
+        HypervisorKind::Auto | HypervisorKind::Qemu => vec![
+            pick(&cfg.qemu, "qemu-system-x86_64"),
+            pick(&cfg.virtiofsd, "virtiofsd"),
+            pick(&cfg.vhost_device_vsock, "vhost-device-vsock"),
+        ],
+    }
+}
+
 /// A tool's path: beside this executable (an installed hull keeps its binaries together),
 /// on PATH, or in ~/.cargo/bin; the bare name if none has it.
 pub fn find_tool(name: &str) -> PathBuf {

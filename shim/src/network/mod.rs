@@ -197,6 +197,30 @@ async fn plumb(h: &Handle, link: &PodLink, name: &str) -> anyhow::Result<OwnedFd
     Ok(tap)
 }
 
+/// Whether this kernel has what `tc::redirect` uses (the ingress qdisc, the u32
+/// classifier, the mirred action; modules load on demand): the redirect is made on the
+/// loopback of a throwaway network namespace, on a thread of its own that ends with it.
+/// Needs CAP_SYS_ADMIN and CAP_NET_ADMIN, as the shim has.
+pub fn probe_redirect() -> anyhow::Result<()> {
+    std::thread::spawn(|| {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .context("making a throwaway network namespace")?;
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting a netlink runtime")?
+            .block_on(async {
+                let h = connect()?;
+                tc::redirect(&h, LOOPBACK_INDEX, LOOPBACK_INDEX).await
+            })
+    })
+    .join()
+    .unwrap_or_else(|_| Err(anyhow::anyhow!("the probe thread panicked")))
+}
+
+/// `lo` is the first link of every network namespace.
+const LOOPBACK_INDEX: u32 = 1;
+
 fn connect() -> anyhow::Result<Handle> {
     let (conn, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
     tokio::spawn(conn);

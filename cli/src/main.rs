@@ -1,0 +1,66 @@
+//! `hull`: the node operator's tool. It reads what the shim reads (the config, the host,
+//! the run directory) and talks to no daemon: it works when containerd does not.
+//!
+//! The subcommand names runc uses (create, start, run, state, kill, delete, exec, ps,
+//! events, pause, resume, update, list, spec, features) are kept free for hull's OCI
+//! runtime CLI.
+
+mod check;
+mod env;
+mod pods;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "hull",
+    version,
+    about = "Operate hull, the VM-isolated container runtime, on this node",
+    after_help = "Examples:\n  hull check            can this host start pod VMs, and why not\n  hull check --strict   ... and fail on warnings too\n  hull env --json       the effective configuration and the backend `auto` picks\n  hull pods             the pod VMs running on this node"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Checks each requirement for starting a pod VM: ✓, ! (works, with a caveat) or ✗
+    /// with what to do. Exit status 0 only when a pod can start.
+    Check {
+        /// Fail on warnings too.
+        #[arg(long)]
+        strict: bool,
+        /// One JSON object per requirement instead of lines of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The effective configuration (file, defaults, environment) with the tools and the
+    /// backend it resolves to here.
+    Env {
+        /// JSON instead of TOML.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The pod VMs in the run directory, read without containerd.
+    Pods {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { strict, json } => Ok(check::run(strict, json)),
+        Command::Env { json } => env::run(json).map(|()| ExitCode::SUCCESS),
+        Command::Pods { json } => pods::run(json).map(|()| ExitCode::SUCCESS),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("hull: {e:#}");
+        ExitCode::FAILURE
+    })
+}
