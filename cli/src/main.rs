@@ -7,6 +7,7 @@
 
 mod check;
 mod env;
+mod logs;
 mod pods;
 
 use std::process::ExitCode;
@@ -18,7 +19,7 @@ use clap::{Parser, Subcommand};
     name = "hull",
     version,
     about = "Operate hull, the VM-isolated container runtime, on this node",
-    after_help = "Examples:\n  hull check            can this host start pod VMs, and why not\n  hull check --strict   ... and fail on warnings too\n  hull env --json       the effective configuration and the backend `auto` picks\n  hull pods             the pod VMs running on this node"
+    after_help = "Examples:\n  hull check            can this host start pod VMs, and why not\n  hull check --strict   ... and fail on warnings too\n  hull env --json       the effective configuration and the backend `auto` picks\n  hull pods             the pod VMs running on this node\n  hull logs -f web-1    follow pod web-1's shim log\n  hull logs --console web-1   its VM's serial console"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -44,6 +45,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A pod's shim log, or its VM's serial console (guest kernel and agent).
+    Logs {
+        /// The pod's sandbox id (for `ctr run`, the container id).
+        sandbox: String,
+        /// The containerd namespace; by default the one that has the pod.
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// The VM's serial console instead of the shim's log.
+        #[arg(long)]
+        console: bool,
+        /// Keep printing what is appended, until the pod is removed.
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// The pod VMs in the run directory, read without containerd.
     Pods {
         /// JSON instead of a table.
@@ -58,6 +73,12 @@ fn main() -> ExitCode {
         Command::Check { strict, json } => Ok(check::run(strict, json)),
         Command::Env { json } => env::run(json).map(|()| ExitCode::SUCCESS),
         Command::Pods { json } => pods::run(json).map(|()| ExitCode::SUCCESS),
+        Command::Logs {
+            sandbox,
+            namespace,
+            console,
+            follow,
+        } => logs::run(&sandbox, namespace.as_deref(), console, follow).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
         eprintln!("hull: {e:#}");

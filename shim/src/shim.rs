@@ -42,10 +42,19 @@ impl Shim for HullShim {
         config.no_sub_reaper = true;
         config.no_setup_logger = true;
         let cfg = HullConfig::load().map_err(|e| format!("{e:#}"));
+        // The first task of a shim is its pod's sandbox (CRI) or a pod of its own (ctr):
+        // its id names the pod directory.
+        let pod_log = cfg.as_ref().ok().and_then(|c| {
+            Some(crate::logging::PodLog {
+                dir: pod_dir(c, &args.namespace, &args.id).ok()?,
+                max_bytes: c.log_max_kib.saturating_mul(1024),
+            })
+        });
         crate::logging::init(
             cfg.as_ref().map(|c| c.log_level.as_str()).unwrap_or("info"),
             &args.namespace,
             &args.id,
+            pod_log,
         );
         HullShim {
             id: args.id.clone(),

@@ -1,7 +1,8 @@
 //! The `hull` operator tool, run as a program the way an operator runs it: `check` answers
 //! for this host (on a PVM host, QEMU TCG), fails on a broken config or a missing kernel,
-//! `env --json` is the effective configuration, and `pods` lists a pod that containerd
-//! started on hull (a real VM) and forgets it once it is removed.
+//! `env --json` is the effective configuration, `pods` lists a pod that containerd started
+//! on hull (a real VM) and forgets it once it is removed, and `logs` shows that pod's shim
+//! log and console.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -163,7 +164,41 @@ fn pods_lists_a_running_pod_and_forgets_it_once_removed() {
             .any(|l| l.contains("cli-pod") && l.contains(NAMESPACE)),
         "{table}"
     );
+    // The pod's own logs: the shim's lines and the guest's console.
+    let shim_log = text(&hull(&cfg, &["logs", "cli-pod"]));
+    assert!(shim_log.contains("pod VM ready"), "{shim_log}");
+    assert!(
+        shim_log.contains("sandbox=cli-pod") || shim_log.contains("sandbox=\"cli-pod\""),
+        "lines name their pod: {shim_log}"
+    );
+    let console = text(&hull(
+        &cfg,
+        &["logs", "--console", "-n", NAMESPACE, "cli-pod"],
+    ));
+    assert!(console.contains("hull-agent ready"), "{console}");
+    let missing = hull(&cfg, &["logs", "no-such-pod"]);
+    assert!(!missing.status.success());
+    assert!(
+        text(&missing).contains("no pod no-such-pod"),
+        "{}",
+        text(&missing)
+    );
+    // Following ends once the pod is removed.
+    let follower = Command::new(hull_tests::target_bin_dir().join("hull"))
+        .args(["logs", "--follow", "cli-pod"])
+        .env("HULL_CONFIG", &cfg)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     c.kill_and_remove("cli-pod");
+    let mut follower = follower;
+    let ended = hull_tests::wait_until(std::time::Duration::from_secs(10), || {
+        follower.try_wait().unwrap().is_some()
+    });
+    if !ended {
+        let _ = follower.kill();
+    }
+    assert!(ended, "hull logs --follow outlived its pod");
     let out = hull(&cfg, &["pods", "--json"]);
     let pods: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(pods, serde_json::json!([]), "the removed pod is gone");
