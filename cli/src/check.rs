@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use hull_shim::config::{HullConfig, HypervisorKind};
+use hull_shim::config::{HullConfig, HypervisorKind, Source};
 use hull_shim::hypervisor::accel::Accel;
 use hull_shim::hypervisor::{resolve, tools_for};
 use serde::Serialize;
@@ -122,12 +122,9 @@ pub fn findings(config: Result<HullConfig, String>) -> Vec<Finding> {
 }
 
 fn config_source() -> String {
-    match std::env::var_os("HULL_CONFIG") {
-        Some(p) => format!("{} ($HULL_CONFIG) parses", Path::new(&p).display()),
-        None if Path::new(hull_shim::config::DEFAULT_PATH).exists() => {
-            format!("{} parses", hull_shim::config::DEFAULT_PATH)
-        }
-        None => format!("no {}: the defaults apply", hull_shim::config::DEFAULT_PATH),
+    match Source::current() {
+        Source::Defaults => format!("no {}: the defaults apply", hull_shim::config::DEFAULT_PATH),
+        file => format!("{file} parses"),
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use hull_shim::config::{HullConfig, HypervisorKind};
+use hull_shim::config::{HullConfig, HypervisorKind, Source};
 use hull_shim::hypervisor::accel::Accel;
 use hull_shim::hypervisor::{resolve, tools_for};
 use serde::Serialize;
@@ -42,13 +42,7 @@ fn effective(config: HullConfig) -> Env {
         .into_iter()
         .map(|(name, path)| (name, path.display().to_string()))
         .collect();
-    let source = match std::env::var("HULL_CONFIG") {
-        Ok(p) => format!("{p} ($HULL_CONFIG)"),
-        Err(_) if std::path::Path::new(hull_shim::config::DEFAULT_PATH).exists() => {
-            hull_shim::config::DEFAULT_PATH.to_string()
-        }
-        Err(_) => "defaults".to_string(),
-    };
+    let source = Source::current().to_string();
     Env {
         source,
         config,

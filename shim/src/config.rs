@@ -153,10 +153,9 @@ impl HullConfig {
 
     /// `$HULL_CONFIG`, else `/etc/hull/config.toml`; a missing default file means defaults.
     pub fn load() -> anyhow::Result<HullConfig> {
-        match std::env::var_os("HULL_CONFIG") {
-            Some(p) => Self::from_file(Path::new(&p)),
-            None if Path::new(DEFAULT_PATH).exists() => Self::from_file(Path::new(DEFAULT_PATH)),
-            None => Ok(HullConfig::default()),
+        match Source::current() {
+            Source::Env(p) | Source::File(p) => Self::from_file(&p),
+            Source::Defaults => Ok(HullConfig::default()),
         }
     }
 
@@ -175,6 +174,37 @@ impl HullConfig {
             anyhow::bail!("{}: agent_timeout_s must be ≥ 1", path.display());
         }
         Ok(c)
+    }
+}
+
+/// Where `HullConfig::load` reads the configuration from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The file `$HULL_CONFIG` names.
+    Env(PathBuf),
+    /// `/etc/hull/config.toml`.
+    File(PathBuf),
+    /// No file: the defaults.
+    Defaults,
+}
+
+impl Source {
+    pub fn current() -> Source {
+        match std::env::var_os("HULL_CONFIG") {
+            Some(p) => Source::Env(p.into()),
+            None if Path::new(DEFAULT_PATH).exists() => Source::File(DEFAULT_PATH.into()),
+            None => Source::Defaults,
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Env(p) => write!(f, "{} ($HULL_CONFIG)", p.display()),
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::Defaults => write!(f, "the defaults (no {DEFAULT_PATH})"),
+        }
     }
 }
 

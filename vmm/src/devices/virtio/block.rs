@@ -222,7 +222,7 @@ impl Worker {
 
 impl MutEventSubscriber for Worker {
     fn init(&mut self, ops: &mut EventOps) {
-        let _ = ops.add(self.inbox.events(TOKEN_CONTROL));
+        self.inbox.watch(ops, TOKEN_CONTROL);
         event_loop::watch(ops, self.kick.as_ref(), TOKEN_KICK, "the queue's kick");
     }
 

@@ -207,9 +207,9 @@ impl<A> Drop for Mailbox<A> {
 }
 
 impl<A> Inbox<A> {
-    /// The registration that wakes the loop for a message, tagged `data`.
-    pub fn events(&self, data: u32) -> Events {
-        Events::with_data(self.evt.as_ref(), data, EventSet::IN)
+    /// Registers the inbox with the loop, tagged `data`.
+    pub fn watch(&self, ops: &mut EventOps, data: u32) {
+        watch(ops, self.evt.as_ref(), data, "the device's mailbox");
     }
 
     /// The requests waiting. A Stop (or a vanished mailbox) is remembered for `stopped`.
@@ -256,7 +256,7 @@ mod tests {
     impl MutEventSubscriber for Counter {
         fn init(&mut self, ops: &mut EventOps) {
             watch(ops, self.kick.as_ref(), 1, "kick");
-            let _ = ops.add(self.inbox.events(2));
+            self.inbox.watch(ops, 2);
         }
         fn process(&mut self, events: Events, _ops: &mut EventOps) {
             match events.data() {

@@ -293,7 +293,7 @@ const TOKEN_CONTROL: u32 = u32::MAX;
 
 impl MutEventSubscriber for Forwarder {
     fn init(&mut self, ops: &mut EventOps) {
-        let _ = ops.add(self.inbox.events(TOKEN_CONTROL));
+        self.inbox.watch(ops, TOKEN_CONTROL);
         for (call, token) in self.calls.iter().zip(0u32..) {
             event_loop::watch(ops, call, token, "the daemon's call eventfd");
         }

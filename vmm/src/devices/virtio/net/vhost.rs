@@ -224,7 +224,7 @@ impl Attacher {
 
 impl MutEventSubscriber for Attacher {
     fn init(&mut self, ops: &mut EventOps) {
-        let _ = ops.add(self.inbox.events(TOKEN_CONTROL));
+        self.inbox.watch(ops, TOKEN_CONTROL);
         event_loop::watch(
             ops,
             &self.evts.call[RX],

@@ -329,7 +329,7 @@ impl Worker {
 
 impl MutEventSubscriber for Worker {
     fn init(&mut self, ops: &mut EventOps) {
-        let _ = ops.add(self.inbox.events(TOKEN_CONTROL));
+        self.inbox.watch(ops, TOKEN_CONTROL);
         event_loop::watch(
             ops,
             self.rx_evt.as_ref(),

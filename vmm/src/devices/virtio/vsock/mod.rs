@@ -118,7 +118,7 @@ const TOKEN_HOST: u32 = 3;
 
 impl MutEventSubscriber for Worker {
     fn init(&mut self, ops: &mut EventOps) {
-        let _ = ops.add(self.inbox.events(TOKEN_CONTROL));
+        self.inbox.watch(ops, TOKEN_CONTROL);
         event_loop::watch(ops, self.rx_kick.as_ref(), TOKEN_RX, "the RX queue's kick");
         event_loop::watch(ops, self.tx_kick.as_ref(), TOKEN_TX, "the TX queue's kick");
         let host = lock(&self.muxer).host_events();
