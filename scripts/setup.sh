@@ -39,13 +39,15 @@ cargo_tool() { # name version binary
 cargo_tool vhost-device-vsock 0.3.0 vhost-device-vsock
 cargo_tool virtiofsd 1.14.0 virtiofsd
 
-# The CRI client the CRI tests drive containerd with, as the kubelet would (PyPI), in a
+# The CRI client the CRI tests drive containerd with, as the kubelet would, and the
+# Prometheus parser that reads `hull monitor`'s /metrics as Prometheus would (PyPI), in a
 # virtual environment outside the repo.
 venv=${HULL_CACHE:-$HOME/.cache/hull}/venv
-if ! "$venv/bin/python" -c 'import cri_api.v1' 2>/dev/null; then
-  echo "setup: python venv with the CRI client"
+if ! "$venv/bin/python" -c 'import cri_api.v1, prometheus_client.openmetrics.parser' 2>/dev/null; then
+  echo "setup: python venv with the CRI client and the Prometheus parser"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q 'container-runtime-interface-api==2.0.1' 'grpcio==1.85.3' 'protobuf==6.33.6'
+  "$venv/bin/pip" install -q 'container-runtime-interface-api==2.0.1' 'grpcio==1.85.3' 'protobuf==6.33.6' \
+    'prometheus-client==0.26.0'
 fi
 
 echo "setup: done"

@@ -65,6 +65,8 @@ pub struct AgentConfig {
     pub fault: Option<Fault>,
     /// Which boot of this pod's VM this is (`hull.boot_attempt=`, from the shim); 1 first.
     pub boot_attempt: u32,
+    /// Whether to serve the debug console (`hull.debug_console=1`, guest only).
+    pub debug_console: bool,
 }
 
 impl AgentConfig {
@@ -83,6 +85,9 @@ impl AgentConfig {
             .find_map(|w| w.strip_prefix("hull.boot_attempt="))
             .and_then(|n| n.parse().ok())
             .unwrap_or(1);
+        let debug_console = kernel_cmdline
+            .split_whitespace()
+            .any(|w| w == "hull.debug_console=1");
         AgentConfig {
             mode: Mode::Guest,
             listen: format!("vsock://-1:{AGENT_VSOCK_PORT}"),
@@ -91,6 +96,7 @@ impl AgentConfig {
             log,
             fault,
             boot_attempt,
+            debug_console,
         }
     }
 
@@ -130,5 +136,7 @@ mod tests {
             Some(Fault::HangSignals)
         );
         assert_eq!(AgentConfig::guest("hull.fault=nonsense").fault, None);
+        assert!(AgentConfig::guest("quiet hull.debug_console=1").debug_console);
+        assert!(!AgentConfig::guest("hull.debug_console=10").debug_console);
     }
 }

@@ -5,8 +5,10 @@
 mod cgroups;
 mod config;
 mod container;
+mod debug_console;
 mod error;
 mod fault;
+mod guest_stats;
 mod helper;
 mod init;
 mod logging;
@@ -42,6 +44,10 @@ struct Cli {
     /// Log filter (tracing EnvFilter syntax); HULL_LOG overrides it.
     #[arg(long, default_value = "warn")]
     log: String,
+    /// Print the agent API version this agent speaks and exit (the initrd build records
+    /// it for `hull check`).
+    #[arg(long)]
+    api_version: bool,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -58,6 +64,10 @@ fn main() -> ExitCode {
         guest_main()
     } else {
         let cli = Cli::parse();
+        if cli.api_version {
+            println!("{}", hull_protocols::API_VERSION);
+            return ExitCode::SUCCESS;
+        }
         if let Some(Cmd::Runtime(cmd)) = cli.command {
             return helper::run(cmd);
         }
@@ -69,6 +79,7 @@ fn main() -> ExitCode {
             log: cli.log,
             fault: None,
             boot_attempt: 1,
+            debug_console: false,
         };
         logging::init(&cfg.log);
         // Containers outlive the helper that creates them; they must come back to us.

@@ -25,6 +25,12 @@ pub async fn serve(cfg: AgentConfig) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", cfg.shared_dir.display()))?;
     let sandbox = Arc::new(Sandbox::new(cfg.clone()));
     let (oom, oom_events) = OomWatcher::start();
+    if cfg.debug_console && cfg.mode == crate::config::Mode::Guest {
+        let busybox = cfg.shared_dir.join(crate::debug_console::TOOLS_IN_SHARE);
+        if let Err(e) = crate::debug_console::start(reaper.clone(), busybox) {
+            tracing::error!(error = %format!("{e:#}"), "cannot serve the debug console");
+        }
+    }
     let containers = Arc::new(Containers::new(cfg.clone(), reaper, sandbox.clone(), oom)?);
     let shutdown = Arc::new(Notify::new());
     let agent = Arc::new(AgentService {

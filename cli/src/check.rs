@@ -113,6 +113,10 @@ pub fn findings(config: Result<HullConfig, String>) -> Vec<Finding> {
     }
     out.push(guest_file("kernel", &cfg.kernel));
     out.push(guest_file("initrd", &cfg.initrd));
+    out.push(agent_api(&cfg.initrd));
+    if cfg.debug_console {
+        out.push(debug_console(&cfg.debug_console_busybox));
+    }
     out.push(cgroups(Path::new("/sys/fs/cgroup")));
     out.push(tun());
     out.push(tc_support());
@@ -257,6 +261,101 @@ fn guest_file(what: &'static str, path: &Path) -> Finding {
             format!(
                 "build and install it (`make guest` then `make install`), or set `{what}` in the config"
             ),
+        ),
+    }
+}
+
+/// The agent API version recorded in the initrd's first, uncompressed cpio archive
+/// (`rootfs/build.sh` puts it there), without unpacking the agent.
+pub fn initrd_api_version(initrd: &Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    const WANTED: &str = hull_protocols::INITRD_API_VERSION_PATH;
+    // Header, names and the version file: far less than this.
+    let mut r = std::io::BufReader::new(std::fs::File::open(initrd)?).take(64 * 1024);
+    loop {
+        let mut entry = cpio::NewcReader::new(r)
+            .map_err(|e| anyhow::anyhow!("no uncompressed cpio archive first ({e})"))?;
+        if entry.entry().is_trailer() {
+            anyhow::bail!("no {WANTED} in the first archive");
+        }
+        if entry.entry().name().trim_start_matches("./") == WANTED {
+            let mut v = String::new();
+            (&mut entry).take(64).read_to_string(&mut v)?;
+            return Ok(v.trim().to_string());
+        }
+        r = entry.finish()?;
+    }
+}
+
+/// Whether the initrd's agent speaks the shim's API: same major version, and a minor
+/// at least the shim's (an older agent lacks calls the shim makes).
+fn agent_api(initrd: &Path) -> Finding {
+    const WHAT: &str = "agent API";
+    let shim = hull_protocols::API_VERSION;
+    let Ok(found) = initrd_api_version(initrd) else {
+        if !initrd.exists() {
+            return not_ok(
+                Status::Fail,
+                WHAT,
+                "no initrd to read it from",
+                "see the initrd line",
+            );
+        }
+        return not_ok(
+            Status::Warn,
+            WHAT,
+            format!(
+                "{} records no agent API version (built by an older hull)",
+                initrd.display()
+            ),
+            "rebuild the initrd with this hull: `make guest` then `make install`",
+        );
+    };
+    let parts = |v: &str| -> (String, u32) {
+        let mut it = v.split('.');
+        let major = it.next().unwrap_or_default().to_string();
+        let minor = it.next().and_then(|m| m.parse().ok()).unwrap_or(0);
+        (major, minor)
+    };
+    let ((a_major, a_minor), (s_major, s_minor)) = (parts(&found), parts(shim));
+    let detail = format!("initrd's agent {found}, shim {shim}");
+    if a_major != s_major {
+        not_ok(
+            Status::Fail,
+            WHAT,
+            detail,
+            "the shim cannot talk to this agent: install the initrd built with this hull",
+        )
+    } else if a_minor < s_minor {
+        not_ok(
+            Status::Warn,
+            WHAT,
+            detail,
+            "an older agent: pods start, newer features (metrics of the guest) are missing; rebuild the initrd",
+        )
+    } else {
+        ok(WHAT, detail)
+    }
+}
+
+/// With `debug_console = true`, the busybox the console's tools come from.
+fn debug_console(busybox: &Path) -> Finding {
+    const WHAT: &str = "debug console";
+    match hull_shim::share::check_static_executable(busybox) {
+        Ok(()) => not_ok(
+            Status::Warn,
+            WHAT,
+            format!(
+                "on (tools from {}): root on this host gets a root shell in every pod VM",
+                busybox.display()
+            ),
+            "turn `debug_console` off outside debugging",
+        ),
+        Err(e) => not_ok(
+            Status::Fail,
+            WHAT,
+            format!("on, but {}: {e:#}", busybox.display()),
+            "install busybox-static, or point `debug_console_busybox` at a static busybox",
         ),
     }
 }

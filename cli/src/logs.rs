@@ -28,7 +28,11 @@ pub fn run(
 }
 
 /// The pod's directory: in `namespace`, or the one namespace that has the sandbox.
-fn find_pod(cfg: &HullConfig, sandbox: &str, namespace: Option<&str>) -> anyhow::Result<PathBuf> {
+pub fn find_pod(
+    cfg: &HullConfig,
+    sandbox: &str,
+    namespace: Option<&str>,
+) -> anyhow::Result<PathBuf> {
     let namespaces: Vec<String> = match namespace {
         Some(ns) => vec![ns.to_string()],
         None => std::fs::read_dir(&cfg.run_dir)

@@ -6,8 +6,10 @@
 //! runtime CLI.
 
 mod check;
+mod console;
 mod env;
 mod logs;
+mod monitor;
 mod pods;
 
 use std::process::ExitCode;
@@ -19,7 +21,7 @@ use clap::{Parser, Subcommand};
     name = "hull",
     version,
     about = "Operate hull, the VM-isolated container runtime, on this node",
-    after_help = "Examples:\n  hull check            can this host start pod VMs, and why not\n  hull check --strict   ... and fail on warnings too\n  hull env --json       the effective configuration and the backend `auto` picks\n  hull pods             the pod VMs running on this node\n  hull logs -f web-1    follow pod web-1's shim log\n  hull logs --console web-1   its VM's serial console"
+    after_help = "Examples:\n  hull check            can this host start pod VMs, and why not\n  hull check --strict   ... and fail on warnings too\n  hull env --json       the effective configuration and the backend `auto` picks\n  hull pods             the pod VMs running on this node\n  hull logs -f web-1    follow pod web-1's shim log\n  hull logs --console web-1   its VM's serial console\n  hull console web-1    a root shell in pod web-1's VM (needs debug_console = true)\n  hull console web-1 -- uname -r\n  hull monitor          every pod's metrics on http://127.0.0.1:8090/metrics, events on stdout"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -65,6 +67,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A shell, or the command after `--`, as root in a pod's VM (outside every
+    /// container), through the agent's debug console. Only for pods booted with
+    /// `debug_console = true`; the guest writes to this terminal unfiltered.
+    Console {
+        /// The pod's sandbox id (for `ctr run`, the container id).
+        sandbox: String,
+        /// The containerd namespace; by default the one that has the pod.
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// The command and its arguments; a shell when empty.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Serves every pod's metrics, merged, as one Prometheus endpoint, and prints the
+    /// pods' lifecycle events (boot, ready, oom, vm_died, shutdown, removed) as JSON lines.
+    Monitor {
+        /// Address of the HTTP endpoint (`GET /metrics`).
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -79,6 +101,12 @@ fn main() -> ExitCode {
             console,
             follow,
         } => logs::run(&sandbox, namespace.as_deref(), console, follow).map(|()| ExitCode::SUCCESS),
+        Command::Console {
+            sandbox,
+            namespace,
+            command,
+        } => console::run(&sandbox, namespace.as_deref(), &command).map(|()| ExitCode::SUCCESS),
+        Command::Monitor { listen } => monitor::run(listen).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
         eprintln!("hull: {e:#}");

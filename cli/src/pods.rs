@@ -6,6 +6,7 @@ use std::path::Path;
 
 use hull_shim::config::HullConfig;
 use hull_shim::daemon::{PID_FILE, PidRecord};
+use hull_shim::pod::PodIdentity;
 use serde::Serialize;
 
 #[derive(Debug, Serialize)]
@@ -107,11 +108,18 @@ fn pod(ns: &Path, dir: &Path) -> Option<Pod> {
     } else {
         ("qemu", "-smp", "-m")
     };
-    let mut containers: Vec<String> = dirs(&dir.join("mounts")).iter().map(|d| name(d)).collect();
+    // Container ids never start with a dot; `.debug` holds the debug console's tools.
+    let mut containers: Vec<String> = dirs(&dir.join("mounts"))
+        .iter()
+        .map(|d| name(d))
+        .filter(|n| !n.starts_with('.'))
+        .collect();
     containers.sort();
+    // The directory's name is a shortened one for long ids (CRI's 64 characters).
+    let sandbox = PodIdentity::read(dir).map_or_else(|| name(dir), |i| i.sandbox);
     Some(Pod {
         namespace: name(ns),
-        sandbox: name(dir),
+        sandbox,
         backend: backend.into(),
         vmm_pid: vmm.pid,
         running,
@@ -162,6 +170,7 @@ mod tests {
         std::fs::create_dir_all(pod.join("vm")).unwrap();
         std::fs::create_dir_all(pod.join("mounts/web-1")).unwrap();
         std::fs::create_dir_all(pod.join("mounts/nginx")).unwrap();
+        std::fs::create_dir_all(pod.join("mounts/.debug")).unwrap();
         // This test process stands for the VMM: its own pid and start time.
         let me = std::process::id().cast_signed();
         let start = hull_shim::daemon::start_time(me).unwrap();

@@ -2,7 +2,7 @@
 //! and the guest agent (server). Generated from `protos/` at build time.
 
 /// Agent API version; bump the major on an incompatible change to `agent.proto`.
-pub const API_VERSION: &str = "1.1.0";
+pub const API_VERSION: &str = "1.2.0";
 
 /// The vsock port the agent's ttrpc server listens on inside the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
@@ -12,6 +12,16 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// works both ways. (vhost-device-vsock 0.3 loses its worker thread for good if a host
 /// connection arrives while the guest is still setting the device's rings up.)
 pub const AGENT_READY_PORT: u32 = 1025;
+
+/// The vsock port of the agent's debug console (a shell or command outside every
+/// container, on a pty), served only when the kernel command line has
+/// `hull.debug_console=1`, which the shim sets only for `debug_console = true`.
+pub const DEBUG_CONSOLE_PORT: u32 = 1026;
+
+/// The path, inside the initrd's first (uncompressed) cpio archive, of a file holding the
+/// agent API version the initrd's agent speaks: `hull check` reads it without unpacking
+/// the agent.
+pub const INITRD_API_VERSION_PATH: &str = "etc/hull-agent-api";
 
 #[allow(warnings, clippy::all, clippy::undocumented_unsafe_blocks)]
 pub mod agent {

@@ -85,6 +85,11 @@ pub struct HullConfig {
     pub vhost_net: VhostNet,
     /// KiB each pod log (console, VMM, daemons) may hold; output past it is discarded.
     pub log_max_kib: u64,
+    /// Serve the agent's debug console (`hull console`): a root shell in every pod VM
+    /// for whoever is root on this host. Off in production.
+    pub debug_console: bool,
+    /// The static busybox the console's tools come from (copied into each pod's share).
+    pub debug_console_busybox: PathBuf,
 }
 
 impl Default for HullConfig {
@@ -112,6 +117,8 @@ impl Default for HullConfig {
             vmm_uid: 65534,
             vmm_gid: 65534,
             vhost_net: VhostNet::Auto,
+            debug_console: false,
+            debug_console_busybox: PathBuf::from("/bin/busybox"),
         }
     }
 }

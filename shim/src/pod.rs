@@ -27,18 +27,45 @@ use crate::hypervisor::qemu::SHARED_FS_TAG;
 use crate::hypervisor::{self, Vm, VmSpec};
 use crate::ids::{self, InvalidId};
 use crate::network::{self, PodNetwork};
+use crate::pod_events::{self, Event};
 use crate::pod_fs;
 use crate::share::{GUEST_SHARED, PodShare};
 use crate::sizing::PodSize;
 
 pub struct Pod {
     pub id: String,
+    pub namespace: String,
     pub dir: PathBuf,
     pub agent: AgentClient,
+    pub metrics: crate::pod_metrics::PodMetrics,
     vm: Mutex<Option<Box<dyn Vm>>>,
     dead: watch::Receiver<bool>,
+    /// Set when an orderly shutdown begins: the VM's exit is then no death.
+    shutting_down: std::sync::atomic::AtomicBool,
     /// Holds the taps' fds while the pod lives.
     _network: PodNetwork,
+}
+
+/// `<pod dir>/pod.json`: the pod's namespace and whole sandbox id (the directory's name is
+/// shortened for long ids), for `hull pods`.
+pub const IDENTITY_FILE: &str = "pod.json";
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct PodIdentity {
+    pub namespace: String,
+    pub sandbox: String,
+}
+
+impl PodIdentity {
+    /// The identity recorded in pod directory `dir`, if any.
+    pub fn read(dir: &Path) -> Option<PodIdentity> {
+        serde_json::from_slice(&std::fs::read(dir.join(IDENTITY_FILE)).ok()?).ok()
+    }
+
+    fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::write(dir.join(IDENTITY_FILE), serde_json::to_vec(self)?)
+            .with_context(|| format!("writing {IDENTITY_FILE}"))
+    }
 }
 
 /// What a pod VM is made of, beyond hull.toml.
@@ -111,7 +138,27 @@ impl Pod {
             pod_fs::ensure_dir_mode(d, mode)
                 .with_context(|| format!("creating {}", d.display()))?;
         }
-        let shared = match PodShare::create(&dir) {
+        let identity = PodIdentity {
+            namespace: namespace.to_string(),
+            sandbox: id.to_string(),
+        };
+        if let Err(e) = identity.write(&dir) {
+            cleanup_dir(&dir);
+            return Err(e);
+        }
+        let who = pod_events::PodRef {
+            dir: &dir,
+            namespace,
+            sandbox: id,
+        };
+        pod_events::record(&who, Event::Boot, "", "");
+        let share = PodShare::create(&dir).and_then(|s| {
+            if cfg.debug_console {
+                s.add_debug_tools(&cfg.debug_console_busybox)?;
+            }
+            Ok(s)
+        });
+        let shared = match share {
             Ok(s) => s.shared,
             Err(e) => {
                 cleanup_dir(&dir);
@@ -133,12 +180,17 @@ impl Pod {
             _ => PodNetwork::default(),
         };
         let size = opts.size;
+        let mut cmdline_extra = cfg.kernel_params.clone();
+        if cfg.debug_console {
+            tracing::warn!(sandbox = %id, "debug console on: `hull console` runs commands as root in this pod's VM");
+            cmdline_extra.push_str(" hull.debug_console=1");
+        }
         let spec = VmSpec {
             kernel: cfg.kernel.clone(),
             initrd: cfg.initrd.clone(),
             vcpus: size.vcpus,
             memory_mib: size.memory_mib,
-            cmdline_extra: cfg.kernel_params.clone(),
+            cmdline_extra,
             run_dir: run,
             shared_dir: shared,
             log_max_bytes: cfg.log_max_kib * 1024,
@@ -146,6 +198,7 @@ impl Pod {
         };
         // Every line of the boot (slot waits, progress, the retry) names the pod.
         let span = tracing::info_span!("boot", sandbox = %id);
+        let boot_started = std::time::Instant::now();
         let (vm, agent) = match tracing::Instrument::instrument(boot_vm(cfg, spec), span).await {
             Ok(v) => v,
             Err(e) => {
@@ -163,11 +216,11 @@ impl Pod {
         fs.fstype = "virtiofs".into();
         fs.mount_point = GUEST_SHARED.into();
         req.storages.push(fs);
-        if let Err(e) = agent
+        let metrics = crate::pod_metrics::PodMetrics::default();
+        let call = agent
             .agent
-            .create_sandbox(ctx(Duration::from_secs(30)), &req)
-            .await
-        {
+            .create_sandbox(ctx(Duration::from_secs(30)), &req);
+        if let Err(e) = metrics.rpc("CreateSandbox", call).await {
             drop(vm);
             cleanup_dir(&dir);
             anyhow::bail!("CreateSandbox: {e}");
@@ -180,19 +233,34 @@ impl Pod {
             return Err(e);
         }
 
+        metrics.set_boot(boot_started.elapsed());
         let (dead_tx, dead) = watch::channel(false);
         let pod = std::sync::Arc::new(Pod {
             id: id.to_string(),
+            namespace: namespace.to_string(),
             dir,
             agent,
+            metrics,
             vm: Mutex::new(Some(vm)),
             dead,
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
             _network: net,
         });
         let watched = std::sync::Arc::downgrade(&pod);
         std::thread::spawn(move || watch_vm(watched, dead_tx));
+        pod.event(Event::Ready, "", "");
         tracing::info!(sandbox = %id, "pod VM ready");
         Ok(pod)
+    }
+
+    /// Records a lifecycle event in the pod directory (see `pod_events`).
+    pub fn event(&self, event: Event, container: &str, detail: &str) {
+        let who = pod_events::PodRef {
+            dir: &self.dir,
+            namespace: &self.namespace,
+            sandbox: &self.id,
+        };
+        pod_events::record(&who, event, container, detail);
     }
 
     /// Resolves when the VM has died (or was shut down).
@@ -218,9 +286,15 @@ impl Pod {
     /// Orderly: DestroySandbox, wait for the VM to end, then kill whatever remains and
     /// remove the pod directory.
     pub async fn shutdown(&self, timeout: Duration) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.event(Event::Shutdown, "", "");
         if !self.is_dead() {
             let req = DestroySandboxRequest::new();
-            let call = self.agent.agent.destroy_sandbox(ctx(timeout), &req);
+            let call = self.metrics.rpc(
+                "DestroySandbox",
+                self.agent.agent.destroy_sandbox(ctx(timeout), &req),
+            );
             match tokio::time::timeout(timeout, call).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
@@ -352,6 +426,9 @@ fn watch_vm(pod: std::sync::Weak<Pod>, dead: watch::Sender<bool>) {
                     // Why it failed is in the VMM's own log (its error, a triple fault, a
                     // seccomp report) as much as on the console: both go to the shim log.
                     tracing::warn!(sandbox = %pod.id, %status, report = %vm.diagnostics(), "pod VM failed");
+                }
+                if !pod.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
+                    pod.event(Event::VmDied, "", &status);
                 }
             }
             let _ = dead.send(true);

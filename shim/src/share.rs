@@ -79,6 +79,24 @@ impl PodShare {
         Ok(s)
     }
 
+    /// Puts a copy of the static `busybox` at `mounts/.debug/busybox` (a name no container
+    /// id can have), where the agent's debug console takes its tools from.
+    pub fn add_debug_tools(&self, busybox: &Path) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        check_static_executable(busybox).with_context(|| {
+            format!(
+                "debug_console = true needs a static busybox at {}",
+                busybox.display()
+            )
+        })?;
+        let dir = self.mounts.join(".debug");
+        pod_fs::ensure_dir_mode(&dir, 0o755)?;
+        let to = dir.join("busybox");
+        std::fs::copy(busybox, &to).with_context(|| format!("copying {}", busybox.display()))?;
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755))?;
+        Ok(())
+    }
+
     pub fn container(&self, id: &str) -> ContainerShare {
         ContainerShare {
             mounts: self.mounts.clone(),
@@ -86,6 +104,47 @@ impl PodShare {
             guest_dir: Path::new(GUEST_SHARED).join(id),
         }
     }
+}
+
+/// Fails unless `path` is a 64-bit ELF executable without a program interpreter: the
+/// guest has no libraries to load.
+pub fn check_static_executable(path: &Path) -> anyhow::Result<()> {
+    const PT_INTERP: u32 = 3;
+    let bytes = std::fs::read(path)?;
+    let u16_at = |o: usize| {
+        bytes
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u32_at = |o: usize| {
+        bytes
+            .get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    };
+    let u64_at = |o: usize| {
+        bytes
+            .get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
+    anyhow::ensure!(
+        bytes.starts_with(b"\x7fELF\x02\x01"),
+        "not a 64-bit little-endian ELF file"
+    );
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        anyhow::bail!("truncated ELF header");
+    };
+    for i in 0..usize::from(phnum) {
+        let at = usize::try_from(phoff)? + i * usize::from(phentsize);
+        let Some(kind) = u32_at(at) else {
+            anyhow::bail!("truncated program headers");
+        };
+        anyhow::ensure!(
+            kind != PT_INTERP,
+            "dynamically linked (it names a program interpreter)"
+        );
+    }
+    Ok(())
 }
 
 /// A container's part of the share.
@@ -201,6 +260,27 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_a_static_elf_passes_as_a_guest_tool() {
+        let me = std::env::current_exe().unwrap();
+        // Test binaries are dynamically linked.
+        let e = super::check_static_executable(&me).unwrap_err();
+        assert!(e.to_string().contains("dynamically linked"), "{e}");
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("x");
+        std::fs::write(&f, b"#!/bin/sh\n").unwrap();
+        assert!(super::check_static_executable(&f).is_err());
+        std::fs::write(&f, b"\x7fELF\x02\x01\x01").unwrap();
+        assert!(
+            super::check_static_executable(&f)
+                .unwrap_err()
+                .to_string()
+                .contains("truncated")
+        );
+        // Debian's busybox-static, which scripts/setup.sh installs.
+        super::check_static_executable(std::path::Path::new("/bin/busybox")).unwrap();
+    }
+
     use super::*;
     use std::io::ErrorKind;
 

@@ -22,6 +22,7 @@ fn run_script(c: &Containerd, name: &str, extra: &[&std::ffi::OsStr]) -> String 
     std::fs::create_dir_all(&logs).unwrap();
     let script = hull_tests::repo_root().join("tests/cri").join(name);
     let out = Command::new(&python)
+        .env("HULL_CONFIG", c.hull_config())
         .arg(&script)
         .arg(c.socket())
         .arg(&logs)
@@ -117,6 +118,69 @@ fn pods_on_a_cni_bridge_reach_each_other_and_the_host() {
         status.success() && rest.contains("pod network ok"),
         "{seen}{rest}\n{}",
         c.tail_log()
+    );
+    c.assert_clean();
+}
+
+/// A CRI pod with two containers as the operator sees it: `hull pods` lists it with both
+/// containers; `hull monitor`'s /metrics (real HTTP, parsed by Prometheus' parser in the
+/// script) has its VM's, guest's, containers' and agent calls' figures, and none once the
+/// pod is removed; the monitor's event lines tell the pod's life.
+#[test]
+fn hull_pods_and_monitor_see_a_cri_pod_with_two_containers() {
+    let c = Containerd::start(true);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let hull = hull_tests::target_bin_dir().join("hull");
+    let mut monitor = Command::new(&hull)
+        .args(["monitor", "--listen", &format!("127.0.0.1:{port}")])
+        .env("HULL_CONFIG", c.hull_config())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting hull monitor");
+    // Serving once it says so on stderr.
+    let mut said = String::new();
+    BufReader::new(monitor.stderr.take().unwrap())
+        .read_line(&mut said)
+        .unwrap();
+    assert!(said.contains("serving"), "{said}");
+
+    let out = run_script(
+        &c,
+        "pod_observed.py",
+        &[
+            hull.as_os_str(),
+            std::ffi::OsStr::new(&format!("http://127.0.0.1:{port}/metrics")),
+        ],
+    );
+    assert!(out.contains("pod observed ok"), "{out}");
+    let sandbox = out.lines().next().unwrap().trim().to_string();
+
+    // Events are polled twice a second: give the last ones time to be printed.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let _ = monitor.kill();
+    let mut events = String::new();
+    monitor
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut events)
+        .unwrap();
+    let _ = monitor.wait();
+    let kinds: Vec<String> = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["sandbox"] == sandbox.as_str())
+        .map(|v| v["event"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["boot", "ready", "shutdown", "removed"],
+        "events:\n{events}"
     );
     c.assert_clean();
 }

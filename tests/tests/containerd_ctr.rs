@@ -229,6 +229,16 @@ fn dead_vm_ends_its_tasks() {
         "task not stopped after its VM died:\n{}",
         c.tail_log()
     );
+    // The pod's event log (what `hull monitor` prints) says the VM died.
+    let events = std::fs::read_to_string(
+        c.pod_dir(hull_tests::containerd::NAMESPACE, "doomed")
+            .join(hull_shim::pod_events::FILE),
+    )
+    .unwrap_or_default();
+    assert!(
+        events.lines().any(|l| l.contains("\"event\":\"vm_died\"")),
+        "{events}"
+    );
     let del = c.ctr(&["task", "delete", "doomed"]);
     assert!(
         String::from_utf8_lossy(&del.stderr).contains("exit code 255"),

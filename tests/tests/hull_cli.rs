@@ -70,6 +70,13 @@ fn check_answers_for_this_host() {
     }
     assert!(line("kernel:").starts_with("✓"), "{said}");
     assert!(line("tc redirect:").starts_with("✓"), "{said}");
+    // The initrd records the API version of the agent it holds: this build's.
+    assert!(
+        line("agent API:").starts_with("✓")
+            && line("agent API:").contains(hull_protocols::API_VERSION),
+        "{said}"
+    );
+    assert!(!said.contains("debug console"), "off by default:\n{said}");
     // --strict fails exactly when something is qualified.
     let strict = hull(&config(dir.path(), ""), &["check", "--strict"]);
     let warned = said.lines().any(|l| l.starts_with('!'));
@@ -176,6 +183,28 @@ fn pods_lists_a_running_pod_and_forgets_it_once_removed() {
         &["logs", "--console", "-n", NAMESPACE, "cli-pod"],
     ));
     assert!(console.contains("hull-agent ready"), "{console}");
+    // The console is off: refused, saying how to turn it on; and a config that turns it
+    // on later does not reach a pod booted without it (the guest serves no console).
+    let off = hull(&cfg, &["console", "cli-pod", "--", "uname", "-r"]);
+    assert!(!off.status.success());
+    assert!(
+        text(&off).contains("debug console is off"),
+        "{}",
+        text(&off)
+    );
+    let on_later = c.dir.path().join("on-later.toml");
+    std::fs::write(
+        &on_later,
+        std::fs::read_to_string(&cfg).unwrap() + "debug_console = true\n",
+    )
+    .unwrap();
+    let not_booted_with_it = hull(&on_later, &["console", "cli-pod", "--", "uname", "-r"]);
+    assert!(!not_booted_with_it.status.success());
+    assert!(
+        text(&not_booted_with_it).contains("does not serve a debug console"),
+        "{}",
+        text(&not_booted_with_it)
+    );
     let missing = hull(&cfg, &["logs", "no-such-pod"]);
     assert!(!missing.status.success());
     assert!(
@@ -202,5 +231,82 @@ fn pods_lists_a_running_pod_and_forgets_it_once_removed() {
     let out = hull(&cfg, &["pods", "--json"]);
     let pods: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(pods, serde_json::json!([]), "the removed pod is gone");
+    c.assert_clean();
+}
+
+/// With `debug_console = true`, `hull console` runs commands as root in the pod's VM,
+/// outside the containers (PID 1 there is the agent), piped or on a terminal.
+#[test]
+fn console_runs_commands_in_the_guest_outside_the_containers() {
+    hull_tests::require_root();
+    let c = Containerd::start_with_hull_config("debug_console = true\n");
+    let cfg = c.hull_config();
+    let check = text(&hull(&cfg, &["check"]));
+    assert!(
+        check.lines().any(|l| l.starts_with("! debug console: on")),
+        "{check}"
+    );
+    c.run_sleeper("dbg", &[]);
+    let console = |args: &[&str], input: &str| {
+        let mut child = Command::new(hull_tests::target_bin_dir().join("hull"))
+            .args(["console", "dbg", "--"])
+            .args(args)
+            .env("HULL_CONFIG", &cfg)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let guest_log = text(&hull(&cfg, &["logs", "--console", "dbg"]));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}\nguest:\n{guest_log}",
+            text(&out)
+        );
+        let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(
+            !said.is_empty(),
+            "{args:?}: nothing came back: {}\nguest:\n{guest_log}",
+            text(&out)
+        );
+        said
+    };
+    let in_container = c.ctr_ok(&["task", "exec", "--exec-id", "u", "dbg", "uname", "-r"]);
+    assert_eq!(console(&["uname", "-r"], ""), in_container.trim());
+    assert_eq!(
+        console(&["cat", "/proc/1/comm"], ""),
+        "init",
+        "PID 1 of the guest, not of the container"
+    );
+    assert_eq!(
+        console(&["sh", "-c", "read x; echo got-$x"], "hello\n"),
+        "got-hello"
+    );
+    // On a terminal (script(1) gives hull one), the command gets a pty in the guest.
+    let tty = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "{} console dbg -- tty",
+            hull_tests::target_bin_dir().join("hull").display()
+        ))
+        .arg("/dev/null")
+        .env("HULL_CONFIG", &cfg)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&tty.stdout).contains("/dev/pts/"),
+        "{}",
+        text(&tty)
+    );
+    c.kill_and_remove("dbg");
     c.assert_clean();
 }

@@ -435,21 +435,26 @@ impl agent_ttrpc::AgentService for AgentService {
             r.kernel_release = nix::sys::utsname::uname()
                 .map(|u| u.release().to_string_lossy().into_owned())
                 .unwrap_or_default();
-            r.mem_total_bytes = std::fs::read_to_string("/proc/meminfo")
-                .ok()
-                .and_then(|m| {
-                    m.lines()
-                        .find_map(|l| l.strip_prefix("MemTotal:"))
-                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                })
-                .unwrap_or(0)
-                * 1024;
+            let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+            r.mem_total_bytes =
+                crate::guest_stats::meminfo_bytes(&meminfo, "MemTotal").unwrap_or(0);
             r.online_cpus = std::thread::available_parallelism()
                 .map(|n| n.get() as u32)
                 .unwrap_or(1);
             r.agent_version = env!("CARGO_PKG_VERSION").to_string();
             r.api_version = hull_protocols::API_VERSION.to_string();
             Ok(r)
+        })
+        .await
+    }
+
+    async fn get_guest_stats(
+        &self,
+        _c: &TtrpcContext,
+        _req: GetGuestStatsRequest,
+    ) -> ttrpc::Result<GuestStatsResponse> {
+        self.run(self.span("GetGuestStats", "", ""), async {
+            Ok(crate::guest_stats::read())
         })
         .await
     }

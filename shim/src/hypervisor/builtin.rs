@@ -41,7 +41,7 @@ impl BuiltinConfig {
     }
 
     pub fn vsock_uds(&self) -> PathBuf {
-        self.spec.run_dir.join("vm.vsock")
+        self.spec.run_dir.join(super::VSOCK_SOCKET)
     }
 
     pub fn serial_log(&self) -> PathBuf {

@@ -15,6 +15,9 @@ use std::time::Duration;
 use crate::config::{HullConfig, HypervisorKind};
 use crate::daemon::{Daemon, Role, join_cgroup};
 use crate::vm_cgroup::{Limits, VmCgroup};
+
+/// The VM's hybrid-vsock socket in its run directory (`<pod dir>/vm/`), on both backends.
+pub const VSOCK_SOCKET: &str = "vm.vsock";
 use accel::Accel;
 use builtin::{BuiltinConfig, BuiltinVm};
 use qemu::{QemuConfig, QemuVm};

@@ -68,7 +68,7 @@ impl QemuConfig {
     }
 
     pub fn vsock_uds(&self) -> PathBuf {
-        self.run_dir.join("vm.vsock")
+        self.run_dir.join(super::VSOCK_SOCKET)
     }
 
     pub fn serial_log(&self) -> PathBuf {

@@ -174,6 +174,9 @@ impl TaskService {
             .await
             .map_err(|e| internal(format!("{e:#}")))?;
         self.spawn_oom_forwarder(pod.clone());
+        if let Err(e) = crate::pod_metrics::serve(&pod, self.known_ids.clone()) {
+            tracing::warn!(sandbox, error = %format!("{e:#}"), "no metrics socket for this pod");
+        }
         *slot = Some(pod.clone());
         Ok(pod)
     }
@@ -208,6 +211,8 @@ impl TaskService {
                             continue;
                         }
                         tracing::info!(sandbox = %pod.id, container = %ev.container_id, "OOM kill");
+                        pod.metrics.oom_kill();
+                        pod.event(crate::pod_events::Event::Oom, &ev.container_id, "");
                         let mut e = TaskOOM::new();
                         e.container_id = ev.container_id;
                         events.send(TASK_OOM_EVENT_TOPIC, Box::new(e)).await;
@@ -303,7 +308,14 @@ impl TaskService {
         let mut creq = pb::CreateContainerRequest::new();
         creq.container_id = req.id.clone();
         creq.oci_spec = spec_json;
-        if let Err(e) = pod.agent.agent.create_container(self.actx(), &creq).await {
+        if let Err(e) = pod
+            .metrics
+            .rpc(
+                "CreateContainer",
+                pod.agent.agent.create_container(self.actx(), &creq),
+            )
+            .await
+        {
             share.remove();
             return Err(e);
         }
@@ -356,7 +368,12 @@ impl TaskService {
         let p = if req.exec_id.is_empty() {
             let mut sreq = pb::StartContainerRequest::new();
             sreq.container_id = req.id.clone();
-            pod.agent.agent.start_container(self.actx(), &sreq).await?;
+            pod.metrics
+                .rpc(
+                    "StartContainer",
+                    pod.agent.agent.start_container(self.actx(), &sreq),
+                )
+                .await?;
             c.init.set_running();
             c.init.clone()
         } else {
@@ -386,7 +403,14 @@ impl TaskService {
             ereq.container_id = req.id.clone();
             ereq.exec_id = req.exec_id.clone();
             ereq.process = spec;
-            if let Err(e) = pod.agent.agent.exec_process(self.actx(), &ereq).await {
+            if let Err(e) = pod
+                .metrics
+                .rpc(
+                    "ExecProcess",
+                    pod.agent.agent.exec_process(self.actx(), &ereq),
+                )
+                .await
+            {
                 c.execs.lock().expect("execs lock").remove(&req.exec_id);
                 return Err(e);
             }
@@ -434,7 +458,14 @@ impl TaskService {
             if !pod.is_dead() {
                 let mut rreq = pb::RemoveContainerRequest::new();
                 rreq.container_id = req.id.clone();
-                if let Err(e) = pod.agent.agent.remove_container(self.actx(), &rreq).await {
+                if let Err(e) = pod
+                    .metrics
+                    .rpc(
+                        "RemoveContainer",
+                        pod.agent.agent.remove_container(self.actx(), &rreq),
+                    )
+                    .await
+                {
                     tracing::warn!(container = %req.id, error = %e, "RemoveContainer");
                 }
             }
@@ -516,7 +547,13 @@ impl TaskService {
         sreq.exec_id = req.exec_id.clone();
         sreq.signal = req.signal;
         sreq.all = req.all;
-        let r = pod.agent.agent.signal_process(self.actx(), &sreq).await;
+        let r = pod
+            .metrics
+            .rpc(
+                "SignalProcess",
+                pod.agent.agent.signal_process(self.actx(), &sreq),
+            )
+            .await;
         if req.signal == libc::SIGKILL as u32 {
             // A SIGKILL must always work: a process the agent does not end in time (it is
             // wedged, gone, or says it did and did not) gets its VM killed, which ends
@@ -596,7 +633,13 @@ impl Task for TaskService {
         self.container(&req.id)?;
         let mut lreq = pb::ListProcessesRequest::new();
         lreq.container_id = req.id.clone();
-        let list = pod.agent.agent.list_processes(self.actx(), &lreq).await?;
+        let list = pod
+            .metrics
+            .rpc(
+                "ListProcesses",
+                pod.agent.agent.list_processes(self.actx(), &lreq),
+            )
+            .await?;
         let mut resp = PidsResponse::new();
         resp.processes = list
             .processes
@@ -615,7 +658,12 @@ impl Task for TaskService {
         let c = self.container(&req.id)?;
         let mut preq = pb::PauseContainerRequest::new();
         preq.container_id = req.id.clone();
-        pod.agent.agent.pause_container(self.actx(), &preq).await?;
+        pod.metrics
+            .rpc(
+                "PauseContainer",
+                pod.agent.agent.pause_container(self.actx(), &preq),
+            )
+            .await?;
         c.init.set_paused(true);
         let mut e = TaskPaused::new();
         e.container_id = req.id.clone();
@@ -628,7 +676,12 @@ impl Task for TaskService {
         let c = self.container(&req.id)?;
         let mut rreq = pb::ResumeContainerRequest::new();
         rreq.container_id = req.id.clone();
-        pod.agent.agent.resume_container(self.actx(), &rreq).await?;
+        pod.metrics
+            .rpc(
+                "ResumeContainer",
+                pod.agent.agent.resume_container(self.actx(), &rreq),
+            )
+            .await?;
         c.init.set_paused(false);
         let mut e = TaskResumed::new();
         e.container_id = req.id.clone();
@@ -665,7 +718,12 @@ impl Task for TaskService {
         rreq.exec_id = req.exec_id.clone();
         rreq.rows = req.height;
         rreq.columns = req.width;
-        pod.agent.agent.tty_win_resize(self.actx(), &rreq).await?;
+        pod.metrics
+            .rpc(
+                "TtyWinResize",
+                pod.agent.agent.tty_win_resize(self.actx(), &rreq),
+            )
+            .await?;
         Ok(Empty::new())
     }
 
@@ -689,7 +747,12 @@ impl Task for TaskService {
         let mut ureq = pb::UpdateContainerRequest::new();
         ureq.container_id = req.id.clone();
         ureq.resources = resources;
-        pod.agent.agent.update_container(self.actx(), &ureq).await?;
+        pod.metrics
+            .rpc(
+                "UpdateContainer",
+                pod.agent.agent.update_container(self.actx(), &ureq),
+            )
+            .await?;
         Ok(Empty::new())
     }
 
@@ -707,7 +770,13 @@ impl Task for TaskService {
         self.container(&req.id)?;
         let mut sreq = pb::StatsContainerRequest::new();
         sreq.container_id = req.id.clone();
-        let stats = pod.agent.agent.stats_container(self.actx(), &sreq).await?;
+        let stats = pod
+            .metrics
+            .rpc(
+                "StatsContainer",
+                pod.agent.agent.stats_container(self.actx(), &sreq),
+            )
+            .await?;
         let mut resp = StatsResponse::new();
         resp.stats = Some(metrics::to_any(&metrics::to_metrics(&stats)).map_err(internal)?).into();
         Ok(resp)
