@@ -43,14 +43,18 @@ impl HostAgent {
             .arg("info")
             .spawn()
             .expect("starting hull-agent");
+        // The socket file appears at bind(), a moment before the agent listens on it: a
+        // refused connection is retried until the deadline.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !sock.exists() {
-            assert!(Instant::now() < deadline, "agent socket never appeared");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let client = ttrpc::r#async::Client::connect(&format!("unix://{}", sock.display()))
-            .await
-            .expect("connecting");
+        let client = loop {
+            match ttrpc::r#async::Client::connect(&format!("unix://{}", sock.display())).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "connecting to the agent: {e:?}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
         HostAgent {
             dir,
             child: Some(child),

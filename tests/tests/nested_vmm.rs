@@ -624,7 +624,33 @@ fn assert_vmm_is_jailed(c: &Containerd) {
         !root.join(ctrd.strip_prefix("/").unwrap()).exists(),
         "containerd's socket is visible from the jail"
     );
+    assert_vm_exits_are_exported(c, "jailed");
     c.kill_and_remove("jailed");
+}
+
+/// The pod's metrics (its shim's socket, as `hull monitor` reads it) have hull-vmm's VM
+/// exits by reason: a booted guest has written to its virtio devices' registers.
+fn assert_vm_exits_are_exported(c: &Containerd, sandbox: &str) {
+    let sock = c
+        .pod_dir(hull_tests::containerd::NAMESPACE, sandbox)
+        .join(hull_shim::pod_metrics::SOCKET);
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--unix-socket"])
+        .arg(&sock)
+        .arg("http://pod/metrics")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mmio_writes = text
+        .lines()
+        .find(|l| l.starts_with("hull_vm_exits_total{") && l.contains("reason=\"mmio_write\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(
+        mmio_writes.is_some_and(|n| n > 0.0),
+        "no MMIO-write exits in the pod's metrics:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The API socket: a unix socket taking one JSON request per line and answering one JSON
-//! line each. Requests: `{"action":"ping"}` answers `{"ok":true}`; `{"action":"shutdown"}`
-//! answers, then ends the VM (hull-vmm exits 0). Anything else gets `{"ok":false,
+//! line each. Requests: `{"action":"ping"}` answers `{"ok":true}`; `{"action":"stats"}`
+//! answers `{"ok":true,"exits":{"io_in":N,...}}` (VM exits by reason, `exit_stats`);
+//! `{"action":"shutdown"}` answers, then ends the VM (hull-vmm exits 0). Anything else gets `{"ok":false,
 //! "error":...}` and changes nothing.
 //!
 //!   echo '{"action":"shutdown"}' | socat - UNIX-CONNECT:/run/vm/api.sock
@@ -21,6 +22,7 @@ const MAX_CONNECTION_BYTES: u64 = 256 * 1024;
 #[serde(rename_all = "snake_case")]
 enum Request {
     Ping,
+    Stats,
     Shutdown,
 }
 
@@ -97,6 +99,15 @@ fn handle(conn: UnixStream, exit: &ExitSender) -> std::io::Result<()> {
 /// The reply line for one request line, and the request if it was valid.
 fn answer(line: &str) -> (String, Option<Request>) {
     match serde_json::from_str::<Envelope>(line.trim()) {
+        Ok(Envelope {
+            action: Request::Stats,
+        }) => (
+            format!(
+                "{}\n",
+                serde_json::json!({"ok": true, "exits": crate::exit_stats::snapshot()})
+            ),
+            Some(Request::Stats),
+        ),
         Ok(Envelope { action: r }) => ("{\"ok\":true}\n".into(), Some(r)),
         Err(e) => (
             format!(
@@ -119,6 +130,10 @@ mod tests {
             ("{\"ok\":true}\n".into(), Some(Request::Shutdown))
         );
         assert_eq!(answer(" {\"action\":\"ping\"} ").1, Some(Request::Ping));
+        let (stats, req) = answer("{\"action\":\"stats\"}");
+        assert_eq!(req, Some(Request::Stats));
+        let v: serde_json::Value = serde_json::from_str(&stats).unwrap();
+        assert!(v["exits"]["mmio_write"].is_u64(), "{stats}");
         for bad in [
             "",
             "{}",

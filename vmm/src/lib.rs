@@ -23,6 +23,7 @@ pub mod api;
 pub mod arch;
 pub mod config;
 pub mod devices;
+pub mod exit_stats;
 pub mod jail;
 pub mod log_budget;
 pub mod machine;

@@ -26,6 +26,7 @@ use crate::devices::virtio::net::{Net, NetConfig};
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::{Action, PioBus};
+use crate::exit_stats;
 use crate::log_budget::LogBudget;
 use crate::memory::{self, GuestRam};
 use crate::seccomp::{self, ThreadKind};
@@ -386,7 +387,18 @@ fn run_vcpu(
         tracing::info!(us = since_start_us(), "first KVM_RUN");
     }
     loop {
-        match vcpu.run() {
+        let exit = vcpu.run();
+        exit_stats::count(match &exit {
+            Ok(VcpuExit::IoIn(..)) => exit_stats::Reason::IoIn,
+            Ok(VcpuExit::IoOut(..)) => exit_stats::Reason::IoOut,
+            Ok(VcpuExit::MmioRead(..)) => exit_stats::Reason::MmioRead,
+            Ok(VcpuExit::MmioWrite(..)) => exit_stats::Reason::MmioWrite,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                exit_stats::Reason::Interrupted
+            }
+            _ => exit_stats::Reason::Other,
+        });
+        match exit {
             Ok(VcpuExit::IoIn(port, data)) => bus.lock().expect("bus lock").read(port, data),
             Ok(VcpuExit::IoOut(port, data)) => {
                 match bus.lock().expect("bus lock").write(port, data) {

@@ -16,6 +16,13 @@ use prometheus_client::registry::Registry;
 use crate::daemon::{PID_FILE, PidRecord};
 use crate::pod::Pod;
 
+/// hull-vmm's API socket in the VM's run directory (the builtin backend only).
+const VMM_API_SOCKET: &str = "api.sock";
+/// The most of hull-vmm's stats answer read, and the most reasons taken from it: the
+/// VMM runs next to guest code, so its answer is bounded like a guest's.
+const MAX_STATS_LINE: u64 = 4096;
+const MAX_REASONS: usize = 16;
+
 /// How long each agent call of a scrape may take.
 const CALL_DEADLINE: Duration = Duration::from_secs(2);
 
@@ -33,6 +40,11 @@ struct ProcessLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ContainerLabels {
     container: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,6 +72,7 @@ pub async fn scrape(pod: &Pod, containers: &[String]) -> String {
     processes(pod, &mut reg);
     guest(pod, &mut reg).await;
     container_stats(pod, containers, &mut reg).await;
+    vm_exits(&pod.dir.join("vm").join(VMM_API_SOCKET), &mut reg).await;
     let mut text = String::new();
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut text, &reg);
@@ -187,4 +200,76 @@ async fn container_stats(pod: &Pod, containers: &[String], reg: &mut Registry) {
         "Processes and threads in the container's cgroup",
         pids,
     );
+}
+
+/// hull-vmm's VM exits by reason, asked over its API socket (QEMU has none: no series).
+async fn vm_exits(api: &std::path::Path, reg: &mut Registry) {
+    if !api.exists() {
+        return;
+    }
+    let Ok(Ok(line)) = tokio::time::timeout(CALL_DEADLINE, ask_stats(api)).await else {
+        return;
+    };
+    let exits: Family<ReasonLabels, F64Counter> = Family::default();
+    for (reason, n) in parse_exits(&line) {
+        exits
+            .get_or_create(&ReasonLabels { reason })
+            .inc_by(n as f64);
+    }
+    reg.register("hull_vm_exits", "VM exits by reason (hull-vmm only)", exits);
+}
+
+async fn ask_stats(api: &std::path::Path) -> std::io::Result<String> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(api).await?;
+    s.write_all(b"{\"action\":\"stats\"}\n").await?;
+    let mut line = String::new();
+    tokio::io::BufReader::new(s.take(MAX_STATS_LINE))
+        .read_line(&mut line)
+        .await?;
+    Ok(line)
+}
+
+/// The `exits` of a stats answer: names of lowercase letters and `_`, whole counts, at
+/// most `MAX_REASONS` of them; anything else is ignored.
+fn parse_exits(line: &str) -> Vec<(String, u64)> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+        return Vec::new();
+    };
+    let Some(exits) = v.get("exits").and_then(|e| e.as_object()) else {
+        return Vec::new();
+    };
+    exits
+        .iter()
+        .filter(|(k, _)| {
+            (1..=32).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+        })
+        .filter_map(|(k, n)| Some((k.clone(), n.as_u64()?)))
+        .take(MAX_REASONS)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_reasons_from_the_vmm_are_bounded_and_checked() {
+        let good = r#"{"ok":true,"exits":{"io_in":3,"mmio_write":7}}"#;
+        assert_eq!(
+            parse_exits(good),
+            [("io_in".to_string(), 3), ("mmio_write".to_string(), 7)]
+        );
+        let hostile = format!(
+            r#"{{"exits":{{"a\"b":1,"neg":-1,"Upper":2,"x":1.5,{}}}}}"#,
+            (0..100)
+                .map(|i| format!("\"r{}\":1", "a".repeat(i % 30 + 1)))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let parsed = parse_exits(&hostile);
+        assert!(parsed.len() <= MAX_REASONS, "{parsed:?}");
+        assert!(parsed.iter().all(|(k, _)| k.starts_with('r')), "{parsed:?}");
+        assert!(parse_exits("not json").is_empty());
+    }
 }
