@@ -4,9 +4,10 @@
 //!
 //! One connection runs one command. The host first sends one line of JSON, at most
 //! `MAX_HEADER` bytes: `{"argv": [...], "tty": true, "rows": 24, "cols": 80}` (an empty
-//! argv is `sh`); after it, bytes go both ways unchanged: the command's terminal (a pty)
-//! with `tty`, else its stdin and its stdout + stderr. The connection ends with the
-//! command.
+//! argv is `sh`); after it, both sides send `hull_protocols::console` frames: stdin, its
+//! end and terminal resizes one way; stdout, stderr (without a terminal) and, last, the
+//! exit status the other. With `tty` the command runs on a pty. The connection ends with
+//! the command.
 //!
 //! The initrd holds no shell: the tools come from the shim, which puts a static busybox
 //! in the pod's share when the console is on; the agent installs its applets under
@@ -16,7 +17,9 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use hull_protocols::console::Frame;
 
 use nix::sys::socket::{
     AddressFamily, Backlog, SockFlag, SockType, VsockAddr, accept4, bind, listen, socket,
@@ -137,10 +140,15 @@ fn session(
 ) -> anyhow::Result<()> {
     let mut conn = std::fs::File::from(conn);
     let req = read_header(&mut conn)?;
-    if let Err(e) = install_tools(busybox) {
-        let _ = writeln!(conn, "hull debug console: {e:#}");
-        return Err(e);
-    }
+    let out = Arc::new(Mutex::new(conn.try_clone()?));
+    let refuse = |e: anyhow::Error| {
+        let mut w = out.lock().expect("console writer");
+        let _ =
+            Frame::Stderr(format!("hull debug console: {e:#}\n").into_bytes()).write_to(&mut *w);
+        let _ = Frame::Exit(127).write_to(&mut *w);
+        e
+    };
+    install_tools(busybox).map_err(refuse)?;
     let argv = if req.argv.is_empty() {
         vec!["sh".to_string()]
     } else {
@@ -154,37 +162,134 @@ fn session(
         .env("HOME", "/")
         .env("TERM", "xterm")
         .current_dir("/");
-    if req.tty {
-        tty_session(conn, cmd, &req, reaper, rt)
+    let started = if req.tty {
+        start_on_pty(&mut cmd, &req)
     } else {
-        cmd.stdin(conn.try_clone()?)
-            .stdout(conn.try_clone()?)
-            .stderr(conn.try_clone()?);
-        let child = spawn(&mut cmd, &mut conn)?;
-        drop(conn);
-        let _ = rt.block_on(reaper.watch(child));
-        Ok(())
-    }
-}
+        start_on_pipes(&mut cmd)
+    };
+    let Started {
+        pid,
+        stdin,
+        outputs,
+        pty,
+    } = started.map_err(refuse)?;
 
-fn spawn(cmd: &mut std::process::Command, conn: &mut std::fs::File) -> anyhow::Result<i32> {
-    match cmd.spawn() {
-        // The reaper owns every exit: the Child is never waited for.
-        Ok(child) => Ok(i32::try_from(child.id())?),
-        Err(e) => {
-            let _ = writeln!(conn, "hull debug console: {:?}: {e}", cmd.get_program());
-            Err(e.into())
+    // Host → command: stdin, its end, resizes. A host that leaves hangs the session up.
+    let mut input = conn;
+    std::thread::spawn(move || {
+        let mut stdin = Some(stdin);
+        while let Ok(Some(frame)) = Frame::read_from(&mut input) {
+            match frame {
+                Frame::Stdin(d) => {
+                    if let Some(s) = stdin.as_mut()
+                        && s.write_all(&d).is_err()
+                    {
+                        stdin = None;
+                    }
+                }
+                // A terminal's input has no end of its own: the command sees ^D as typed.
+                Frame::StdinEnd if pty.is_none() => stdin = None,
+                Frame::Resize { rows, cols } => {
+                    if let Some(master) = &pty {
+                        resize(master, rows, cols);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGHUP,
+        );
+    });
+
+    // Command → host, until every writer of its output is gone.
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let n_outputs = outputs.len();
+    for (mut source, stderr) in outputs {
+        let (out, done) = (out.clone(), done_tx.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 16 * 1024];
+            // A pty's master reads EIO once the last slave holder is gone.
+            while let Ok(n @ 1..) = source.read(&mut buf) {
+                let d = buf[..n].to_vec();
+                let frame = if stderr {
+                    Frame::Stderr(d)
+                } else {
+                    Frame::Stdout(d)
+                };
+                if frame
+                    .write_to(&mut *out.lock().expect("console writer"))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            let _ = done.send(());
+        });
+    }
+    let exit = rt.block_on(reaper.watch(pid));
+    // Output a background child of the command still holds is not waited for long.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    for _ in 0..n_outputs {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if done_rx.recv_timeout(left).is_err() {
+            break;
         }
     }
+    let code = exit.map_or(255, |e| e.code);
+    let w = &mut *out.lock().expect("console writer");
+    Frame::Exit(code).write_to(w)?;
+    let _ = nix::sys::socket::shutdown(w.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+    Ok(())
 }
 
-fn tty_session(
-    mut conn: std::fs::File,
-    mut cmd: std::process::Command,
-    req: &Request,
-    reaper: &Reaper,
-    rt: &tokio::runtime::Handle,
-) -> anyhow::Result<()> {
+/// A started command: its pid, where its input goes, what it outputs (`true`: stderr),
+/// and its terminal's master when it has one.
+struct Started {
+    pid: i32,
+    stdin: Box<dyn Write + Send>,
+    outputs: Vec<(Box<dyn Read + Send>, bool)>,
+    pty: Option<std::fs::File>,
+}
+
+/// Starts the command in a session of its own (so that a hang-up reaches all it starts).
+/// The returned Child is never waited for: the reaper owns every exit.
+fn spawn(cmd: &mut std::process::Command) -> anyhow::Result<std::process::Child> {
+    // SAFETY: between fork and exec only async-signal-safe calls: setsid, and an ioctl on
+    // fd 0 (the pty's slave when there is one; failing harmlessly on a pipe).
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()?;
+            libc::ioctl(0, libc::TIOCSCTTY, 0);
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .map_err(|e| anyhow::anyhow!("{:?}: {e}", cmd.get_program()))
+}
+
+fn start_on_pipes(cmd: &mut std::process::Command) -> anyhow::Result<Started> {
+    use std::process::Stdio;
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = spawn(cmd)?;
+    let (Some(stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        anyhow::bail!("the command's pipes are missing");
+    };
+    Ok(Started {
+        pid: i32::try_from(child.id())?,
+        stdin: Box::new(stdin),
+        outputs: vec![(Box::new(stdout), false), (Box::new(stderr), true)],
+        pty: None,
+    })
+}
+
+fn start_on_pty(cmd: &mut std::process::Command, req: &Request) -> anyhow::Result<Started> {
+    use std::process::Stdio;
     let size = nix::pty::Winsize {
         ws_row: if req.rows == 0 { 24 } else { req.rows },
         ws_col: if req.cols == 0 { 80 } else { req.cols },
@@ -195,38 +300,33 @@ fn tty_session(
     let slave = std::fs::File::from(pty.slave);
     cmd.stdin(slave.try_clone()?)
         .stdout(slave.try_clone()?)
-        .stderr(slave.try_clone()?);
-    // SAFETY: between fork and exec only async-signal-safe calls: setsid and an ioctl on
-    // fd 0, which is the pty's slave by then.
+        .stderr(slave);
+    let child = spawn(cmd);
+    // The command's copies of the slave only: its end then shows as EIO on the master.
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let pid = i32::try_from(child?.id())?;
+    let master = std::fs::File::from(pty.master);
+    Ok(Started {
+        pid,
+        stdin: Box::new(master.try_clone()?),
+        outputs: vec![(Box::new(master.try_clone()?), false)],
+        pty: Some(master),
+    })
+}
+
+fn resize(master: &std::fs::File, rows: u16, cols: u16) {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from a struct that outlives the call.
     unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid()?;
-            if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size);
     }
-    let child = spawn(&mut cmd, &mut conn)?;
-    drop(cmd);
-    drop(slave);
-    let mut master_out = std::fs::File::from(pty.master);
-    let mut master_in = master_out.try_clone()?;
-    let mut conn_in = conn.try_clone()?;
-    // Host → terminal ends when the host closes or the terminal is gone; a host that
-    // leaves hangs the session up, as closing a terminal does.
-    std::thread::spawn(move || {
-        let _ = std::io::copy(&mut conn_in, &mut master_in);
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(child),
-            nix::sys::signal::Signal::SIGHUP,
-        );
-    });
-    // Terminal → host ends with EIO once the command and all holders of the slave exit.
-    let _ = std::io::copy(&mut master_out, &mut conn);
-    let _ = rt.block_on(reaper.watch(child));
-    let _ = nix::sys::socket::shutdown(conn.as_raw_fd(), nix::sys::socket::Shutdown::Both);
-    Ok(())
 }
 
 #[cfg(test)]

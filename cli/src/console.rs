@@ -3,8 +3,8 @@
 //! reached over the VM's hybrid-vsock socket). The pod must have been booted with
 //! `debug_console = true`; otherwise it is refused, with why.
 //!
-//! The command's stdin is this one's, but its end is not passed on (hybrid vsock has no
-//! half-close): a command that reads until end of input waits, as over a terminal.
+//! The command's stdin, stdout and stderr are this one's, and `hull console` exits with
+//! the command's status; the terminal's size follows this one's.
 //!
 //! With a terminal on stdin the command gets a pty in the guest and this terminal goes
 //! raw; bytes from the guest are written to it unchanged, escape sequences included: the
@@ -12,9 +12,12 @@
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use hull_protocols::DEBUG_CONSOLE_PORT;
+use hull_protocols::console::Frame;
 use hull_shim::config::HullConfig;
 use hull_shim::hypervisor::VSOCK_SOCKET;
 use serde::Serialize;
@@ -27,7 +30,7 @@ struct Request<'a> {
     cols: u16,
 }
 
-pub fn run(sandbox: &str, namespace: Option<&str>, argv: &[String]) -> anyhow::Result<()> {
+pub fn run(sandbox: &str, namespace: Option<&str>, argv: &[String]) -> anyhow::Result<ExitCode> {
     let cfg = HullConfig::load()?;
     let dir = crate::logs::find_pod(&cfg, sandbox, namespace)?;
     let uds = dir.join("vm").join(VSOCK_SOCKET);
@@ -56,30 +59,61 @@ pub fn run(sandbox: &str, namespace: Option<&str>, argv: &[String]) -> anyhow::R
     } else {
         None
     };
-    let mut to_guest = stream.try_clone()?;
+    let to_guest = Arc::new(Mutex::new(stream.try_clone()?));
+    let send = {
+        let to_guest = to_guest.clone();
+        move |f: Frame| f.write_to(&mut *to_guest.lock().expect("console writer"))
+    };
+    let input = send.clone();
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
-        let mut input = std::io::stdin().lock();
-        while let Ok(n) = input.read(&mut buf) {
-            if n == 0 || to_guest.write_all(&buf[..n]).is_err() {
-                break;
+        let mut stdin = std::io::stdin().lock();
+        while let Ok(n @ 1..) = stdin.read(&mut buf) {
+            if input(Frame::Stdin(buf[..n].to_vec())).is_err() {
+                return;
             }
         }
-        // No half-close: hybrid vsock has none (the VMM's side ends the whole connection
-        // on a host EOF), so the end of this input is not passed on.
+        let _ = input(Frame::StdinEnd);
     });
-    let mut from_guest = stream;
-    let mut out = std::io::stdout().lock();
-    let mut buf = [0u8; 4096];
+    if tty {
+        // The terminal's size, whenever it changes (polled: no signal handler needed).
+        std::thread::spawn(move || {
+            let mut last = (rows, cols);
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+                let now = window_size();
+                if now != last {
+                    last = now;
+                    if send(Frame::Resize {
+                        rows: now.0,
+                        cols: now.1,
+                    })
+                    .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    let mut from_guest = std::io::BufReader::new(stream);
+    let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr());
     loop {
-        let n = from_guest
-            .read(&mut buf)
-            .context("reading from the guest")?;
-        if n == 0 {
-            return Ok(());
+        match Frame::read_from(&mut from_guest).context("reading from the guest")? {
+            Some(Frame::Stdout(d)) => {
+                out.write_all(&d)?;
+                out.flush()?;
+            }
+            Some(Frame::Stderr(d)) => err.write_all(&d)?,
+            // Exit codes are 0..=255, or 128 + signal.
+            Some(Frame::Exit(code)) => {
+                return Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)));
+            }
+            Some(_) => {}
+            None => anyhow::bail!(
+                "the guest closed the console without an exit status (did the VM die?)"
+            ),
         }
-        out.write_all(&buf[..n])?;
-        out.flush()?;
     }
 }
 

@@ -105,7 +105,7 @@ fn main() -> ExitCode {
             sandbox,
             namespace,
             command,
-        } => console::run(&sandbox, namespace.as_deref(), &command).map(|()| ExitCode::SUCCESS),
+        } => console::run(&sandbox, namespace.as_deref(), &command),
         Command::Monitor { listen } => monitor::run(listen).map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use hull_shim::config::HullConfig;
 use hull_shim::daemon::{PID_FILE, PidRecord};
-use hull_shim::pod::PodIdentity;
+use hull_shim::pod::{PodIdentity, pod_dirs, subdirs};
 use serde::Serialize;
 
 #[derive(Debug, Serialize)]
@@ -58,26 +58,12 @@ pub fn run(json: bool) -> anyhow::Result<()> {
 
 /// Every pod directory under `run_dir` with a recorded VMM, sorted by namespace and id.
 pub fn scan(run_dir: &Path) -> Vec<Pod> {
-    let mut pods = Vec::new();
-    for ns in dirs(run_dir) {
-        for pod_dir in dirs(&ns) {
-            if let Some(p) = pod(&ns, &pod_dir) {
-                pods.push(p);
-            }
-        }
-    }
+    let mut pods: Vec<Pod> = pod_dirs(run_dir)
+        .iter()
+        .filter_map(|dir| pod(dir.parent()?, dir))
+        .collect();
     pods.sort_by(|a, b| (&a.namespace, &a.sandbox).cmp(&(&b.namespace, &b.sandbox)));
     pods
-}
-
-fn dirs(d: &Path) -> Vec<std::path::PathBuf> {
-    std::fs::read_dir(d)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.path())
-        .collect()
 }
 
 fn name(p: &Path) -> String {
@@ -109,7 +95,7 @@ fn pod(ns: &Path, dir: &Path) -> Option<Pod> {
         ("qemu", "-smp", "-m")
     };
     // Container ids never start with a dot; `.debug` holds the debug console's tools.
-    let mut containers: Vec<String> = dirs(&dir.join("mounts"))
+    let mut containers: Vec<String> = subdirs(&dir.join("mounts"))
         .iter()
         .map(|d| name(d))
         .filter(|n| !n.starts_with('.'))

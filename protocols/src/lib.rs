@@ -1,6 +1,8 @@
 //! The hull agent API: protobuf messages and ttrpc services shared by the shim (client)
 //! and the guest agent (server). Generated from `protos/` at build time.
 
+pub mod console;
+
 /// Agent API version; bump the major on an incompatible change to `agent.proto`.
 pub const API_VERSION: &str = "1.2.0";
 

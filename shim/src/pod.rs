@@ -46,6 +46,22 @@ pub struct Pod {
     _network: PodNetwork,
 }
 
+/// The directories directly under `dir`.
+pub fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Every pod directory under `run_dir` (`<run_dir>/<namespace>/<pod>`), in no order.
+pub fn pod_dirs(run_dir: &Path) -> Vec<PathBuf> {
+    subdirs(run_dir).iter().flat_map(|ns| subdirs(ns)).collect()
+}
+
 /// `<pod dir>/pod.json`: the pod's namespace and whole sandbox id (the directory's name is
 /// shortened for long ids), for `hull pods`.
 pub const IDENTITY_FILE: &str = "pod.json";

@@ -52,3 +52,80 @@ pub fn require_root() {
         "this test needs root: run it through `make test`"
     );
 }
+
+/// Ends the test process with a report if it is still armed after `timeout`: for steps
+/// that can hang (a pod's teardown in the nested test host), so that the report says
+/// where, instead of an outer timeout killing everything silently.
+pub struct Watchdog {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watchdog {
+    pub fn arm(
+        what: &str,
+        timeout: std::time::Duration,
+        report: impl FnOnce() -> String + Send + 'static,
+    ) -> Watchdog {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, what) = (done.clone(), what.to_string());
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + timeout;
+            while std::time::Instant::now() < deadline {
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            eprintln!(
+                "WATCHDOG: {what} still running after {timeout:?}\n{}",
+                report()
+            );
+            std::process::exit(3);
+        });
+        Watchdog { done }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Kernel stacks and states of every thread of `pid` (and of its `vhost-<pid>` kernel
+/// workers), for a report on a hang.
+pub fn thread_stacks(pid: i32) -> String {
+    let mut out = String::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|r| r.flatten().map(|e| e.path()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let workers = std::fs::read_dir("/proc")
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    std::fs::read_to_string(p.join("comm"))
+                        .is_ok_and(|c| c.trim() == format!("vhost-{pid}"))
+                })
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    for t in tasks.iter().chain(&workers) {
+        let read = |f: &str| std::fs::read_to_string(t.join(f)).unwrap_or_default();
+        out += &format!(
+            "-- {} {} state {} wchan {}\n{}",
+            t.display(),
+            read("comm").trim(),
+            read("stat")
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next()
+                .unwrap_or("?"),
+            read("wchan"),
+            read("stack")
+        );
+    }
+    out
+}

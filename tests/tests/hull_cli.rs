@@ -247,6 +247,7 @@ fn console_runs_commands_in_the_guest_outside_the_containers() {
         "{check}"
     );
     c.run_sleeper("dbg", &[]);
+    // (exit status, stdout, stderr) of a command run through the console, fed `input`.
     let console = |args: &[&str], input: &str| {
         let mut child = Command::new(hull_tests::target_bin_dir().join("hull"))
             .args(["console", "dbg", "--"])
@@ -258,6 +259,7 @@ fn console_runs_commands_in_the_guest_outside_the_containers() {
             .spawn()
             .unwrap();
         use std::io::Write;
+        // Dropped after writing: the command sees the end of its input.
         child
             .stdin
             .take()
@@ -265,31 +267,33 @@ fn console_runs_commands_in_the_guest_outside_the_containers() {
             .write_all(input.as_bytes())
             .unwrap();
         let out = child.wait_with_output().unwrap();
-        let guest_log = text(&hull(&cfg, &["logs", "--console", "dbg"]));
-        assert!(
-            out.status.success(),
-            "{args:?}: {}\nguest:\n{guest_log}",
-            text(&out)
-        );
-        let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        assert!(
-            !said.is_empty(),
-            "{args:?}: nothing came back: {}\nguest:\n{guest_log}",
-            text(&out)
-        );
-        said
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        )
+    };
+    let ok = |args: &[&str], input: &str| {
+        let (status, out, err) = console(args, input);
+        assert_eq!(status, Some(0), "{args:?}: {out}\n{err}");
+        out
     };
     let in_container = c.ctr_ok(&["task", "exec", "--exec-id", "u", "dbg", "uname", "-r"]);
-    assert_eq!(console(&["uname", "-r"], ""), in_container.trim());
+    assert_eq!(ok(&["uname", "-r"], ""), in_container.trim());
     assert_eq!(
-        console(&["cat", "/proc/1/comm"], ""),
+        ok(&["cat", "/proc/1/comm"], ""),
         "init",
         "PID 1 of the guest, not of the container"
     );
+    // stdin, to its end; stdout and stderr apart; the command's exit status.
+    assert_eq!(ok(&["cat"], "line one\nline two\n"), "line one\nline two");
     assert_eq!(
-        console(&["sh", "-c", "read x; echo got-$x"], "hello\n"),
-        "got-hello"
+        console(&["sh", "-c", "echo out; echo err >&2; exit 3"], ""),
+        (Some(3), "out".into(), "err".into())
     );
+    let (status, _, err) = console(&["no-such-tool"], "");
+    assert_eq!(status, Some(127), "{err}");
+    assert!(err.contains("no-such-tool"), "{err}");
     // On a terminal (script(1) gives hull one), the command gets a pty in the guest.
     let tty = Command::new("script")
         .args(["-qec"])

@@ -496,8 +496,34 @@ fn web_pod_on_hull_vmm(vhost_net: &str, in_kernel: bool, bulk: bool) {
     ]);
     assert_eq!(String::from_utf8_lossy(&page.stdout).trim(), "hull-vmm-web");
     if bulk {
-        bulk_both_ways(&c, &outside, vhost_net);
+        let rounds: u32 = std::env::var("HULL_BULK_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(1);
+        for round in 0..rounds {
+            bulk_both_ways(&c, &outside, vhost_net, round);
+        }
     }
+    // A teardown that hangs (seen after bulk vhost-net traffic) reports where.
+    let pod_dir = c.pod_dir(hull_tests::containerd::NAMESPACE, "web");
+    let shims = c.shim_pids();
+    let _watchdog = hull_tests::Watchdog::arm(
+        &format!("vhost_net = {vhost_net}: the pod's teardown"),
+        Duration::from_secs(90),
+        move || {
+            let shim_log = std::fs::read_to_string(pod_dir.join("shim.log")).unwrap_or_default();
+            let tail: Vec<&str> = shim_log.lines().collect();
+            let mut r = format!(
+                "shim log:\n{}\nhull-vmm {vmm}:\n{}",
+                tail[tail.len().saturating_sub(40)..].join("\n"),
+                hull_tests::thread_stacks(vmm)
+            );
+            for s in shims {
+                r += &format!("shim {s}:\n{}", hull_tests::thread_stacks(s));
+            }
+            r + &log_tails(&pod_dir.join("vm"))
+        },
+    );
     c.kill_and_remove("web");
     c.assert_clean();
     let links = pod.ip(&["link", "show"]);
@@ -514,10 +540,12 @@ fn bulk_both_ways(
     c: &Containerd,
     outside: &dyn Fn(&[&str]) -> std::process::Output,
     vhost_net: &str,
+    round: u32,
 ) {
     let pod_dir = c.pod_dir(hull_tests::containerd::NAMESPACE, "web");
     let guest = |id: &str, script: &str| {
-        let out = c.ctr(&["task", "exec", "--exec-id", id, "web", "sh", "-c", script]);
+        let id = format!("{id}-{round}");
+        let out = c.ctr(&["task", "exec", "--exec-id", &id, "web", "sh", "-c", script]);
         if !out.status.success() {
             let shim_log = std::fs::read_to_string(pod_dir.join("shim.log")).unwrap_or_default();
             let tail: Vec<&str> = shim_log.lines().collect();

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use hull_shim::pod::pod_dirs;
 use hull_shim::pod_events::{FILE, MAX_BYTES};
 
 /// One followed file, held open: the lines its shim wrote last are still read after the
@@ -29,25 +30,23 @@ impl Follower {
     /// `removed` event for each pod directory that is gone.
     pub fn poll(&mut self, run_dir: &Path, out: &mut impl Write) -> std::io::Result<()> {
         let mut seen = Vec::new();
-        for ns in subdirs(run_dir) {
-            for pod in subdirs(&ns) {
-                let path = pod.join(FILE);
-                if !self.files.contains_key(&path) {
-                    let Ok(file) = std::fs::File::open(&path) else {
-                        continue;
-                    };
-                    self.files.insert(
-                        path.clone(),
-                        Followed {
-                            file,
-                            partial: String::new(),
-                            namespace: String::new(),
-                            sandbox: String::new(),
-                        },
-                    );
-                }
-                seen.push(path);
+        for pod in pod_dirs(run_dir) {
+            let path = pod.join(FILE);
+            if !self.files.contains_key(&path) {
+                let Ok(file) = std::fs::File::open(&path) else {
+                    continue;
+                };
+                self.files.insert(
+                    path.clone(),
+                    Followed {
+                        file,
+                        partial: String::new(),
+                        namespace: String::new(),
+                        sandbox: String::new(),
+                    },
+                );
             }
+            seen.push(path);
         }
         let paths: Vec<PathBuf> = self.files.keys().cloned().collect();
         for path in paths {
@@ -86,16 +85,6 @@ fn read_new(f: &mut Followed, out: &mut impl Write) -> std::io::Result<()> {
         writeln!(out, "{v}")?;
     }
     Ok(())
-}
-
-fn subdirs(d: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(d)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| e.path())
-        .collect()
 }
 
 fn now() -> f64 {

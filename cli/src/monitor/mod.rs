@@ -102,18 +102,8 @@ async fn answer<B>(
 
 /// Every pod's metrics socket under `run_dir` (`<namespace>/<pod>/metrics.sock`).
 fn sockets(run_dir: &Path) -> Vec<PathBuf> {
-    let dirs = |d: &Path| -> Vec<PathBuf> {
-        std::fs::read_dir(d)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| e.path())
-            .collect()
-    };
-    let mut out: Vec<PathBuf> = dirs(run_dir)
-        .iter()
-        .flat_map(|ns| dirs(ns))
+    let mut out: Vec<PathBuf> = hull_shim::pod::pod_dirs(run_dir)
+        .into_iter()
         .map(|pod| pod.join(SOCKET))
         .filter(|s| s.exists())
         .collect();
