@@ -380,6 +380,23 @@ fn inside_bulk_transfers_on_hull_vmm() {
     web_pod_on_hull_vmm("off", false, true);
 }
 
+/// Prints the pod's shim log and VM logs if the test panics while it is in scope.
+struct PodLogsOnPanic(std::path::PathBuf);
+
+impl Drop for PodLogsOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let shim_log = std::fs::read_to_string(self.0.join("shim.log")).unwrap_or_default();
+            let tail: Vec<&str> = shim_log.lines().collect();
+            eprintln!(
+                "pod logs at the panic:\nshim log:\n{}\n{}",
+                tail[tail.len().saturating_sub(40)..].join("\n"),
+                log_tails(&self.0.join("vm"))
+            );
+        }
+    }
+}
+
 /// The last lines of every log in a pod's VM directory (VMM, daemons, console).
 fn log_tails(vm_dir: &std::path::Path) -> String {
     let mut out = String::new();
@@ -433,6 +450,7 @@ fn web_pod_on_hull_vmm(vhost_net: &str, in_kernel: bool, bulk: bool) {
         "-c",
         "mkdir -p /www && echo hull-vmm-web > /www/index.html && exec httpd -f -p 8080 -h /www",
     ]);
+    let _logs = PodLogsOnPanic(c.pod_dir(hull_tests::containerd::NAMESPACE, "web"));
     let addrs = c.ctr_ok(&[
         "task",
         "exec",
@@ -573,7 +591,7 @@ fn bulk_both_ways(
     let fetched = outside(&[
         "sh",
         "-c",
-        "busybox timeout 120 busybox wget -qO- http://198.19.0.2:8080/bulk | busybox tee /tmp/bulk-fetched | busybox md5sum | cut -d' ' -f1",
+        "set -o pipefail; busybox timeout 120 busybox wget -qO- http://198.19.0.2:8080/bulk | busybox tee /tmp/bulk-fetched | busybox md5sum | cut -d' ' -f1",
     ]);
     let fetched = String::from_utf8_lossy(&fetched.stdout).trim().to_string();
     if fetched != sum_in_guest {
@@ -596,7 +614,9 @@ fn bulk_both_ways(
         .collect();
     std::fs::write(dir.path().join("bulk"), &data).unwrap();
     let served = dir.path().display().to_string();
-    let _httpd = outside(&["httpd", "-p", "198.19.0.1:8081", "-h", &served]);
+    // A port per round: the last round's server may still be going away.
+    let listen = format!("198.19.0.1:{}", 8081 + round);
+    let _httpd = outside(&["httpd", "-p", &listen, "-h", &served]);
     let host_sum = String::from_utf8_lossy(
         &std::process::Command::new("md5sum")
             .arg(dir.path().join("bulk"))
@@ -612,9 +632,11 @@ fn bulk_both_ways(
     let started = std::time::Instant::now();
     let got = guest(
         "bulk-fetch",
-        "timeout 120 wget -qO- http://198.19.0.1:8081/bulk | md5sum | cut -d' ' -f1",
+        &format!(
+            "set -o pipefail; timeout 120 wget -qO- http://{listen}/bulk | md5sum | cut -d' ' -f1"
+        ),
     );
-    let _ = outside(&["pkill", "-f", "httpd -p 198.19.0.1:8081"]);
+    let _ = outside(&["pkill", "-f", &format!("httpd -p {listen}")]);
     assert_eq!(
         got, host_sum,
         "vhost_net = {vhost_net}: 16 MiB to the guest arrived changed or not at all"
