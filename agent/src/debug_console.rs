@@ -174,8 +174,11 @@ fn session(
         pty,
     } = started.map_err(refuse)?;
 
-    // Host → command: stdin, its end, resizes. A host that leaves hangs the session up.
+    // Host → command: stdin, its end, resizes. A host that leaves hangs the session up;
+    // once the command is reaped its pid may belong to another process: no signal then.
+    let reaped = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut input = conn;
+    let reaped_seen = reaped.clone();
     std::thread::spawn(move || {
         let mut stdin = Some(stdin);
         while let Ok(Some(frame)) = Frame::read_from(&mut input) {
@@ -197,10 +200,12 @@ fn session(
                 _ => {}
             }
         }
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGHUP,
-        );
+        if !reaped_seen.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGHUP,
+            );
+        }
     });
 
     // Command → host, until every writer of its output is gone.
@@ -229,6 +234,7 @@ fn session(
         });
     }
     let exit = rt.block_on(reaper.watch(pid));
+    reaped.store(true, std::sync::atomic::Ordering::SeqCst);
     // Output a background child of the command still holds is not waited for long.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     for _ in 0..n_outputs {

@@ -67,7 +67,15 @@ async fn serve(run_dir: PathBuf, listen: SocketAddr) -> anyhow::Result<()> {
     let own = Arc::new(Own::default());
     let run_dir = Arc::new(run_dir);
     loop {
-        let (stream, _) = listener.accept().await?;
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            // Out of descriptors, or a connection reset before it was taken: not fatal.
+            Err(e) => {
+                eprintln!("hull monitor: accepting a connection: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let (run_dir, own) = (run_dir.clone(), own.clone());
         tokio::spawn(async move {
             let service =
