@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use hull_shim::config::HullConfig;
 use hull_shim::daemon::CONSOLE_LOG;
 use hull_shim::logging::SHIM_LOG;
-use hull_shim::pod::pod_dir;
+use hull_shim::pod_dir::pod_dir;
 
 pub fn run(
     sandbox: &str,

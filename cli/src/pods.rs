@@ -6,7 +6,7 @@ use std::path::Path;
 
 use hull_shim::config::HullConfig;
 use hull_shim::daemon::{PID_FILE, PidRecord};
-use hull_shim::pod::{PodIdentity, pod_dirs, subdirs};
+use hull_shim::pod_dir::{PodIdentity, pod_dirs, subdirs};
 use serde::Serialize;
 
 #[derive(Debug, Serialize)]

@@ -11,6 +11,7 @@ pub mod ids;
 pub mod logging;
 pub mod network;
 pub mod pod;
+pub mod pod_dir;
 pub mod pod_events;
 pub mod pod_fs;
 pub mod pod_metrics;

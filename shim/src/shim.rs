@@ -13,7 +13,7 @@ use protobuf::well_known_types::timestamp::Timestamp;
 
 use crate::config::HullConfig;
 use crate::ids;
-use crate::pod::{cleanup_dir, pod_dir};
+use crate::pod_dir::{cleanup_dir, pod_dir};
 use crate::share::PodShare;
 use crate::task::{TaskService, bundle_spec};
 use crate::{is_sandbox_container, sandbox_id};

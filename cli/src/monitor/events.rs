@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use hull_shim::pod::pod_dirs;
+use hull_shim::pod_dir::pod_dirs;
 use hull_shim::pod_events::{FILE, MAX_BYTES};
 
 /// One followed file, held open: the lines its shim wrote last are still read after the

@@ -110,7 +110,7 @@ async fn answer<B>(
 
 /// Every pod's metrics socket under `run_dir` (`<namespace>/<pod>/metrics.sock`).
 fn sockets(run_dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = hull_shim::pod::pod_dirs(run_dir)
+    let mut out: Vec<PathBuf> = hull_shim::pod_dir::pod_dirs(run_dir)
         .into_iter()
         .map(|pod| pod.join(SOCKET))
         .filter(|s| s.exists())
