@@ -229,15 +229,21 @@ fn dead_vm_ends_its_tasks() {
         "task not stopped after its VM died:\n{}",
         c.tail_log()
     );
-    // The pod's event log (what `hull monitor` prints) says the VM died.
-    let events = std::fs::read_to_string(
-        c.pod_dir(hull_tests::containerd::NAMESPACE, "doomed")
-            .join(hull_shim::pod_events::FILE),
-    )
-    .unwrap_or_default();
+    // The pod's event log (what `hull monitor` prints) says the VM died: the shim's VM
+    // watcher writes it, which may come a moment after the task's exit.
+    let events_file = c
+        .pod_dir(hull_tests::containerd::NAMESPACE, "doomed")
+        .join(hull_shim::pod_events::FILE);
+    let died = wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(&events_file)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.contains("\"event\":\"vm_died\""))
+    });
     assert!(
-        events.lines().any(|l| l.contains("\"event\":\"vm_died\"")),
-        "{events}"
+        died,
+        "{}",
+        std::fs::read_to_string(&events_file).unwrap_or_default()
     );
     let del = c.ctr(&["task", "delete", "doomed"]);
     assert!(
