@@ -194,7 +194,7 @@ fn session(
                 Frame::StdinEnd if pty.is_none() => stdin = None,
                 Frame::Resize { rows, cols } => {
                     if let Some(master) = &pty {
-                        resize(master, rows, cols);
+                        let _ = crate::stdio::resize_pty(master.as_raw_fd(), rows, cols);
                     }
                 }
                 _ => {}
@@ -320,19 +320,6 @@ fn start_on_pty(cmd: &mut std::process::Command, req: &Request) -> anyhow::Resul
         outputs: vec![(Box::new(master.try_clone()?), false)],
         pty: Some(master),
     })
-}
-
-fn resize(master: &std::fs::File, rows: u16, cols: u16) {
-    let size = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads one winsize from a struct that outlives the call.
-    unsafe {
-        libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size);
-    }
 }
 
 #[cfg(test)]

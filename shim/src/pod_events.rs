@@ -41,6 +41,13 @@ struct Line<'a> {
     detail: &'a str,
 }
 
+/// An event's `time`: seconds since the epoch, to the millisecond.
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| (d.as_millis() as f64) / 1000.0)
+}
+
 /// Which pod the events are of, and where its directory is.
 pub struct PodRef<'a> {
     pub dir: &'a Path,
@@ -51,9 +58,7 @@ pub struct PodRef<'a> {
 /// Appends one event to the pod directory's file; never creates the directory, never
 /// follows a link, and fails quietly (events are for operators, not for the pod's life).
 pub fn record(pod: &PodRef, event: Event, container: &str, detail: &str) {
-    let time = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| (d.as_millis() as f64) / 1000.0);
+    let time = now();
     let Ok(mut line) = serde_json::to_vec(&Line {
         time,
         event,

@@ -2,12 +2,12 @@
 //! shutdown) and prints each new event as one JSON line; a pod directory that disappears
 //! gives a `removed` event. Polled, so it needs nothing from the shims but their files.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use hull_shim::pod_dir::pod_dirs;
-use hull_shim::pod_events::{FILE, MAX_BYTES};
+use hull_shim::pod_events::{FILE, MAX_BYTES, now};
 
 /// One followed file, held open: the lines its shim wrote last are still read after the
 /// pod directory is removed.
@@ -29,7 +29,7 @@ impl Follower {
     /// One pass over `run_dir`: writes every event appended since the last pass, and a
     /// `removed` event for each pod directory that is gone.
     pub fn poll(&mut self, run_dir: &Path, out: &mut impl Write) -> std::io::Result<()> {
-        let mut seen = Vec::new();
+        let mut seen = HashSet::new();
         for pod in pod_dirs(run_dir) {
             let path = pod.join(FILE);
             if !self.files.contains_key(&path) {
@@ -46,7 +46,7 @@ impl Follower {
                     },
                 );
             }
-            seen.push(path);
+            seen.insert(path);
         }
         let paths: Vec<PathBuf> = self.files.keys().cloned().collect();
         for path in paths {
@@ -85,12 +85,6 @@ fn read_new(f: &mut Followed, out: &mut impl Write) -> std::io::Result<()> {
         writeln!(out, "{v}")?;
     }
     Ok(())
-}
-
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[cfg(test)]

@@ -16,14 +16,14 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use hull_shim::config::HullConfig;
-use hull_shim::pod_metrics::{CONTENT_TYPE, SOCKET};
+use hull_shim::pod_metrics::{SOCKET, is_metrics_get, openmetrics, reply};
 
 /// How long one pod's shim may take to answer a scrape.
 const POD_DEADLINE: Duration = Duration::from_secs(5);
@@ -92,20 +92,10 @@ async fn answer<B>(
     run_dir: Arc<PathBuf>,
     own: Arc<Own>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    if req.method() != Method::GET || req.uri().path() != "/metrics" {
-        let mut r = Response::new(Full::new(Bytes::from_static(
-            b"hull monitor: GET /metrics\n",
-        )));
-        *r.status_mut() = StatusCode::NOT_FOUND;
-        return Ok(r);
+    if !is_metrics_get(&req) {
+        return Ok(reply(StatusCode::NOT_FOUND, "hull monitor: GET /metrics\n"));
     }
-    let text = gather(&run_dir, &own).await;
-    let mut r = Response::new(Full::new(Bytes::from(text)));
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(CONTENT_TYPE),
-    );
-    Ok(r)
+    Ok(openmetrics(gather(&run_dir, &own).await))
 }
 
 /// Every pod's metrics socket under `run_dir` (`<namespace>/<pod>/metrics.sock`).
@@ -128,13 +118,9 @@ async fn gather(run_dir: &Path, own: &Own) -> String {
         jobs.spawn(async move { (i, scrape::pod(&s, POD_DEADLINE).await) });
     }
     let mut answers: Vec<(usize, String)> = Vec::new();
-    let mut ok = 0;
     while let Some(done) = jobs.join_next().await {
         match done {
-            Ok((i, Ok(text))) => {
-                ok += 1;
-                answers.push((i, text));
-            }
+            Ok((i, Ok(text))) => answers.push((i, text)),
             Ok((i, Err(e))) => {
                 own.failures.inc();
                 eprintln!("hull monitor: {}: {e:#}", socks[i].display());
@@ -145,7 +131,8 @@ async fn gather(run_dir: &Path, own: &Own) -> String {
         }
     }
     answers.sort_by_key(|(i, _)| *i);
-    own.pods.set(ok);
+    own.pods
+        .set(i64::try_from(answers.len()).unwrap_or(i64::MAX));
     let mut merger = merge::Merger::default();
     for (_, text) in &answers {
         merger.add(text);

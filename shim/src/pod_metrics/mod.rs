@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-pub use serve::{CONTENT_TYPE, serve};
+pub use serve::{CONTENT_TYPE, is_metrics_get, openmetrics, reply, serve};
 
 /// The metrics socket in the pod directory.
 pub const SOCKET: &str = "metrics.sock";

@@ -28,8 +28,14 @@ pub fn serve(pod: &Arc<Pod>, containers: Ids) -> anyhow::Result<()> {
     let weak = Arc::downgrade(pod);
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
+            let stream = match listener.accept().await {
+                Ok((s, _)) => s,
+                // Out of descriptors, say: not a reason to stop serving the pod's metrics.
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics socket accept");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             if weak.strong_count() == 0 {
                 return;
@@ -48,27 +54,42 @@ pub fn serve(pod: &Arc<Pod>, containers: Ids) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `req` asks for the metrics (`GET /metrics`), the one request served (here and
+/// by `hull monitor`).
+pub fn is_metrics_get<B>(req: &Request<B>) -> bool {
+    req.method() == Method::GET && req.uri().path() == "/metrics"
+}
+
+/// A plain answer with `status`.
+pub fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r
+}
+
+/// `200` with an OpenMetrics exposition.
+pub fn openmetrics(text: String) -> Response<Full<Bytes>> {
+    let mut r = reply(StatusCode::OK, text);
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(CONTENT_TYPE),
+    );
+    r
+}
+
 async fn answer<B>(
     req: Request<B>,
     pod: Weak<Pod>,
     containers: Ids,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let reply = |status: StatusCode, body: String| {
-        let mut r = Response::new(Full::new(Bytes::from(body)));
-        *r.status_mut() = status;
-        r
-    };
-    if req.method() != Method::GET || req.uri().path() != "/metrics" {
+    if !is_metrics_get(&req) {
         return Ok(reply(
             StatusCode::NOT_FOUND,
-            "only GET /metrics is served here\n".into(),
+            "only GET /metrics is served here\n",
         ));
     }
     let Some(pod) = pod.upgrade() else {
-        return Ok(reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the pod is gone\n".into(),
-        ));
+        return Ok(reply(StatusCode::SERVICE_UNAVAILABLE, "the pod is gone\n"));
     };
     let mut ids: Vec<String> = containers
         .lock()
@@ -77,11 +98,5 @@ async fn answer<B>(
         .cloned()
         .collect();
     ids.sort();
-    let text = super::collect::scrape(&pod, &ids).await;
-    let mut r = reply(StatusCode::OK, text);
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(CONTENT_TYPE),
-    );
-    Ok(r)
+    Ok(openmetrics(super::collect::scrape(&pod, &ids).await))
 }
