@@ -10,6 +10,12 @@ use hull_protocols::{AGENT_READY_PORT, AGENT_VSOCK_PORT};
 
 use crate::hybrid_vsock;
 
+/// A ttrpc context that fails the agent call after `d`: a guest that stops answering
+/// must not hang its caller.
+pub fn deadline(d: Duration) -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
 #[derive(Clone)]
 pub struct AgentClient {
     pub agent: AgentServiceClient,

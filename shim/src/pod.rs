@@ -13,7 +13,7 @@ use hull_protocols::agent::{
 };
 use tokio::sync::watch;
 
-use crate::agent_client::{AgentClient, connect_when_ready};
+use crate::agent_client::{AgentClient, connect_when_ready, deadline};
 use crate::config::HullConfig;
 use crate::hypervisor::qemu::SHARED_FS_TAG;
 use crate::hypervisor::{self, Vm, VmSpec};
@@ -45,10 +45,6 @@ pub struct PodOptions {
     pub network: network::Mode,
     /// Lines of the pod's resolv.conf.
     pub dns: Vec<String>,
-}
-
-fn ctx(timeout: Duration) -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(timeout.as_nanos() as i64)
 }
 
 impl Pod {
@@ -162,7 +158,7 @@ impl Pod {
         let metrics = crate::pod_metrics::PodMetrics::default();
         let call = agent
             .agent
-            .create_sandbox(ctx(Duration::from_secs(30)), &req);
+            .create_sandbox(deadline(Duration::from_secs(30)), &req);
         if let Err(e) = metrics.rpc("CreateSandbox", call).await {
             drop(vm);
             cleanup_dir(&dir);
@@ -236,7 +232,7 @@ impl Pod {
             let req = DestroySandboxRequest::new();
             let call = self.metrics.rpc(
                 "DestroySandbox",
-                self.agent.agent.destroy_sandbox(ctx(timeout), &req),
+                self.agent.agent.destroy_sandbox(deadline(timeout), &req),
             );
             match tokio::time::timeout(timeout, call).await {
                 Ok(Ok(_)) => {}
@@ -268,7 +264,7 @@ async fn configure_guest_network(
         req.interface = Some(nic.link.interface()).into();
         agent
             .agent
-            .update_interface(ctx(timeout), &req)
+            .update_interface(deadline(timeout), &req)
             .await
             .with_context(|| format!("UpdateInterface {}", nic.link.name))?;
     }
@@ -277,7 +273,7 @@ async fn configure_guest_network(
         req.routes = net.routes.clone();
         agent
             .agent
-            .update_routes(ctx(timeout), &req)
+            .update_routes(deadline(timeout), &req)
             .await
             .context("UpdateRoutes")?;
     }
@@ -286,7 +282,7 @@ async fn configure_guest_network(
         req.neighbors = net.neighbors.clone();
         agent
             .agent
-            .add_arp_neighbors(ctx(timeout), &req)
+            .add_arp_neighbors(deadline(timeout), &req)
             .await
             .context("AddARPNeighbors")?;
     }

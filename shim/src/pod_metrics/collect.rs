@@ -53,7 +53,7 @@ struct PeriodLabels {
 }
 
 fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(i64::try_from(CALL_DEADLINE.as_nanos()).unwrap_or(i64::MAX))
+    crate::agent_client::deadline(CALL_DEADLINE)
 }
 
 /// The whole exposition of `pod` now; `containers` are the ids the shim created.

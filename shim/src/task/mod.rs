@@ -99,8 +99,7 @@ impl TaskService {
     /// Every request/answer agent call gets this deadline: a guest that stops answering
     /// fails the call instead of hanging the task API.
     fn actx(&self) -> ttrpc::context::Context {
-        let d = Duration::from_secs(self.cfg.agent_timeout_s);
-        ttrpc::context::with_timeout(d.as_nanos() as i64)
+        crate::agent_client::deadline(Duration::from_secs(self.cfg.agent_timeout_s))
     }
 
     fn container(&self, id: &str) -> TResult<Arc<Container>> {
