@@ -1,5 +1,5 @@
 //! The guest's own figures for the shim's metrics: memory from /proc/meminfo, load and
-//! process count from /proc/loadavg.
+//! process count from /proc/loadavg, uptime from /proc/uptime.
 
 use hull_protocols::agent::GuestStatsResponse;
 
@@ -21,7 +21,20 @@ pub fn meminfo_bytes(meminfo: &str, key: &str) -> Option<u64> {
 pub fn read() -> GuestStatsResponse {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    parse(&meminfo, &loadavg)
+    let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+    let mut r = parse(&meminfo, &loadavg);
+    r.uptime_ms = uptime_ms(&uptime);
+    r
+}
+
+/// "12345.67 23456.78": seconds up, then seconds idle.
+fn uptime_ms(uptime: &str) -> u64 {
+    uptime
+        .split_whitespace()
+        .next()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map_or(0, |s| (s * 1000.0) as u64)
 }
 
 fn parse(meminfo: &str, loadavg: &str) -> GuestStatsResponse {
@@ -56,6 +69,8 @@ mod tests {
         assert_eq!(r.mem_available_bytes, 200_000 * 1024);
         assert_eq!((r.load1, r.load5, r.load15), (0.5, 0.25, 0.1));
         assert_eq!(r.processes, 37);
+        assert_eq!(uptime_ms("12345.67 23456.78\n"), 12_345_670);
+        assert_eq!(uptime_ms("garbage"), 0);
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub mod log_budget;
 pub mod machine;
 pub mod memory;
 pub mod seccomp;
+pub mod snapshot;
+pub mod vcpu_kick;
+pub mod vm_control;
 
 // The architecture's parts under their old names, for the binary and the tests.
 pub use arch::x86_64::{boot, cpu, layout};

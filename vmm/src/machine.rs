@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
-    KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, kvm_userspace_memory_region,
+    CpuId, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{IoEventAddress, Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{
@@ -16,12 +16,12 @@ use vm_memory::{
 };
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::x86_64::{boot, cpu, irqchip};
+use crate::arch::x86_64::{boot, cpu, irqchip, state};
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{self, Serial};
 use crate::devices::virtio::block::{Block, DiskConfig};
 use crate::devices::virtio::fs::{FsConfig, VhostUserFs};
-use crate::devices::virtio::mmio::{MMIO_LEN, MmioTransport, QUEUE_NOTIFY};
+use crate::devices::virtio::mmio::{MMIO_LEN, MmioTransport, QUEUE_NOTIFY, TransportState};
 use crate::devices::virtio::net::{Net, NetConfig};
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{Interrupt, VirtioDevice};
@@ -30,6 +30,9 @@ use crate::exit_stats;
 use crate::log_budget::LogBudget;
 use crate::memory::{self, GuestRam};
 use crate::seccomp::{self, ThreadKind};
+use crate::snapshot;
+use crate::vcpu_kick;
+use crate::vm_control::{Control, VcpuPort};
 
 pub enum Boot {
     /// A Linux kernel (ELF vmlinux or bzImage), optional initrd, kernel parameters.
@@ -79,7 +82,7 @@ const MMIO_FIRST_IRQ: u32 = 5;
 const MMIO_LAST_IRQ: u32 = 23;
 
 /// The virtio-mmio devices by their window.
-struct MmioBus {
+pub struct MmioBus {
     devices: Vec<(u64, Mutex<MmioTransport>)>,
 }
 
@@ -116,6 +119,10 @@ pub enum Error {
     Image(#[source] vm_memory::GuestMemoryError),
     #[error("every vCPU thread ended without a word")]
     NoExit,
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::Error),
+    #[error("restoring the snapshot: {0}")]
+    Restore(String),
     /// A vCPU met a state it cannot go on from; the message has its registers.
     #[error("vCPU {id}: {what}")]
     Vcpu { id: usize, what: String },
@@ -136,13 +143,20 @@ fn device_error(what: impl Into<String>) -> impl FnOnce(crate::devices::virtio::
 }
 
 impl MmioBus {
+    /// The devices in window order.
+    pub fn transports(&self) -> impl Iterator<Item = (u64, &Mutex<MmioTransport>)> {
+        self.devices.iter().map(|(b, t)| (*b, t))
+    }
+
     /// Places `device` in the next window with the next IRQ, wired to KVM through an irqfd;
-    /// returns the kernel parameter that announces it.
+    /// returns the kernel parameter that announces it. With `restored`, the transport
+    /// and the device's queues are as a snapshot left them.
     fn add(
         &mut self,
         vm: &VmFd,
         mem: &GuestMemoryMmap,
         device: Box<dyn VirtioDevice>,
+        restored: Option<&TransportState>,
     ) -> Result<String, Error> {
         let max = MMIO_LAST_IRQ - MMIO_FIRST_IRQ + 1;
         let n = u32::try_from(self.devices.len()).map_err(|_| Error::TooManyDevices(max))?;
@@ -163,8 +177,12 @@ impl MmioBus {
             vm.register_ioevent(qevt, &IoEventAddress::Mmio(base + QUEUE_NOTIFY), i)
                 .map_err(ioctl("registering a queue ioeventfd"))?;
         }
-        let transport = MmioTransport::new(device, mem.clone(), Interrupt::new(evt))
-            .map_err(device_error("the virtio-mmio transport"))?;
+        let interrupt = Interrupt::new(evt);
+        let transport = match restored {
+            None => MmioTransport::new(device, mem.clone(), interrupt),
+            Some(state) => MmioTransport::restore(device, mem.clone(), interrupt, state),
+        }
+        .map_err(device_error("the virtio-mmio transport"))?;
         self.devices.push((base, Mutex::new(transport)));
         Ok(format!(" virtio_mmio.device=4K@{base:#x}:{irq}"))
     }
@@ -191,13 +209,114 @@ pub enum ExitReason {
 pub type ExitSender = mpsc::Sender<Result<ExitReason, Error>>;
 
 pub struct Machine {
-    _vm: VmFd,
-    _ram: GuestRam,
-    vcpus: Vec<VcpuFd>,
+    _vm: Arc<VmFd>,
+    vcpus: Vec<(VcpuFd, CpuId)>,
+    msr_indices: Arc<Vec<u32>>,
     bus: Arc<Mutex<PioBus>>,
     mmio: Arc<MmioBus>,
+    control: Arc<Control>,
     exit_tx: ExitSender,
     exit_rx: mpsc::Receiver<Result<ExitReason, Error>>,
+}
+
+/// The devices of a VM, whether it boots or is restored.
+pub struct Devices {
+    pub vsock: Option<VsockConfig>,
+    pub disks: Vec<DiskConfig>,
+    pub fs: Vec<FsConfig>,
+    pub nets: Vec<NetConfig>,
+}
+
+/// A VM to restore from a snapshot directory, with the host side of its devices (a new
+/// vsock socket, ...), which must be the snapshot's devices in kind and order.
+pub struct RestoreConfig {
+    pub dir: PathBuf,
+    pub serial_out: Box<dyn Write + Send>,
+    pub devices: Devices,
+}
+
+/// The KVM VM with `ram` in its memory slots and the irqchip and PIT made.
+fn create_vm(kvm: &Kvm, ram: &GuestRam) -> Result<VmFd, Error> {
+    let vm = kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
+    boot_step("KVM VM created");
+    for (slot, region) in (0u32..).zip(ram.memory.iter()) {
+        let host = ram
+            .memory
+            .get_host_address(region.start_addr())
+            .map_err(crate::arch::x86_64::Error::from)?;
+        let mr = kvm_userspace_memory_region {
+            slot,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mapping owned by `ram`, which the Machine keeps
+        // for as long as the VM exists; its size and address come from that mapping.
+        unsafe { vm.set_user_memory_region(mr) }.map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    irqchip::create(&vm)?;
+    boot_step("guest RAM mapped, irqchip and PIT made");
+    Ok(vm)
+}
+
+/// The port-I/O devices around `serial`, its interrupt wired to KVM.
+fn pio_bus(vm: &VmFd, serial: Serial) -> Result<Arc<Mutex<PioBus>>, Error> {
+    let serial_irq = serial.irq_evt().map_err(io("serial eventfd"))?;
+    vm.register_irqfd(&serial_irq, serial::IRQ)
+        .map_err(ioctl("registering the serial irqfd"))?;
+    Ok(Arc::new(Mutex::new(PioBus {
+        serial,
+        i8042: I8042,
+    })))
+}
+
+/// Makes the virtio devices in window order (vsock, disks, fs, nets); with `restored`,
+/// each as the snapshot left the device in its window. Returns the bus and the kernel
+/// parameters that announce the devices.
+fn make_devices(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    cfg: &Devices,
+    restored: Option<&[TransportState]>,
+) -> Result<(MmioBus, String), Error> {
+    let mut made: Vec<Box<dyn VirtioDevice>> = Vec::new();
+    if let Some(v) = &cfg.vsock {
+        let dev = Vsock::new(v.cid, v.uds.clone()).map_err(device_error("vsock device"))?;
+        made.push(Box::new(dev));
+    }
+    for d in &cfg.disks {
+        made.push(Box::new(
+            Block::open(d).map_err(device_error("block device"))?,
+        ));
+    }
+    for f in &cfg.fs {
+        let dev = VhostUserFs::connect(f).map_err(device_error("virtio-fs device"))?;
+        made.push(Box::new(dev));
+    }
+    for n in &cfg.nets {
+        let dev =
+            Net::new(n, mem).map_err(device_error(format!("net device on tap-fd {}", n.tap_fd)))?;
+        made.push(Box::new(dev));
+    }
+    if let Some(states) = restored
+        && states.len() != made.len()
+    {
+        return Err(Error::Restore(format!(
+            "the snapshot has {} virtio devices, the restored VM was given {}",
+            states.len(),
+            made.len()
+        )));
+    }
+    let mut mmio = MmioBus {
+        devices: Vec::new(),
+    };
+    let mut params = String::new();
+    for (i, dev) in made.into_iter().enumerate() {
+        params += &mmio.add(vm, mem, dev, restored.and_then(|s| s.get(i)))?;
+    }
+    boot_step("devices made");
+    Ok((mmio, params))
 }
 
 impl Machine {
@@ -206,68 +325,25 @@ impl Machine {
             return Err(Error::NoVcpus);
         }
         let kvm = Kvm::new().map_err(ioctl("opening /dev/kvm"))?;
-        let vm = kvm.create_vm().map_err(ioctl("KVM_CREATE_VM"))?;
-        boot_step("KVM VM created");
         let ram = memory::create(cfg.memory_mib)?;
-        for (slot, region) in (0u32..).zip(ram.memory.iter()) {
-            let host = ram
-                .memory
-                .get_host_address(region.start_addr())
-                .map_err(crate::arch::x86_64::Error::from)?;
-            let mr = kvm_userspace_memory_region {
-                slot,
-                guest_phys_addr: region.start_addr().raw_value(),
-                memory_size: region.len(),
-                userspace_addr: host as u64,
-                flags: 0,
-            };
-            // SAFETY: the region is a live mapping owned by `ram`, which the Machine keeps
-            // for as long as the VM exists; its size and address come from that mapping.
-            unsafe { vm.set_user_memory_region(mr) }
-                .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
-        }
-        irqchip::create(&vm)?;
-        boot_step("guest RAM mapped, irqchip and PIT made");
-
+        let vm = create_vm(&kvm, &ram)?;
         let serial = Serial::new(cfg.serial_out).map_err(io("serial eventfd"))?;
-        let serial_irq = serial.irq_evt().map_err(io("serial eventfd"))?;
-        vm.register_irqfd(&serial_irq, serial::IRQ)
-            .map_err(ioctl("registering the serial irqfd"))?;
-        let bus = Arc::new(Mutex::new(PioBus {
-            serial,
-            i8042: I8042,
-        }));
-
-        let mut mmio = MmioBus {
-            devices: Vec::new(),
+        let bus = pio_bus(&vm, serial)?;
+        let devices = Devices {
+            vsock: cfg.vsock,
+            disks: cfg.disks,
+            fs: cfg.fs,
+            nets: cfg.nets,
         };
-        let mut device_params = String::new();
-        if let Some(v) = cfg.vsock {
-            let dev = Vsock::new(v.cid, v.uds).map_err(device_error("vsock device"))?;
-            device_params += &mmio.add(&vm, &ram.memory, Box::new(dev))?;
-        }
-        for d in &cfg.disks {
-            let dev = Block::open(d).map_err(device_error("block device"))?;
-            device_params += &mmio.add(&vm, &ram.memory, Box::new(dev))?;
-        }
-        for f in &cfg.fs {
-            let dev = VhostUserFs::connect(f).map_err(device_error("virtio-fs device"))?;
-            device_params += &mmio.add(&vm, &ram.memory, Box::new(dev))?;
-        }
-        for n in &cfg.nets {
-            let dev = Net::new(n, &ram.memory)
-                .map_err(device_error(format!("net device on tap-fd {}", n.tap_fd)))?;
-            device_params += &mmio.add(&vm, &ram.memory, Box::new(dev))?;
-        }
+        let (mmio, device_params) = make_devices(&vm, &ram.memory, &devices, None)?;
 
-        boot_step("devices made");
         let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
         for id in 0..cfg.vcpus {
             let vcpu = vm
                 .create_vcpu(u64::from(id))
                 .map_err(ioctl(format!("KVM_CREATE_VCPU {id}")))?;
-            cpu::configure_common(&kvm, &vcpu, id, cfg.vcpus)?;
-            vcpus.push(vcpu);
+            let cpuid = cpu::configure_common(&kvm, &vcpu, id, cfg.vcpus)?;
+            vcpus.push((vcpu, cpuid));
         }
         boot_step("vCPUs made");
         match cfg.boot {
@@ -289,23 +365,88 @@ impl Machine {
                     initrd,
                 )?;
                 boot::mptable::write(&ram.memory, cfg.vcpus)?;
-                cpu::configure_long_mode(&vcpus[0], &ram.memory, loaded.kernel_load.raw_value())?;
+                cpu::configure_long_mode(&vcpus[0].0, &ram.memory, loaded.kernel_load.raw_value())?;
             }
             Boot::RealMode { image, addr } => {
                 ram.memory
                     .write_slice(&image, GuestAddress(u64::from(addr)))
                     .map_err(Error::Image)?;
-                cpu::configure_real_mode(&vcpus[0], addr)?;
+                cpu::configure_real_mode(&vcpus[0].0, addr)?;
             }
         }
         boot_step("guest loaded");
+        Machine::assemble(&kvm, vm, ram, vcpus, bus, mmio, cfg.memory_mib)
+    }
+
+    /// A VM as the snapshot in `cfg.dir` left it, ready to run on. Refused (before any
+    /// vCPU runs) when the snapshot is damaged, of another format, taken on a host whose
+    /// CPU offers other features, or taken with other devices.
+    pub fn restore(cfg: RestoreConfig) -> Result<Machine, Error> {
+        let state = snapshot::read_state(&cfg.dir)?;
+        let count = u8::try_from(state.vcpus.len())
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| Error::Restore(format!("{} vCPUs", state.vcpus.len())))?;
+        if !cfg.devices.fs.is_empty() {
+            return Err(Error::Restore(
+                "a restored VM's memory is private to hull-vmm: vhost-user devices (virtio-fs) cannot map it"
+                    .into(),
+            ));
+        }
+        let kvm = Kvm::new().map_err(ioctl("opening /dev/kvm"))?;
+        let file = snapshot::open_memory(&cfg.dir, u64::from(state.memory_mib) << 20)?;
+        let ram = memory::restore(file, state.memory_mib)?;
+        let vm = create_vm(&kvm, &ram)?;
+        let serial = Serial::restore(cfg.serial_out, &state.serial).map_err(io("serial state"))?;
+        let bus = pio_bus(&vm, serial)?;
+        let (mmio, _) = make_devices(&vm, &ram.memory, &cfg.devices, Some(&state.devices))?;
+        let mut vcpus = Vec::with_capacity(state.vcpus.len());
+        for (id, saved) in (0..count).zip(&state.vcpus) {
+            let here = cpu::cpuid(&kvm, id, count)?;
+            if here.as_slice() != saved.cpuid.as_slice() {
+                return Err(Error::Restore(
+                    "the snapshot was taken on a host whose CPU profile (CPUID) differs from this one's"
+                        .into(),
+                ));
+            }
+            let vcpu = vm
+                .create_vcpu(u64::from(id))
+                .map_err(ioctl(format!("KVM_CREATE_VCPU {id}")))?;
+            state::restore_vcpu(&vcpu, saved)?;
+            vcpus.push((vcpu, here));
+        }
+        state::restore_vm(&vm, &state.vm)?;
+        boot_step("restored");
+        Machine::assemble(&kvm, vm, ram, vcpus, bus, mmio, state.memory_mib)
+    }
+
+    fn assemble(
+        kvm: &Kvm,
+        vm: VmFd,
+        ram: GuestRam,
+        vcpus: Vec<(VcpuFd, CpuId)>,
+        bus: Arc<Mutex<PioBus>>,
+        mmio: MmioBus,
+        memory_mib: u32,
+    ) -> Result<Machine, Error> {
+        let msr_indices = Arc::new(state::msr_index_list(kvm)?);
+        let vm = Arc::new(vm);
+        let mmio = Arc::new(mmio);
+        let control = Arc::new(Control::new(
+            vm.clone(),
+            Arc::new(ram),
+            bus.clone(),
+            mmio.clone(),
+            memory_mib,
+        ));
         let (exit_tx, exit_rx) = mpsc::channel();
         Ok(Machine {
             _vm: vm,
-            _ram: ram,
             vcpus,
+            msr_indices,
             bus,
-            mmio: Arc::new(mmio),
+            mmio,
+            control,
             exit_tx,
             exit_rx,
         })
@@ -316,20 +457,39 @@ impl Machine {
         self.exit_tx.clone()
     }
 
+    /// Pause, resume and snapshot, for the API socket.
+    pub fn control(&self) -> Arc<Control> {
+        self.control.clone()
+    }
+
     /// Runs every vCPU on its own thread; returns when the first one ends the VM (or the
     /// API asks for it). The calling thread is confined once the vCPUs run.
     pub fn run(self) -> Result<ExitReason, Error> {
+        vcpu_kick::install_handler().map_err(io("installing the vCPU kick handler"))?;
         let tx = self.exit_tx;
-        for (id, vcpu) in self.vcpus.into_iter().enumerate() {
+        let ports = self.control.vcpu_ports(self.vcpus.len());
+        for (id, ((vcpu, cpuid), port)) in self.vcpus.into_iter().zip(ports).enumerate() {
             let bus = self.bus.clone();
             let mmio = self.mmio.clone();
+            let control = self.control.clone();
+            let msrs = self.msr_indices.clone();
             let tx = tx.clone();
-            std::thread::Builder::new()
+            let thread = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
-                    let _ = tx.send(run_vcpu(id, vcpu, &bus, &mmio));
+                    let ctx = VcpuContext {
+                        id,
+                        bus: &bus,
+                        mmio: &mmio,
+                        control: &control,
+                        port: &port,
+                        cpuid: &cpuid,
+                        msrs: &msrs,
+                    };
+                    let _ = tx.send(run_vcpu(&ctx, vcpu));
                 })
                 .map_err(io("spawning a vCPU thread"))?;
+            self.control.set_thread(id, thread);
         }
         drop(tx);
         seccomp::apply_or_exit(ThreadKind::Device);
@@ -375,18 +535,38 @@ fn vcpu_state(vcpu: &VcpuFd) -> String {
     format!("{regs} {sregs}")
 }
 
-fn run_vcpu(
+/// What a vCPU thread works with besides its vCPU.
+struct VcpuContext<'a> {
     id: usize,
-    mut vcpu: VcpuFd,
-    bus: &Mutex<PioBus>,
-    mmio: &MmioBus,
-) -> Result<ExitReason, Error> {
+    bus: &'a Mutex<PioBus>,
+    mmio: &'a MmioBus,
+    control: &'a Control,
+    port: &'a VcpuPort,
+    cpuid: &'a CpuId,
+    msrs: &'a [u32],
+}
+
+fn run_vcpu(ctx: &VcpuContext, mut vcpu: VcpuFd) -> Result<ExitReason, Error> {
     seccomp::apply_or_exit(ThreadKind::Vcpu);
+    vcpu_kick::arm(&mut vcpu);
+    let result = vcpu_loop(ctx, &mut vcpu);
+    vcpu_kick::disarm();
+    result
+}
+
+fn vcpu_loop(ctx: &VcpuContext, vcpu: &mut VcpuFd) -> Result<ExitReason, Error> {
+    let id = ctx.id;
     let fail = |what: String| Err(Error::Vcpu { id, what });
     if id == 0 {
         tracing::info!(us = since_start_us(), "first KVM_RUN");
     }
     loop {
+        if ctx.control.pause_wanted() {
+            let save = || state::save_vcpu(vcpu, ctx.cpuid, ctx.msrs).map_err(|e| e.to_string());
+            if !ctx.port.park(id, save) {
+                return Err(Error::NoExit);
+            }
+        }
         let exit = vcpu.run();
         exit_stats::count(match &exit {
             Ok(VcpuExit::IoIn(..)) => exit_stats::Reason::IoIn,
@@ -399,9 +579,9 @@ fn run_vcpu(
             _ => exit_stats::Reason::Other,
         });
         match exit {
-            Ok(VcpuExit::IoIn(port, data)) => bus.lock().expect("bus lock").read(port, data),
+            Ok(VcpuExit::IoIn(port, data)) => ctx.bus.lock().expect("bus lock").read(port, data),
             Ok(VcpuExit::IoOut(port, data)) => {
-                match bus.lock().expect("bus lock").write(port, data) {
+                match ctx.bus.lock().expect("bus lock").write(port, data) {
                     Action::Reset => return Ok(ExitReason::Reset),
                     Action::GuestReady => {
                         // The guest may write the boot-timer port as often as it likes.
@@ -414,17 +594,17 @@ fn run_vcpu(
                 }
             }
             // Outside any device window, reads see nothing and writes go nowhere.
-            Ok(VcpuExit::MmioRead(addr, data)) => match mmio.find(addr) {
+            Ok(VcpuExit::MmioRead(addr, data)) => match ctx.mmio.find(addr) {
                 Some((offset, dev)) => dev.lock().expect("mmio lock").read(offset, data),
                 None => data.fill(0xff),
             },
             Ok(VcpuExit::MmioWrite(addr, data)) => {
-                if let Some((offset, dev)) = mmio.find(addr) {
+                if let Some((offset, dev)) = ctx.mmio.find(addr) {
                     dev.lock().expect("mmio lock").write(offset, data);
                 }
             }
             Ok(VcpuExit::Shutdown) => {
-                tracing::error!(vcpu = id, state = %vcpu_state(&vcpu), "guest triple fault");
+                tracing::error!(vcpu = id, state = %vcpu_state(vcpu), "guest triple fault");
                 return Ok(ExitReason::Shutdown);
             }
             Ok(VcpuExit::SystemEvent(kind, _)) => match kind {
@@ -438,14 +618,17 @@ fn run_vcpu(
             Ok(VcpuExit::FailEntry(reason, cpu)) => {
                 return fail(format!(
                     "VM entry failed (reason {reason:#x}, cpu {cpu}): {}",
-                    vcpu_state(&vcpu)
+                    vcpu_state(vcpu)
                 ));
             }
             Ok(VcpuExit::InternalError) => {
-                return fail(format!("KVM internal error: {}", vcpu_state(&vcpu)));
+                return fail(format!("KVM internal error: {}", vcpu_state(vcpu)));
             }
             Ok(other) => return fail(format!("unhandled exit {other:?}")),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+            // A kick (or another signal): clear the kick's mark, then look at the pause flag.
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                vcpu.set_kvm_immediate_exit(0);
+            }
             Err(e) => return fail(format!("KVM_RUN: {e}")),
         }
     }

@@ -1,6 +1,7 @@
-//! `hull-vmm`: boots one microVM from a kernel and initrd and runs it until the guest
-//! resets or powers off (exit 0), the API asks it to stop (exit 0), it triple-faults
-//! (exit 2), a thread breaks its seccomp filter (exit 3), or it fails (exit 1).
+//! `hull-vmm`: boots one microVM from a kernel and initrd (or restores one from a
+//! snapshot, `--restore DIR`) and runs it until the guest resets or powers off (exit 0),
+//! the API asks it to stop (exit 0), it triple-faults (exit 2), a thread breaks its
+//! seccomp filter (exit 3), or it fails (exit 1).
 
 // Guest values are u32/u64 and land in narrower fields: every narrowing is checked.
 #![deny(
@@ -23,7 +24,9 @@ use hull_vmm::devices::virtio::block::DiskConfig;
 use hull_vmm::devices::virtio::fs::FsConfig;
 use hull_vmm::devices::virtio::net::NetConfig;
 use hull_vmm::jail::{self, JailConfig};
-use hull_vmm::machine::{Boot, DEFAULT_CID, ExitReason, Machine, MachineConfig, VsockConfig};
+use hull_vmm::machine::{
+    Boot, DEFAULT_CID, Devices, ExitReason, Machine, MachineConfig, RestoreConfig, VsockConfig,
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "hull-vmm", version, about = "hull's KVM microVM monitor")]
@@ -33,8 +36,13 @@ struct Cli {
         "vsock_uds", "disk", "fs_socket", "net", "serial_log", "api_sock"])]
     config: Option<PathBuf>,
     /// Guest kernel: ELF vmlinux or bzImage.
-    #[arg(long, required_unless_present = "config")]
+    #[arg(long, required_unless_present_any = ["config", "restore"])]
     kernel: Option<PathBuf>,
+    /// Restore the VM from this snapshot directory (written by the API's `snapshot`)
+    /// instead of booting: memory size, vCPUs and device state come from it; the host
+    /// side of its devices (--vsock-uds, ...) from these flags.
+    #[arg(long, conflicts_with_all = ["config", "kernel", "initrd", "cmdline", "memory", "vcpus"])]
+    restore: Option<PathBuf>,
     #[arg(long)]
     initrd: Option<PathBuf>,
     /// Kernel parameters, appended to hull's defaults.
@@ -91,7 +99,8 @@ impl Cli {
             return Ok(VmConfig::from_file(path)?);
         }
         Ok(VmConfig {
-            kernel: self.kernel.expect("clap requires --kernel"),
+            // A restore has no kernel to load (clap requires one otherwise).
+            kernel: self.kernel.unwrap_or_default(),
             initrd: self.initrd,
             cmdline: self.cmdline,
             memory_mib: self.memory,
@@ -115,7 +124,7 @@ impl Cli {
     }
 }
 
-fn run(cfg: VmConfig) -> anyhow::Result<ExitReason> {
+fn run(cfg: VmConfig, restore: Option<PathBuf>) -> anyhow::Result<ExitReason> {
     // The guest decides how much it prints: only the first serial_log_max bytes are kept.
     // The UART hands over one byte per guest exit; a line at a time reaches the file, so a
     // console line costs one write(2), not eighty.
@@ -139,22 +148,34 @@ fn run(cfg: VmConfig) -> anyhow::Result<ExitReason> {
     } else {
         format!("{DEFAULT_CMDLINE} {}", cfg.cmdline)
     };
-    let machine = Machine::new(MachineConfig {
-        memory_mib: cfg.memory_mib,
-        vcpus: cfg.vcpus,
-        boot: Boot::Linux {
-            kernel: cfg.kernel.clone(),
-            initrd: cfg.initrd.clone(),
-            cmdline,
-        },
-        serial_out,
-        vsock: cfg.vsock.clone(),
-        disks: cfg.disks.clone(),
-        fs: cfg.fs.clone(),
-        nets: cfg.net.clone(),
-    })?;
+    let machine = match restore {
+        Some(dir) => Machine::restore(RestoreConfig {
+            dir,
+            serial_out,
+            devices: Devices {
+                vsock: cfg.vsock.clone(),
+                disks: cfg.disks.clone(),
+                fs: cfg.fs.clone(),
+                nets: cfg.net.clone(),
+            },
+        })?,
+        None => Machine::new(MachineConfig {
+            memory_mib: cfg.memory_mib,
+            vcpus: cfg.vcpus,
+            boot: Boot::Linux {
+                kernel: cfg.kernel.clone(),
+                initrd: cfg.initrd.clone(),
+                cmdline,
+            },
+            serial_out,
+            vsock: cfg.vsock.clone(),
+            disks: cfg.disks.clone(),
+            fs: cfg.fs.clone(),
+            nets: cfg.net.clone(),
+        })?,
+    };
     if let Some(p) = &cfg.api_sock {
-        hull_vmm::api::serve(p, machine.exit_sender())?;
+        hull_vmm::api::serve(p, machine.exit_sender(), Some(machine.control()))?;
     }
     if let Some(j) = &cfg.jail {
         // Everything is open; nothing of the host is needed from here on.
@@ -204,7 +225,19 @@ fn main() -> ExitCode {
         eprintln!("hull-vmm: installing the SIGSYS handler: {e}");
         return ExitCode::FAILURE;
     }
-    match cli.vm_config().and_then(enter_jail).and_then(run) {
+    // Before the jail changes the working directory.
+    let restore = match cli.restore.as_deref().map(std::path::absolute).transpose() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hull-vmm: --restore: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli
+        .vm_config()
+        .and_then(enter_jail)
+        .and_then(|cfg| run(cfg, restore))
+    {
         Ok(ExitReason::Reset) => {
             eprintln!("hull-vmm: guest reset: VM ended");
             ExitCode::SUCCESS

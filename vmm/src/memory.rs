@@ -1,5 +1,7 @@
 //! Guest RAM: one memfd, mapped shared, so that vhost-user daemons (virtiofsd,
-//! vhost-device-vsock) can map the same pages.
+//! vhost-device-vsock) can map the same pages. A VM restored from a snapshot maps the
+//! snapshot's memory file private instead: copy-on-write, so VMs restored from one
+//! snapshot share the pages none of them wrote.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -17,12 +19,18 @@ pub enum Error {
     File(#[source] std::io::Error),
     #[error("mapping guest memory: {0}")]
     Map(#[source] vm_memory::mmap::FromRangesError),
+    #[error("mapping the snapshot's guest memory: {0}")]
+    MapPrivate(String),
 }
 
 pub struct GuestRam {
     pub memory: GuestMemoryMmap,
-    /// The memfd behind every region (offset = the region's place in the file).
+    /// The file behind every region (offset = the region's place in the file): the
+    /// memfd, or the snapshot's memory file when `private`.
     pub file: File,
+    /// Mapped copy-on-write from a snapshot: the guest's writes are in this process
+    /// only, not in `file` (nothing else may map it to share the guest's view).
+    pub private: bool,
 }
 
 pub fn create(size_mib: u32) -> Result<GuestRam, Error> {
@@ -48,7 +56,42 @@ pub fn create(size_mib: u32) -> Result<GuestRam, Error> {
         ranges.push((addr, len, Some(fo)));
     }
     let memory = GuestMemoryMmap::from_ranges_with_files(ranges).map_err(Error::Map)?;
-    Ok(GuestRam { memory, file })
+    Ok(GuestRam {
+        memory,
+        file,
+        private: false,
+    })
+}
+
+/// Guest RAM of `size_mib` mapped private from `file` (a snapshot's memory, already
+/// checked to be that size).
+pub fn restore(file: File, size_mib: u32) -> Result<GuestRam, Error> {
+    use vm_memory::{GuestRegionMmap, MmapRegion};
+    let size = u64::from(size_mib) << 20;
+    let fail = |e: &dyn std::fmt::Display| Error::MapPrivate(e.to_string());
+    let mut offset = 0u64;
+    let mut regions = Vec::new();
+    for (addr, len) in layout::ram_ranges(size) {
+        let fo = FileOffset::new(file.try_clone().map_err(Error::File)?, offset);
+        let region = MmapRegion::<()>::build(
+            Some(fo),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+        )
+        .map_err(|e| fail(&e))?;
+        offset += len as u64;
+        regions.push(
+            GuestRegionMmap::new(region, addr)
+                .ok_or_else(|| fail(&"a region past the end of the address space"))?,
+        );
+    }
+    let memory = GuestMemoryMmap::from_regions(regions).map_err(|e| fail(&e))?;
+    Ok(GuestRam {
+        memory,
+        file,
+        private: true,
+    })
 }
 
 #[cfg(test)]

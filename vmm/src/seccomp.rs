@@ -22,6 +22,32 @@ const KVM_GET_REGS: u64 = 0x8090_ae81;
 const KVM_GET_SREGS: u64 = 0x8138_ae83;
 const FIONBIO: u64 = 0x5421;
 
+/// `_IOR(KVMIO, nr, T)` and `_IOWR(KVMIO, nr, T)`.
+const fn kvm_ior<T>(nr: u64) -> u64 {
+    (2 << 30) | ((std::mem::size_of::<T>() as u64) << 16) | (0xae << 8) | nr
+}
+const fn kvm_iowr<T>(nr: u64) -> u64 {
+    (3 << 30) | ((std::mem::size_of::<T>() as u64) << 16) | (0xae << 8) | nr
+}
+
+/// What a parked vCPU thread reads of its vCPU for a snapshot.
+const VCPU_STATE_IOCTLS: [u64; 7] = [
+    kvm_iowr::<kvm_bindings::kvm_msrs>(0x88),
+    kvm_ior::<kvm_bindings::kvm_vcpu_events>(0x9f),
+    kvm_ior::<kvm_bindings::kvm_mp_state>(0x98),
+    kvm_ior::<kvm_bindings::kvm_xsave>(0xa4),
+    kvm_ior::<kvm_bindings::kvm_xcrs>(0xa6),
+    kvm_ior::<kvm_bindings::kvm_debugregs>(0xa1),
+    kvm_ior::<kvm_bindings::kvm_lapic_state>(0x8e),
+];
+
+/// What the API thread reads of the VM for a snapshot: PIC and IOAPIC, PIT, clock.
+const VM_STATE_IOCTLS: [u64; 3] = [
+    kvm_iowr::<kvm_bindings::kvm_irqchip>(0x62),
+    kvm_ior::<kvm_bindings::kvm_pit_state2>(0x9f),
+    kvm_ior::<kvm_bindings::kvm_clock_data>(0x7c),
+];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThreadKind {
     /// Runs KVM_RUN and serves the exits answered inline (serial, i8042, virtio-mmio
@@ -35,6 +61,10 @@ pub enum ThreadKind {
     /// virtio-net's thread when vhost-net moves the frames: an event loop that also
     /// attaches and detaches the kernel's rings.
     VhostNet,
+    /// The API socket's thread: a device loop that also writes snapshots (creates,
+    /// writes, syncs and renames the files of the directory it is given, and reads the
+    /// VM's interrupt controllers and clock).
+    Api,
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
@@ -97,6 +127,21 @@ const BLOCK_EXTRA: &[i64] = &[
     libc::SYS_fsync,
 ];
 
+/// Writing a snapshot's files.
+const API_EXTRA: &[i64] = &[
+    libc::SYS_openat,
+    libc::SYS_pwrite64,
+    libc::SYS_write,
+    libc::SYS_ftruncate,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+];
+
 /// Event loops accept connections (hybrid vsock, API socket). They already run when the
 /// jail drops the process's uid and gid, which glibc applies to every thread by having
 /// each one make the same calls: lowering ids is all they can do with them.
@@ -130,17 +175,22 @@ fn filter_with(
         ThreadKind::Vcpu => &[],
         ThreadKind::Device | ThreadKind::VhostNet => &[DEVICE_EXTRA],
         ThreadKind::Block => &[DEVICE_EXTRA, BLOCK_EXTRA],
+        ThreadKind::Api => &[DEVICE_EXTRA, API_EXTRA],
     };
     for nr in COMMON.iter().chain(extra.iter().copied().flatten()) {
         rules.insert(*nr, Vec::new());
     }
     let ioctls = match kind {
-        ThreadKind::Vcpu => vec![
-            eq(1, KVM_RUN),
-            eq(1, FIONBIO),
-            eq(1, KVM_GET_REGS),
-            eq(1, KVM_GET_SREGS),
-        ],
+        ThreadKind::Vcpu => [KVM_RUN, FIONBIO, KVM_GET_REGS, KVM_GET_SREGS]
+            .into_iter()
+            .chain(VCPU_STATE_IOCTLS)
+            .map(|nr| eq(1, nr))
+            .collect(),
+        ThreadKind::Api => [FIONBIO]
+            .into_iter()
+            .chain(VM_STATE_IOCTLS)
+            .map(|nr| eq(1, nr))
+            .collect(),
         // TUNSETOFFLOAD: the net thread tells the tap what the guest negotiated.
         ThreadKind::Device => vec![eq(1, FIONBIO), eq(1, libc::TUNSETOFFLOAD)],
         ThreadKind::Block => vec![eq(1, FIONBIO)],
@@ -242,6 +292,31 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_ioctl_numbers_are_the_kernels() {
+        // From <linux/kvm.h> on x86_64.
+        assert_eq!(
+            VCPU_STATE_IOCTLS,
+            [
+                0xc008_ae88, // KVM_GET_MSRS
+                0x8040_ae9f, // KVM_GET_VCPU_EVENTS
+                0x8004_ae98, // KVM_GET_MP_STATE
+                0x9000_aea4, // KVM_GET_XSAVE
+                0x8188_aea6, // KVM_GET_XCRS
+                0x8080_aea1, // KVM_GET_DEBUGREGS
+                0x8400_ae8e, // KVM_GET_LAPIC
+            ]
+        );
+        assert_eq!(
+            VM_STATE_IOCTLS,
+            [
+                0xc208_ae62, // KVM_GET_IRQCHIP
+                0x8070_ae9f, // KVM_GET_PIT2
+                0x8030_ae7c, // KVM_GET_CLOCK
+            ]
+        );
+    }
+
+    #[test]
     fn vhost_net_ioctl_numbers_are_the_kernels() {
         // From <linux/vhost.h>: _IOW(VHOST_VIRTIO = 0xaf, nr, type).
         let all: Vec<u64> = vhost_net_ioctls().collect();
@@ -262,6 +337,27 @@ mod tests {
         assert!(filter(ThreadKind::Device).unwrap().len() > 40);
         assert!(filter(ThreadKind::VhostNet).unwrap().len() > 40);
         assert!(filter(ThreadKind::Block).unwrap().len() > 40);
+        assert!(filter(ThreadKind::Api).unwrap().len() > 40);
+    }
+
+    /// The API thread writes snapshot files, and still cannot start a process.
+    #[test]
+    fn the_api_thread_creates_files_but_cannot_fork() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state");
+        let prog = filter_with(ThreadKind::Api, SeccompAction::Errno(libc::EPERM as u32)).unwrap();
+        let (created, forked) = std::thread::spawn(move || {
+            seccompiler::apply_filter(&prog).unwrap();
+            let created = std::fs::write(&path, b"x").is_ok()
+                && std::fs::rename(&path, path.with_extension("done")).is_ok();
+            (
+                created,
+                std::process::Command::new("/bin/true").status().is_ok(),
+            )
+        })
+        .join()
+        .unwrap();
+        assert!(created && !forked);
     }
 
     /// Only the block device's loop does file I/O; a vCPU thread, which runs whatever

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use hull_protocols::agent::{DestroySandboxRequest, GetGuestDetailsRequest};
+use hull_protocols::agent::{DestroySandboxRequest, GetGuestDetailsRequest, GetGuestStatsRequest};
 use hull_protocols::health::CheckRequest;
 use hull_shim::agent_client::AgentClient;
 
@@ -66,6 +66,11 @@ async fn probe(cli: &Cli) -> anyhow::Result<()> {
         g.agent_version,
         g.api_version
     );
+    let stats = client
+        .agent
+        .get_guest_stats(ctx(), &GetGuestStatsRequest::new())
+        .await?;
+    println!("guest uptime_ms={}", stats.uptime_ms);
     if cli.destroy {
         client
             .agent

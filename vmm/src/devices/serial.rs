@@ -37,6 +37,51 @@ impl Serial {
         })
     }
 
+    /// A UART with the registers of a snapshot's (its output goes to `out`).
+    pub fn restore(
+        out: Box<dyn Write + Send>,
+        state: &crate::snapshot::SerialState,
+    ) -> std::io::Result<Serial> {
+        let evt = EventFd::new(libc::EFD_NONBLOCK)?;
+        let s = vm_superio::serial::SerialState {
+            baud_divisor_low: state.baud_divisor_low,
+            baud_divisor_high: state.baud_divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer.clone(),
+        };
+        let uart = vm_superio::Serial::from_state(
+            &s,
+            EventFdTrigger(evt),
+            vm_superio::serial::NoEvents,
+            out,
+        )
+        .map_err(|e| std::io::Error::other(format!("the snapshot's serial state: {e:?}")))?;
+        Ok(Serial { uart })
+    }
+
+    /// The registers, for a snapshot.
+    pub fn state(&self) -> crate::snapshot::SerialState {
+        let s = self.uart.state();
+        crate::snapshot::SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+
     /// The eventfd to register as the IRQ 4 irqfd.
     pub fn irq_evt(&self) -> std::io::Result<EventFd> {
         self.uart.interrupt_evt().0.try_clone()

@@ -162,9 +162,10 @@ fn boot_msrs() -> Result<Msrs> {
 }
 
 /// CPUID, MSRs, FPU and LAPIC: every vCPU needs them, the boot one and the others.
-pub fn configure_common(kvm: &Kvm, vcpu: &VcpuFd, id: u8, count: u8) -> Result<()> {
-    vcpu.set_cpuid2(&cpuid(kvm, id, count)?)
-        .map_err(ioctl("KVM_SET_CPUID2"))?;
+/// Returns the CPUID the vCPU got (a snapshot carries it).
+pub fn configure_common(kvm: &Kvm, vcpu: &VcpuFd, id: u8, count: u8) -> Result<CpuId> {
+    let cpuid = cpuid(kvm, id, count)?;
+    vcpu.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
     let msrs = boot_msrs()?;
     let written = vcpu.set_msrs(&msrs).map_err(ioctl("KVM_SET_MSRS"))?;
     if written != msrs.as_slice().len() {
@@ -183,7 +184,7 @@ pub fn configure_common(kvm: &Kvm, vcpu: &VcpuFd, id: u8, count: u8) -> Result<(
     set_lvt_mode(&mut lapic.regs, APIC_LVT0, APIC_MODE_EXTINT);
     set_lvt_mode(&mut lapic.regs, APIC_LVT1, APIC_MODE_NMI);
     vcpu.set_lapic(&lapic).map_err(ioctl("KVM_SET_LAPIC"))?;
-    Ok(())
+    Ok(cpuid)
 }
 
 fn set_lvt_mode(regs: &mut [std::os::raw::c_char; 1024], offset: usize, mode: u32) {

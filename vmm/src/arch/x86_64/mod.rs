@@ -6,6 +6,7 @@ pub mod boot;
 pub mod cpu;
 pub mod irqchip;
 pub mod layout;
+pub mod state;
 
 use std::path::PathBuf;
 

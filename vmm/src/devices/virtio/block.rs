@@ -358,6 +358,12 @@ fn range(sector: u64, len: usize, sectors: u64) -> Option<u64> {
 }
 
 impl VirtioDevice for Block {
+    /// Parked while the VM is paused; its queues are not handed over, so a VM with a disk
+    /// cannot be snapshotted yet.
+    fn pacer(&self) -> Option<Pacer> {
+        Some(self.pacer.clone())
+    }
+
     fn device_type(&self) -> u32 {
         DEVICE_TYPE
     }

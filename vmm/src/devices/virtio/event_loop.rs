@@ -7,6 +7,11 @@
 //! The vCPU side (the MMIO transport) talks to a backend only through its `Mailbox`: it
 //! hands over the queues at DRIVER_OK and takes them back at reset, and waits for the
 //! backend's answer, so the guest never reuses ring memory the backend still reads.
+//!
+//! A loop can also be parked (`Pacer::park`): it stops between two events, hands over
+//! the state of the queues its backend holds, and serves nothing until the `Parked`
+//! handle is dropped. A paused VM parks every device, so that nothing writes guest memory
+//! while a snapshot copies it.
 
 use std::os::fd::AsRawFd;
 use std::sync::mpsc;
@@ -15,6 +20,8 @@ use std::time::Duration;
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::eventfd::EventFd;
+
+use virtio_queue::QueueState;
 
 use super::Error;
 use crate::seccomp::{self, ThreadKind};
@@ -27,6 +34,11 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 pub trait Backend: MutEventSubscriber + Send + 'static {
     /// True once the device is gone (its mailbox said Stop): the loop then ends.
     fn finished(&self) -> bool;
+    /// The queues the backend holds, in the device's queue order, for a snapshot; None
+    /// when the device cannot be snapshotted (or holds no queues: not activated).
+    fn queue_states(&self) -> Option<Vec<QueueState>> {
+        None
+    }
 }
 
 /// Starts `backend` on a thread of its own named `name`, confined by `kind`'s seccomp
@@ -72,11 +84,20 @@ pub fn spawn<B: Backend>(name: &str, kind: ThreadKind, backend: B) -> std::io::R
     Ok(pacer)
 }
 
+/// What the loop itself is asked, beside its backend's events.
+enum LoopRequest {
+    /// Answer once everything signalled before has been served.
+    Settle(mpsc::Sender<()>),
+    /// Stop here: send the backend's queue states, then wait until the receiver's sender
+    /// is dropped.
+    Park(mpsc::Sender<Option<Vec<QueueState>>>, mpsc::Receiver<()>),
+}
+
 /// The backend and the loop's own pacing source.
 struct Looped<B> {
     backend: B,
     pace: Arc<EventFd>,
-    requests: mpsc::Receiver<mpsc::Sender<()>>,
+    requests: mpsc::Receiver<LoopRequest>,
     /// Pace requests seen this round, answered once the round is over.
     due: Vec<mpsc::Sender<()>>,
 }
@@ -90,7 +111,17 @@ impl<B: Backend> MutEventSubscriber for Looped<B> {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         if events.fd() == self.pace.as_raw_fd() {
             let _ = self.pace.read();
-            self.due.extend(self.requests.try_iter());
+            for r in self.requests.try_iter().collect::<Vec<_>>() {
+                match r {
+                    LoopRequest::Settle(done) => self.due.push(done),
+                    LoopRequest::Park(states, resume) => {
+                        if states.send(self.backend.queue_states()).is_ok() {
+                            // Returns when the Parked handle is dropped.
+                            let _ = resume.recv();
+                        }
+                    }
+                }
+            }
         } else {
             self.backend.process(events, ops);
         }
@@ -101,8 +132,15 @@ impl<B: Backend> MutEventSubscriber for Looped<B> {
 /// or fuzzer plays a guest that waits for the device before it writes the ring again.
 #[derive(Clone)]
 pub struct Pacer {
-    tx: mpsc::Sender<mpsc::Sender<()>>,
+    tx: mpsc::Sender<LoopRequest>,
     evt: Arc<EventFd>,
+}
+
+/// A parked device loop: it serves nothing until this is dropped.
+pub struct Parked {
+    /// The backend's queues as it left them (None: it cannot be snapshotted).
+    pub queues: Option<Vec<QueueState>>,
+    _resume: mpsc::Sender<()>,
 }
 
 impl Pacer {
@@ -110,9 +148,31 @@ impl Pacer {
     /// loop is gone, or `ANSWER_TIMEOUT` passed).
     pub fn settle(&self) {
         let (done, wait) = mpsc::channel();
-        if self.tx.send(done).is_ok() && self.evt.write(1).is_ok() {
+        if self.send(LoopRequest::Settle(done)) {
             let _ = wait.recv_timeout(ANSWER_TIMEOUT);
         }
+    }
+
+    /// Parks the loop between two events; `device` names it in errors.
+    pub fn park(&self, device: &str) -> Result<Parked, Error> {
+        let (states_tx, states) = mpsc::channel();
+        let (resume, wait) = mpsc::channel();
+        if !self.send(LoopRequest::Park(states_tx, wait)) {
+            return Err(Error::Backend(format!("the {device} thread is gone")));
+        }
+        match states.recv_timeout(ANSWER_TIMEOUT) {
+            Ok(queues) => Ok(Parked {
+                queues,
+                _resume: resume,
+            }),
+            Err(_) => Err(Error::Backend(format!(
+                "the {device} thread did not stop for the pause"
+            ))),
+        }
+    }
+
+    fn send(&self, r: LoopRequest) -> bool {
+        self.tx.send(r).is_ok() && self.evt.write(1).is_ok()
     }
 }
 

@@ -15,6 +15,9 @@ use vm_memory::GuestMemoryMmap;
 
 use super::{Error, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice};
 
+mod state;
+pub use state::TransportState;
+
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
 const VENDOR: u32 = 0x6c6c_7568; // "hull"

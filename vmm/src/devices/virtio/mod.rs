@@ -148,6 +148,21 @@ pub trait VirtioDevice: Send {
     fn queue_events(&self) -> std::io::Result<Vec<EventFd>> {
         Ok(Vec::new())
     }
+    /// Activation of a device restored from a snapshot, its queues where the snapshot
+    /// left them; what the old VMM's host side held (connections) is gone.
+    fn restore_activated(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Interrupt,
+    ) -> Result<(), Error> {
+        self.activate(mem, queues, interrupt)
+    }
+    /// The device's event loop, when it can be parked for a pause (and, if its backend
+    /// hands over its queues, snapshotted).
+    fn pacer(&self) -> Option<event_loop::Pacer> {
+        None
+    }
     /// The driver notified queue `index`.
     fn notify(&mut self, index: u16);
     /// The driver reset the device: forget queues and connections.

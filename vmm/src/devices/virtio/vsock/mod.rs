@@ -76,6 +76,29 @@ impl Vsock {
     }
 }
 
+impl Vsock {
+    fn hand_over(
+        &mut self,
+        mem: GuestMemoryMmap,
+        mut queues: Vec<Queue>,
+        interrupt: Interrupt,
+        transport_reset: bool,
+    ) -> Result<(), Error> {
+        expect_queues("vsock", 3, queues.len())?;
+        let event = queues.remove(2);
+        let tx = queues.remove(1);
+        let rx = queues.remove(0);
+        self.mailbox.activate(Active {
+            mem,
+            rx,
+            tx,
+            event,
+            interrupt,
+            transport_reset,
+        })
+    }
+}
+
 /// A handle on a vsock device's host side that stays usable after the device is handed
 /// to its transport (tests and fuzzing read how much the guest made it hold).
 #[derive(Clone)]
@@ -161,6 +184,10 @@ impl Backend for Worker {
     fn finished(&self) -> bool {
         self.inbox.stopped()
     }
+
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        lock(&self.muxer).queue_states()
+    }
 }
 
 impl VirtioDevice for Vsock {
@@ -184,22 +211,28 @@ impl VirtioDevice for Vsock {
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,
-        mut queues: Vec<Queue>,
+        queues: Vec<Queue>,
         interrupt: Interrupt,
     ) -> Result<(), Error> {
-        expect_queues("vsock", 3, queues.len())?;
-        let tx = queues.remove(1);
-        let rx = queues.remove(0);
-        self.mailbox.activate(Active {
-            mem,
-            rx,
-            tx,
-            interrupt,
-        })
+        self.hand_over(mem, queues, interrupt, false)
+    }
+
+    /// The connections of the snapshotted VM are gone: the guest hears so at once.
+    fn restore_activated(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Interrupt,
+    ) -> Result<(), Error> {
+        self.hand_over(mem, queues, interrupt, true)
+    }
+
+    fn pacer(&self) -> Option<Pacer> {
+        Some(self.pacer.clone())
     }
 
     /// The event queue's kick is registered too, so that a guest kicking it costs no
-    /// exit; the device sends no events and nothing reads it.
+    /// exit; the device sends only the restore's reset event and nothing reads it.
     fn queue_events(&self) -> std::io::Result<Vec<EventFd>> {
         self.kicks.iter().map(|k| k.try_clone()).collect()
     }

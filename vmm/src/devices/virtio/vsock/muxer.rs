@@ -87,8 +87,16 @@ pub struct Active {
     pub mem: GuestMemoryMmap,
     pub rx: Queue,
     pub tx: Queue,
+    /// The event queue: used once, for the TRANSPORT_RESET a restored guest gets.
+    pub event: Queue,
     pub interrupt: Interrupt,
+    /// A restored VM: the guest's connections died with the old VMM; tell it so.
+    pub transport_reset: bool,
 }
+
+/// virtio_vsock_event id: every connection is gone (the guest re-reads its cid and
+/// resets its sockets; listeners stay).
+const EVENT_TRANSPORT_RESET: u32 = 0;
 
 enum Token {
     Listener,
@@ -144,9 +152,42 @@ impl Muxer {
 
     /// Takes the queues and serves what the driver published before its first kick.
     pub fn activate(&mut self, active: Active) {
+        let reset = active.transport_reset;
         self.active = Some(active);
         self.rx_starved = false;
+        if reset {
+            self.send_transport_reset();
+        }
         self.process_tx();
+    }
+
+    /// The queues as the device holds them (RX, TX, event), for a snapshot.
+    pub fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        let a = self.active.as_ref()?;
+        Some(vec![a.rx.state(), a.tx.state(), a.event.state()])
+    }
+
+    fn send_transport_reset(&mut self) {
+        let Some(a) = self.active.as_mut() else {
+            return;
+        };
+        let mem = a.mem.clone();
+        let Some(chain) = a.event.pop_descriptor_chain(&mem) else {
+            tracing::warn!("vsock: no event buffer for the transport reset");
+            return;
+        };
+        let head = chain.head_index();
+        let written = chain
+            .writable()
+            .next()
+            .filter(|d| d.len() >= 4)
+            .and_then(|d| {
+                use vm_memory::Bytes;
+                mem.write_obj(EVENT_TRANSPORT_RESET.to_le(), d.addr()).ok()
+            })
+            .map_or(0, |()| 4);
+        let _ = a.event.add_used(&mem, head, written);
+        a.interrupt.signal_used();
     }
 
     pub fn reset(&mut self) {
