@@ -94,6 +94,95 @@ cat /tmp/vmm2.err
     );
 }
 
+/// Snapshot and restore of a Linux guest (#10): a booted VM is paused and snapshotted
+/// through the API, then restored into new hull-vmm processes, each with a new vsock
+/// socket. The agent answers in every one (the guest got the vsock TRANSPORT_RESET and
+/// its listener stayed), its clock goes on from the snapshot instead of starting again,
+/// ten restores of one snapshot in a row all answer, and damaged snapshots are refused.
+#[test]
+fn hull_vmm_snapshots_and_restores_a_running_guest() {
+    let bin = target_bin_dir();
+    let script = format!(
+        r#"
+vmm={vmm}; probe={probe}
+ms() {{ echo $(( $(date +%s%N) / 1000000 )); }}
+up() {{ sed -n 's/^guest uptime_ms=//p' "$1"; }}
+HULL_LOG=info timeout 300 $vmm --kernel build/vmlinux --initrd build/initrd.img --memory 256 --cmdline quiet --vsock-uds /tmp/s.sock --api-sock /tmp/s.api --serial-log /tmp/s.log 2>/tmp/s.err &
+pid=$!
+$probe --vsock-uds /tmp/s.sock --timeout 240 >/tmp/p0.out 2>&1 || {{ echo "first boot failed"; cat /tmp/p0.out; tail -5 /tmp/s.err; exit 1; }}
+echo "booted uptime=$(up /tmp/p0.out)"
+mkdir -p /tmp/snap
+api() {{ echo "$2" | socat -t 60 - UNIX-CONNECT:$1; }}
+api /tmp/s.api '{{"action":"snapshot","dir":"/tmp/snap"}}' | sed 's/^/unpaused-snapshot: /'
+t0=$(ms)
+api /tmp/s.api '{{"action":"pause"}}' | sed 's/^/pause: /'
+api /tmp/s.api '{{"action":"snapshot","dir":"/tmp/snap"}}' | sed 's/^/snapshot: /'
+t1=$(ms)
+echo "pause+snapshot ms=$((t1 - t0))"
+ls -ls /tmp/snap | sed 's/^/snapfile: /'
+api /tmp/s.api '{{"action":"resume"}}' | sed 's/^/resume: /'
+$probe --vsock-uds /tmp/s.sock --timeout 60 >/tmp/p1.out 2>&1 && echo "resumed uptime=$(up /tmp/p1.out)"
+api /tmp/s.api '{{"action":"shutdown"}}' >/dev/null
+wait $pid; echo "first-exit=$?"
+snap_up=$(up /tmp/p0.out)
+ok=0
+for i in 1 2 3 4 5 6 7 8 9 10; do
+  rm -f /tmp/r.sock /tmp/r.sock_* /tmp/r.api
+  t0=$(ms)
+  HULL_LOG=info timeout 120 $vmm --restore /tmp/snap --vsock-uds /tmp/r.sock --api-sock /tmp/r.api --serial-log /tmp/r$i.log 2>/tmp/r$i.err &
+  rpid=$!
+  if $probe --vsock-uds /tmp/r.sock --timeout 60 >/tmp/r$i.out 2>&1; then
+    t1=$(ms)
+    u=$(up /tmp/r$i.out)
+    echo "restore $i answered ms=$((t1 - t0)) uptime=$u"
+    # The guest's clock goes on from the snapshot: past it, and far from a fresh boot's
+    # zero... but not by the seconds that passed on the host between snapshot and restore.
+    [ "$u" -ge "$snap_up" ] && ok=$((ok + 1))
+  else
+    echo "restore $i FAILED"; tail -5 /tmp/r$i.out; tail -5 /tmp/r$i.err
+  fi
+  api /tmp/r.api '{{"action":"shutdown"}}' >/dev/null
+  wait $rpid; echo "restore $i exit=$?"
+done
+echo "restores-ok=$ok"
+# Damaged snapshots: refused with a clear error, exit 1, before any vCPU runs.
+mkdir -p /tmp/bad && cp /tmp/snap/state /tmp/bad/ && cp --sparse=always /tmp/snap/memory /tmp/bad/ && truncate -s 1M /tmp/bad/memory
+$vmm --restore /tmp/bad --vsock-uds /tmp/b.sock; echo "truncated-exit=$?"
+cp --sparse=always /tmp/snap/memory /tmp/bad/memory
+printf 'X' | dd of=/tmp/bad/state bs=1 seek=100 conv=notrunc 2>/dev/null
+$vmm --restore /tmp/bad --vsock-uds /tmp/b.sock; echo "tampered-exit=$?"
+$vmm --restore /tmp/snap; echo "no-vsock-exit=$?"
+[ "$ok" = 10 ]
+"#,
+        vmm = bin.join("hull-vmm").display(),
+        probe = bin.join("hull-agent-probe").display(),
+    );
+    let (rc, out) = run_script(&script, 900);
+    assert_eq!(rc, 0, "{out}");
+    assert!(
+        out.contains("unpaused-snapshot: {\"error\":\"the VM is not paused"),
+        "{out}"
+    );
+    assert!(out.contains("pause: {\"ok\":true}"), "{out}");
+    assert!(out.contains("snapshot: {\"ok\":true}"), "{out}");
+    assert!(out.contains("resume: {\"ok\":true}"), "{out}");
+    assert!(
+        out.contains("resumed uptime="),
+        "the source VM runs on: {out}"
+    );
+    assert!(out.contains("first-exit=0"), "{out}");
+    assert!(out.contains("restores-ok=10"), "{out}");
+    for i in 1..=10 {
+        assert!(out.contains(&format!("restore {i} exit=0")), "{out}");
+    }
+    assert!(out.contains("truncated-exit=1"), "{out}");
+    assert!(out.contains("the VM has 268435456"), "{out}");
+    assert!(out.contains("tampered-exit=1"), "{out}");
+    assert!(out.contains("checksum mismatch"), "{out}");
+    assert!(out.contains("no-vsock-exit=1"), "{out}");
+    assert!(out.contains("the snapshot has 1 virtio devices"), "{out}");
+}
+
 /// Boot reliability: 50 consecutive hull-vmm boots to agent-ready (the shim's kernel
 /// command line, one vCPU), each ended by the agent. Every failed boot prints the VMM's
 /// error and the console. No failure of any kind is allowed except the one open boot bug

@@ -2,12 +2,15 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | `arch::x86_64` | what knows x86: `layout` (the guest physical memory map), `boot` (kernel, initrd, command line, boot_params and e820, GDT, MP table), `cpu` (CPUID, MSRs, vCPU state for the 64-bit boot protocol or real mode), `irqchip` (KVM's PIC, IOAPIC and PIT) |
+//! | `arch::x86_64` | what knows x86: `layout` (the guest physical memory map), `boot` (kernel, initrd, command line, boot_params and e820, GDT, MP table), `cpu` (CPUID, MSRs, vCPU state for the 64-bit boot protocol or real mode), `irqchip` (KVM's PIC, IOAPIC and PIT), `state` (what KVM holds of a vCPU and the VM, saved and restored) |
 //! | `memory` | memfd-backed guest RAM (shareable with vhost-user daemons) |
 //! | `devices` | port-I/O devices (8250 serial, i8042 reset, boot timer) and virtio-mmio (vsock, blk, fs) |
 //! | `machine` | the VM, its vCPU threads and their exits |
 //! | `config` | the VM description, from flags or `--config vm.json` |
-//! | `api` | the API socket (ping, shutdown) |
+//! | `api` | the API socket (ping, stats, pause, resume, snapshot, shutdown) |
+//! | `vm_control` | pausing and resuming the vCPUs and device loops, and taking a snapshot |
+//! | `vcpu_kick` | getting a vCPU thread out of KVM_RUN (a signal that sets immediate_exit) |
+//! | `snapshot` | the snapshot's files: the versioned state file and guest memory |
 //! | `seccomp` | the per-thread seccomp filters and the SIGSYS report |
 //! | `jail` | the namespaces, pivot_root and privilege drop hull-vmm confines itself with |
 //! | `log_budget` | bounds on log lines a guest can trigger |

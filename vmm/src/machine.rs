@@ -416,6 +416,9 @@ impl Machine {
             vcpus.push((vcpu, here));
         }
         state::restore_vm(&vm, &state.vm)?;
+        for (_, t) in mmio.transports() {
+            t.lock().expect("mmio lock").reassert_interrupt();
+        }
         boot_step("restored");
         Machine::assemble(&kvm, vm, ram, vcpus, bus, mmio, state.memory_mib)
     }

@@ -74,6 +74,15 @@ impl From<&QueueSnapshot> for QueueState {
 }
 
 impl MmioTransport {
+    /// Raises the device's interrupt again if its status says one is pending: one raised
+    /// while the VM was being restored (the vsock reset event) is lost when the
+    /// snapshot's IOAPIC state is written over it.
+    pub fn reassert_interrupt(&self) {
+        if self.interrupt.status.load(Ordering::SeqCst) != 0 {
+            let _ = self.interrupt.evt.write(1);
+        }
+    }
+
     /// The device's type (what a restore must find in the same slot).
     pub fn device_type(&self) -> u32 {
         self.device.device_type()

@@ -31,6 +31,7 @@ pub const DEVICE_TYPE: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
 const RX: u16 = 0;
 const TX: u16 = 1;
+const EVENT: u16 = 2;
 
 pub struct Vsock {
     cid: u64,
@@ -62,6 +63,7 @@ impl Vsock {
             muxer: muxer.clone(),
             rx_kick: kicks[usize::from(RX)].clone(),
             tx_kick: kicks[usize::from(TX)].clone(),
+            event_kick: kicks[usize::from(EVENT)].clone(),
             inbox,
         };
         let pacer = event_loop::spawn("vsock", ThreadKind::Device, worker)
@@ -131,6 +133,7 @@ struct Worker {
     muxer: Arc<Mutex<Muxer>>,
     rx_kick: Arc<EventFd>,
     tx_kick: Arc<EventFd>,
+    event_kick: Arc<EventFd>,
     inbox: Inbox<Active>,
 }
 
@@ -138,12 +141,15 @@ const TOKEN_CONTROL: u32 = 0;
 const TOKEN_RX: u32 = 1;
 const TOKEN_TX: u32 = 2;
 const TOKEN_HOST: u32 = 3;
+const TOKEN_EVENT: u32 = 4;
 
 impl MutEventSubscriber for Worker {
     fn init(&mut self, ops: &mut EventOps) {
         self.inbox.watch(ops, TOKEN_CONTROL);
         event_loop::watch(ops, self.rx_kick.as_ref(), TOKEN_RX, "the RX queue's kick");
         event_loop::watch(ops, self.tx_kick.as_ref(), TOKEN_TX, "the TX queue's kick");
+        let event = self.event_kick.as_ref();
+        event_loop::watch(ops, event, TOKEN_EVENT, "the event queue's kick");
         let host = lock(&self.muxer).host_events();
         if let Err(e) = ops.add(Events::with_data_raw(host, TOKEN_HOST, EventSet::IN)) {
             tracing::error!(error = %e, "registering the vsock host sockets with the device loop");
@@ -162,6 +168,10 @@ impl MutEventSubscriber for Worker {
                 m.process_tx();
             }
             TOKEN_HOST => m.handle_host_events(),
+            TOKEN_EVENT => {
+                let _ = self.event_kick.read();
+                m.event_buffers_added();
+            }
             _ => {
                 for c in self.inbox.take() {
                     match c {
@@ -231,8 +241,9 @@ impl VirtioDevice for Vsock {
         Some(self.pacer.clone())
     }
 
-    /// The event queue's kick is registered too, so that a guest kicking it costs no
-    /// exit; the device sends only the restore's reset event and nothing reads it.
+    /// The event queue's kick is registered too: after a restore's reset event, the
+    /// guest's kick (it gives the buffer back once it has reset its sockets) releases
+    /// the host connections held meanwhile.
     fn queue_events(&self) -> std::io::Result<Vec<EventFd>> {
         self.kicks.iter().map(|k| k.try_clone()).collect()
     }

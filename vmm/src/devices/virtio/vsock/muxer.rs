@@ -27,8 +27,26 @@ const HOST_CID: u64 = 2;
 const CONN_BUF_ALLOC: u32 = 256 * 1024;
 /// Longest `CONNECT <port>\n` line accepted.
 const MAX_CONNECT_LINE: usize = 32;
-/// Host ports handed to host-initiated connections start here.
+/// Host ports handed to host-initiated connections lie at or above this.
 const FIRST_HOST_PORT: u32 = 1 << 30;
+
+/// Where this muxer's host ports start: at a random place in [2^30, 2^31). A VM restored
+/// from a snapshot still knows the old VMM's connections for a moment (closing sockets
+/// linger in the guest after its transport reset); a new connection that reused one of
+/// their port pairs would be refused by the guest.
+fn first_host_port() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: getrandom writes at most b.len() bytes into the buffer we own.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), libc::GRND_NONBLOCK) };
+    let r = if n == 4 {
+        u32::from_ne_bytes(b)
+    } else {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+    };
+    FIRST_HOST_PORT + (r % FIRST_HOST_PORT)
+}
 /// Connections (both directions, handshakes included) one VM may hold at once.
 pub const MAX_CONNECTIONS: usize = 1024;
 /// Guest bytes held for slow host streams, all connections of the VM together: below
@@ -118,6 +136,11 @@ pub struct Muxer {
     next_port: u32,
     /// The sum of every connection's `out`.
     buffered: usize,
+    /// A transport reset was sent and the guest has not yet handled it (it gives the
+    /// event buffer back when it has): a connection accepted before would die in the
+    /// reset, so host connections wait in `held` until then.
+    reset_pending: bool,
+    held: Vec<(UnixStream, u32)>,
 }
 
 impl Muxer {
@@ -136,7 +159,9 @@ impl Muxer {
             fds: HashMap::new(),
             control: VecDeque::new(),
             rx_starved: false,
-            next_port: FIRST_HOST_PORT,
+            reset_pending: false,
+            held: Vec::new(),
+            next_port: first_host_port(),
             buffered: 0,
         };
         let fd = m.listener.as_raw_fd();
@@ -188,10 +213,13 @@ impl Muxer {
             .map_or(0, |()| 4);
         let _ = a.event.add_used(&mem, head, written);
         a.interrupt.signal_used();
+        self.reset_pending = true;
     }
 
     pub fn reset(&mut self) {
         self.active = None;
+        self.reset_pending = false;
+        self.held.clear();
         self.control.clear();
         let keys: Vec<Key> = self.conns.keys().copied().collect();
         for k in keys {
@@ -369,6 +397,7 @@ impl Muxer {
 
     fn connection_count(&self) -> usize {
         self.conns.len()
+            + self.held.len()
             + self
                 .fds
                 .values()
@@ -608,6 +637,27 @@ impl Muxer {
         let (Some(port), true) = (port, self.active.is_some()) else {
             return;
         };
+        if self.reset_pending {
+            self.held.push((stream, port));
+            return;
+        }
+        self.open_host_conn(stream, port);
+    }
+
+    /// The guest handled the transport reset (it gave an event buffer back): the host
+    /// connections that waited for it go to the guest now.
+    pub fn event_buffers_added(&mut self) {
+        if !std::mem::take(&mut self.reset_pending) {
+            return;
+        }
+        for (stream, port) in std::mem::take(&mut self.held) {
+            self.open_host_conn(stream, port);
+        }
+    }
+
+    /// Asks the guest to accept a host connection to its `port`.
+    fn open_host_conn(&mut self, stream: UnixStream, port: u32) {
+        let fd = stream.as_raw_fd();
         let local = self.next_port;
         self.next_port = self.next_port.checked_add(1).unwrap_or(FIRST_HOST_PORT);
         let key = Key { local, peer: port };
