@@ -10,7 +10,7 @@ STATIC_ENV   := RUSTFLAGS="-C target-feature=+crt-static" \
 PREFIX       ?= /usr/local
 DESTDIR      ?=
 
-.PHONY: all setup kernel test-host-kernel agent-static initrd guest build release lint test fuzz boot-loop demo bench bench-vmm bench-net bench-load test-nested-load install clean
+.PHONY: all setup kernel test-host-kernel agent-static initrd guest build release lint test fuzz boot-loop demo bench bench-vmm bench-start bench-net bench-load test-nested-load install clean
 
 all: build guest
 
@@ -85,6 +85,11 @@ bench-load: setup guest release
 ## hull-vmm boot time and memory overhead, measured in the nested test host, printed
 bench-vmm: guest test-host-kernel release
 	benches/vmm-boot.sh
+
+## hull-vmm cold boot vs restore from a snapshot (launch -> agent answers) and the PSS per
+## VM of 1, 5 and 10 VMs cold or restored from one snapshot, in the nested test host
+bench-start: guest test-host-kernel release
+	benches/vmm-start.sh
 
 ## pod network throughput (iperf3, both ways) and ping RTT, hull vs runc on the same kind
 ## of link: here (QEMU, or hull-vmm where KVM is real), then hull-vmm in the nested test host

@@ -15,6 +15,7 @@ mod logging;
 mod network;
 mod process;
 mod reaper;
+mod reseed;
 mod rpc;
 mod sandbox;
 mod server;

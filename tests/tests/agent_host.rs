@@ -496,3 +496,31 @@ async fn process_and_security_fields_of_the_spec() {
     );
     remove(&a.agent, "fields").await.unwrap();
 }
+
+/// ReseedGuest touches the kernel's randomness and hostname: a host-mode agent refuses it
+/// (it would change the host's), and bad input is refused before anything else.
+#[tokio::test]
+async fn reseed_is_refused_outside_a_pod_vm_and_checked() {
+    let a = HostAgent::start().await;
+    let before = nix::unistd::gethostname().unwrap();
+    let mut r = ReseedGuestRequest::new();
+    r.entropy = vec![7; 64];
+    r.hostname = "not-the-host".into();
+    assert_eq!(
+        code(a.agent.reseed_guest(ctx(), &r).await),
+        Code::FAILED_PRECONDITION
+    );
+    r.entropy = vec![7; 4];
+    assert_eq!(
+        code(a.agent.reseed_guest(ctx(), &r).await),
+        Code::INVALID_ARGUMENT
+    );
+    assert_eq!(nix::unistd::gethostname().unwrap(), before);
+    let d = a
+        .agent
+        .get_guest_details(ctx(), &GetGuestDetailsRequest::new())
+        .await
+        .unwrap();
+    assert_eq!(d.random_uuid.len(), 36, "{}", d.random_uuid);
+    assert_eq!(d.hostname, before.to_string_lossy());
+}

@@ -145,6 +145,20 @@ for i in 1 2 3 4 5 6 7 8 9 10; do
   wait $rpid; echo "restore $i exit=$?"
 done
 echo "restores-ok=$ok"
+# Uniqueness: each clone gets fresh entropy and its own hostname from the host.
+for c in a b; do
+  rm -f /tmp/r.sock /tmp/r.sock_* /tmp/r.api
+  $vmm --restore /tmp/snap --vsock-uds /tmp/r.sock --api-sock /tmp/r.api --serial-log /tmp/c$c.log 2>/tmp/c$c.err &
+  rpid=$!
+  $probe --vsock-uds /tmp/r.sock --timeout 60 --reseed --hostname clone-$c >/tmp/c$c.out 2>&1 || cat /tmp/c$c.out
+  api /tmp/r.api '{{"action":"shutdown"}}' >/dev/null
+  wait $rpid
+done
+grep -h "random_uuid=" /tmp/r*.out | sed 's/^/unreseeded /' | sort | uniq -c
+ua=$(sed -n 's/^guest random_uuid=\([^ ]*\) .*/\1/p' /tmp/ca.out)
+ub=$(sed -n 's/^guest random_uuid=\([^ ]*\) .*/\1/p' /tmp/cb.out)
+grep -h "^reseeded\|hostname=" /tmp/ca.out /tmp/cb.out
+[ -n "$ua" ] && [ "$ua" != "$ub" ] && echo "clones-differ"
 # Damaged snapshots: refused with a clear error, exit 1, before any vCPU runs.
 mkdir -p /tmp/bad && cp /tmp/snap/state /tmp/bad/ && cp --sparse=always /tmp/snap/memory /tmp/bad/ && truncate -s 1M /tmp/bad/memory
 $vmm --restore /tmp/bad --vsock-uds /tmp/b.sock; echo "truncated-exit=$?"
@@ -172,6 +186,12 @@ $vmm --restore /tmp/snap; echo "no-vsock-exit=$?"
     );
     assert!(out.contains("first-exit=0"), "{out}");
     assert!(out.contains("restores-ok=10"), "{out}");
+    assert!(out.contains("clones-differ"), "{out}");
+    assert!(
+        out.contains("hostname=clone-a") && out.contains("hostname=clone-b"),
+        "{out}"
+    );
+    assert_eq!(out.matches("reseeded\n").count(), 2, "{out}");
     for i in 1..=10 {
         assert!(out.contains(&format!("restore {i} exit=0")), "{out}");
     }

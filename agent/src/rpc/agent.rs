@@ -443,6 +443,12 @@ impl agent_ttrpc::AgentService for AgentService {
                 .unwrap_or(1);
             r.agent_version = env!("CARGO_PKG_VERSION").to_string();
             r.api_version = hull_protocols::API_VERSION.to_string();
+            r.random_uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+                .map(|u| u.trim().to_string())
+                .unwrap_or_default();
+            r.hostname = nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default();
             Ok(r)
         })
         .await
@@ -455,6 +461,23 @@ impl agent_ttrpc::AgentService for AgentService {
     ) -> ttrpc::Result<GuestStatsResponse> {
         self.run(self.span("GetGuestStats", "", ""), async {
             Ok(crate::guest_stats::read())
+        })
+        .await
+    }
+
+    async fn reseed_guest(
+        &self,
+        _c: &TtrpcContext,
+        req: ReseedGuestRequest,
+    ) -> ttrpc::Result<Empty> {
+        self.run(self.span("ReseedGuest", "", ""), async {
+            crate::reseed::check(&req.entropy, &req.hostname)?;
+            if !self.sandbox.is_guest() {
+                return Err(AgentError::FailedPrecondition(
+                    "the kernel's randomness is reseeded only inside a pod VM".into(),
+                ));
+            }
+            crate::reseed::apply(&req.entropy, &req.hostname).map(|_| empty())
         })
         .await
     }

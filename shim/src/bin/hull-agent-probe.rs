@@ -8,7 +8,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use hull_protocols::agent::{DestroySandboxRequest, GetGuestDetailsRequest, GetGuestStatsRequest};
+use hull_protocols::agent::{
+    DestroySandboxRequest, GetGuestDetailsRequest, GetGuestStatsRequest, ReseedGuestRequest,
+};
 use hull_protocols::health::CheckRequest;
 use hull_shim::agent_client::AgentClient;
 
@@ -24,6 +26,12 @@ struct Cli {
     /// Seconds to wait for the agent to answer.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
+    /// Before the checks, hand the guest 64 bytes of fresh entropy (and this hostname,
+    /// if given), as a VM restored from a snapshot needs.
+    #[arg(long)]
+    reseed: bool,
+    #[arg(long, requires = "reseed")]
+    hostname: Option<String>,
     /// End the pod after the checks.
     #[arg(long)]
     destroy: bool,
@@ -44,6 +52,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// Fills `buf` from the host kernel's CRNG.
+fn getrandom_fill(buf: &mut [u8]) -> anyhow::Result<()> {
+    let n = nix::errno::Errno::result(
+        // SAFETY: getrandom writes at most buf.len() bytes into the buffer we own.
+        unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) },
+    )?;
+    anyhow::ensure!(n as usize == buf.len(), "getrandom gave {n} bytes");
+    Ok(())
+}
+
 async fn probe(cli: &Cli) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let client = AgentClient::connect(&cli.vsock_uds, Duration::from_secs(cli.timeout)).await?;
@@ -54,6 +72,14 @@ async fn probe(cli: &Cli) -> anyhow::Result<()> {
         health.status.enum_value_or_default(),
         started.elapsed()
     );
+    if cli.reseed {
+        let mut req = ReseedGuestRequest::new();
+        req.entropy = vec![0; 64];
+        getrandom_fill(&mut req.entropy)?;
+        req.hostname = cli.hostname.clone().unwrap_or_default();
+        client.agent.reseed_guest(ctx(), &req).await?;
+        println!("reseeded");
+    }
     let g = client
         .agent
         .get_guest_details(ctx(), &GetGuestDetailsRequest::new())
@@ -65,6 +91,10 @@ async fn probe(cli: &Cli) -> anyhow::Result<()> {
         g.online_cpus,
         g.agent_version,
         g.api_version
+    );
+    println!(
+        "guest random_uuid={} hostname={}",
+        g.random_uuid, g.hostname
     );
     let stats = client
         .agent

@@ -377,4 +377,29 @@ mod tests {
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(*kicks.lock().unwrap(), 3, "a stopped loop serves nothing");
     }
+
+    #[test]
+    fn a_parked_loop_serves_nothing_until_let_go() {
+        let kick = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let kicks = Arc::new(Mutex::new(0));
+        let (_mailbox, inbox) = mailbox::<u32>("counter").unwrap();
+        let pacer = spawn(
+            "counter",
+            ThreadKind::Device,
+            Counter {
+                kick: kick.clone(),
+                inbox,
+                kicks: kicks.clone(),
+            },
+        )
+        .unwrap();
+        let parked = pacer.park("counter").unwrap();
+        assert!(parked.queues.is_none(), "the counter hands over no queues");
+        kick.write(2).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(*kicks.lock().unwrap(), 0, "parked");
+        drop(parked);
+        pacer.settle();
+        assert_eq!(*kicks.lock().unwrap(), 2, "served once let go");
+    }
 }

@@ -587,7 +587,7 @@ impl Muxer {
 
     /// Open connections and pending replies, for tests and metrics.
     pub fn load(&self) -> (usize, usize) {
-        (self.conns.len(), self.control.len())
+        (self.conns.len() + self.held.len(), self.control.len())
     }
 
     /// Guest bytes held for host streams.

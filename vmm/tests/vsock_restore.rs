@@ -1,0 +1,119 @@
+//! A vsock device saved from a parked loop and restored into a new one, played against
+//! the driver's side by hand: the restored device tells the guest its transport was
+//! reset, and holds a host connection until the guest has handled that (Linux would
+//! otherwise accept the connection and then kill it in the reset).
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use hull_vmm::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY};
+use hull_vmm::devices::virtio::vsock::Vsock;
+use hull_vmm::devices::virtio::{Interrupt, VirtioDevice};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+const QUEUE_SIZE: u16 = 16;
+const RX: u64 = 0;
+const EVENT: u64 = 2;
+const BUFFERS: u64 = 0x10_0000;
+const OP_REQUEST: u16 = 1;
+
+fn w32(t: &mut MmioTransport, off: u64, v: u32) {
+    t.write(off, &v.to_le_bytes());
+}
+
+/// Linux's bring-up: queue q's table at q * 0x1000, avail ring +0x400, used ring +0x800.
+fn bring_up(t: &mut MmioTransport, queues: u32) {
+    for (reg, v) in [(0x70, 1), (0x70, 3), (0x24, 1), (0x20, 1), (0x70, 11)] {
+        w32(t, reg, v);
+    }
+    for q in 0..queues {
+        let a = u64::from(q) * 0x1000;
+        w32(t, 0x30, q);
+        w32(t, 0x38, u32::from(QUEUE_SIZE));
+        w32(t, 0x80, u32::try_from(a).unwrap());
+        w32(t, 0x90, u32::try_from(a + 0x400).unwrap());
+        w32(t, 0xa0, u32::try_from(a + 0x800).unwrap());
+        w32(t, 0x44, 1);
+    }
+    w32(t, 0x70, 15);
+}
+
+/// Publishes `count` device-writable buffers of `len` bytes on queue `q`, from `first`.
+fn publish(mem: &GuestMemoryMmap, q: u64, first: u16, count: u16, len: u32, area: u64) {
+    let base = q * 0x1000;
+    for i in first..first + count {
+        let d = base + u64::from(i) * 16;
+        mem.write_obj(area + u64::from(i) * 0x1000, GuestAddress(d))
+            .unwrap();
+        mem.write_obj(len, GuestAddress(d + 8)).unwrap();
+        mem.write_obj(2u16, GuestAddress(d + 12)).unwrap(); // WRITE
+        let slot = u64::from(i % QUEUE_SIZE);
+        mem.write_obj(i, GuestAddress(base + 0x404 + slot * 2))
+            .unwrap();
+    }
+    mem.write_obj(first + count, GuestAddress(base + 0x402))
+        .unwrap();
+}
+
+fn used_idx(mem: &GuestMemoryMmap, q: u64) -> u16 {
+    mem.read_obj(GuestAddress(q * 0x1000 + 0x802)).unwrap()
+}
+
+fn interrupt() -> Interrupt {
+    Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())
+}
+
+#[test]
+fn a_restored_vsock_resets_the_guest_transport_and_holds_host_connections_until_it_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = hull_vmm::memory::create(16).unwrap().memory;
+    let rx_area = BUFFERS;
+    let event_area = BUFFERS + 0x10_0000;
+    publish(&mem, RX, 0, 4, 4096, rx_area);
+    publish(&mem, EVENT, 0, 1, 8, event_area);
+
+    let old = Vsock::new(3, dir.path().join("old.sock")).unwrap();
+    let mut t = MmioTransport::new(Box::new(old), mem.clone(), interrupt()).unwrap();
+    bring_up(&mut t, 3);
+    let parked = t.pacer().unwrap().park("vsock").unwrap();
+    let state = t.save(Some(&parked)).unwrap();
+    drop(parked);
+    drop(t);
+
+    let new = Vsock::new(3, dir.path().join("new.sock")).unwrap();
+    let probe = new.probe();
+    let pacer = new.pacer().unwrap();
+    let mut t = MmioTransport::restore(Box::new(new), mem.clone(), interrupt(), &state).unwrap();
+    pacer.settle();
+    assert_eq!(used_idx(&mem, EVENT), 1, "the reset event was sent");
+    let id: u32 = mem.read_obj(GuestAddress(event_area)).unwrap();
+    assert_eq!(id, 0, "VIRTIO_VSOCK_EVENT_TRANSPORT_RESET");
+
+    let mut host = UnixStream::connect(dir.path().join("new.sock")).unwrap();
+    host.write_all(b"CONNECT 1024\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    pacer.settle();
+    assert_eq!(
+        used_idx(&mem, RX),
+        0,
+        "no connection request before the guest handled the reset"
+    );
+    assert_eq!(probe.load().0, 1, "the connection is held, and counted");
+
+    // The guest gives the event buffer back and kicks the event queue.
+    publish(&mem, EVENT, 1, 1, 8, event_area);
+    w32(&mut t, QUEUE_NOTIFY, 2);
+    pacer.settle();
+    std::thread::sleep(Duration::from_millis(100));
+    pacer.settle();
+    assert_eq!(
+        used_idx(&mem, RX),
+        1,
+        "the held connection reaches the guest"
+    );
+    let op: u16 = mem.read_obj(GuestAddress(rx_area + 30)).unwrap();
+    let dst_port: u32 = mem.read_obj(GuestAddress(rx_area + 20)).unwrap();
+    assert_eq!((op, dst_port), (OP_REQUEST, 1024));
+}
