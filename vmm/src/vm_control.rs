@@ -146,10 +146,6 @@ impl Control {
         self.paused.load(Ordering::SeqCst)
     }
 
-    pub fn is_paused(&self) -> bool {
-        self.pause_wanted()
-    }
-
     /// Stops every vCPU and device; returns once all have stopped.
     pub fn pause(&self) -> Result<(), Error> {
         let mut inner = lock(&self.inner);

@@ -23,6 +23,9 @@
 
 use std::io::Write;
 
+mod common;
+use common::{QUEUE_SIZE, bring_up, bring_up_with, used_idx, w32};
+
 use hull_vmm::devices::virtio::block::{Block, DiskConfig};
 use hull_vmm::devices::virtio::fs::{FsConfig, VhostUserFs};
 use hull_vmm::devices::virtio::mmio::MmioTransport;
@@ -33,7 +36,6 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 const MEM_MIB: u32 = 16;
-const QUEUE_SIZE: u16 = 16;
 const BUFFERS: u64 = 0x10_0000;
 
 /// xorshift64*: small, seedable, good enough to steer inputs.
@@ -183,36 +185,6 @@ fn iterations() -> usize {
         .unwrap_or(20_000)
 }
 
-fn w32(t: &mut MmioTransport, off: u64, v: u32) {
-    t.write(off, &v.to_le_bytes());
-}
-
-/// Brings a transport up the way Linux does, queue q at q * 0x1000, acking VERSION_1.
-fn bring_up(t: &mut MmioTransport, queues: u32) {
-    bring_up_with(t, queues, 0);
-}
-
-/// As `bring_up`, also acking `features_lo` (the low 32 feature bits).
-fn bring_up_with(t: &mut MmioTransport, queues: u32, features_lo: u32) {
-    w32(t, 0x70, 1);
-    w32(t, 0x70, 3);
-    w32(t, 0x24, 0);
-    w32(t, 0x20, features_lo);
-    w32(t, 0x24, 1);
-    w32(t, 0x20, 1); // VIRTIO_F_VERSION_1
-    w32(t, 0x70, 11);
-    for q in 0..queues {
-        let a = u64::from(q) * 0x1000;
-        w32(t, 0x30, q);
-        w32(t, 0x38, u32::from(QUEUE_SIZE));
-        w32(t, 0x80, u32::try_from(a).unwrap());
-        w32(t, 0x90, u32::try_from(a + 0x400).unwrap());
-        w32(t, 0xa0, u32::try_from(a + 0x800).unwrap());
-        w32(t, 0x44, 1);
-    }
-    w32(t, 0x70, 15);
-}
-
 /// A guest-chosen address: mostly in the buffer area, sometimes at the edge of memory,
 /// in the descriptor tables themselves, or anywhere at all.
 fn addr(r: &mut Rng) -> u64 {
@@ -287,10 +259,6 @@ fn transport(dev: Box<dyn VirtioDevice>) -> (MmioTransport, GuestMemoryMmap) {
     let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let t = MmioTransport::new(dev, mem.clone(), Interrupt::new(evt)).unwrap();
     (t, mem)
-}
-
-fn used_idx(mem: &GuestMemoryMmap, q: u64) -> u16 {
-    mem.read_obj(GuestAddress(q * 0x1000 + 0x802)).unwrap()
 }
 
 #[test]

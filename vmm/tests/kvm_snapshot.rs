@@ -23,6 +23,24 @@ fn no_devices() -> Devices {
     }
 }
 
+/// A one-vCPU VM of `memory_mib` running the counter.
+fn counting_vm(memory_mib: u32) -> Machine {
+    Machine::new(MachineConfig {
+        memory_mib,
+        vcpus: 1,
+        boot: Boot::RealMode {
+            image: COUNTER.to_vec(),
+            addr: 0x1000,
+        },
+        serial_out: Box::new(std::io::sink()),
+        vsock: None,
+        disks: Vec::new(),
+        fs: Vec::new(),
+        nets: Vec::new(),
+    })
+    .unwrap()
+}
+
 /// Runs `machine` on a thread; returns its control and where its end is reported.
 fn start(
     machine: Machine,
@@ -68,20 +86,7 @@ fn snapshot(control: &Control, dir: &Path) -> u32 {
 fn a_counting_guest_pauses_snapshots_and_goes_on_after_restore() {
     assert!(Path::new("/dev/kvm").exists(), "these tests need /dev/kvm");
     let tmp = tempfile::tempdir().unwrap();
-    let machine = Machine::new(MachineConfig {
-        memory_mib: 32,
-        vcpus: 1,
-        boot: Boot::RealMode {
-            image: COUNTER.to_vec(),
-            addr: 0x1000,
-        },
-        serial_out: Box::new(std::io::sink()),
-        vsock: None,
-        disks: Vec::new(),
-        fs: Vec::new(),
-        nets: Vec::new(),
-    })
-    .unwrap();
+    let machine = counting_vm(32);
     let exit = machine.exit_sender();
     let (control, ended) = start(machine);
     std::thread::sleep(Duration::from_millis(200));
@@ -159,20 +164,7 @@ fn damaged_or_mismatched_snapshots_are_refused() {
     let e = restore(&tmp.path().join("missing"), no_devices());
     assert!(e.contains("opening") && e.contains("state"), "{e}");
 
-    let machine = Machine::new(MachineConfig {
-        memory_mib: 16,
-        vcpus: 1,
-        boot: Boot::RealMode {
-            image: COUNTER.to_vec(),
-            addr: 0x1000,
-        },
-        serial_out: Box::new(std::io::sink()),
-        vsock: None,
-        disks: Vec::new(),
-        fs: Vec::new(),
-        nets: Vec::new(),
-    })
-    .unwrap();
+    let machine = counting_vm(16);
     let exit = machine.exit_sender();
     let (control, ended) = start(machine);
     pause(&control);

@@ -4,6 +4,9 @@
 //! otherwise accept the connection and then kill it in the reset).
 
 use std::io::Write;
+
+mod common;
+use common::{QUEUE_SIZE, bring_up, used_idx, w32};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -13,32 +16,10 @@ use hull_vmm::devices::virtio::{Interrupt, VirtioDevice};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-const QUEUE_SIZE: u16 = 16;
 const RX: u64 = 0;
 const EVENT: u64 = 2;
 const BUFFERS: u64 = 0x10_0000;
 const OP_REQUEST: u16 = 1;
-
-fn w32(t: &mut MmioTransport, off: u64, v: u32) {
-    t.write(off, &v.to_le_bytes());
-}
-
-/// Linux's bring-up: queue q's table at q * 0x1000, avail ring +0x400, used ring +0x800.
-fn bring_up(t: &mut MmioTransport, queues: u32) {
-    for (reg, v) in [(0x70, 1), (0x70, 3), (0x24, 1), (0x20, 1), (0x70, 11)] {
-        w32(t, reg, v);
-    }
-    for q in 0..queues {
-        let a = u64::from(q) * 0x1000;
-        w32(t, 0x30, q);
-        w32(t, 0x38, u32::from(QUEUE_SIZE));
-        w32(t, 0x80, u32::try_from(a).unwrap());
-        w32(t, 0x90, u32::try_from(a + 0x400).unwrap());
-        w32(t, 0xa0, u32::try_from(a + 0x800).unwrap());
-        w32(t, 0x44, 1);
-    }
-    w32(t, 0x70, 15);
-}
 
 /// Publishes `count` device-writable buffers of `len` bytes on queue `q`, from `first`.
 fn publish(mem: &GuestMemoryMmap, q: u64, first: u16, count: u16, len: u32, area: u64) {
@@ -55,10 +36,6 @@ fn publish(mem: &GuestMemoryMmap, q: u64, first: u16, count: u16, len: u32, area
     }
     mem.write_obj(first + count, GuestAddress(base + 0x402))
         .unwrap();
-}
-
-fn used_idx(mem: &GuestMemoryMmap, q: u64) -> u16 {
-    mem.read_obj(GuestAddress(q * 0x1000 + 0x802)).unwrap()
 }
 
 fn interrupt() -> Interrupt {

@@ -347,21 +347,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_backend_runs_on_its_loop_answers_its_mailbox_and_ends_with_it() {
+    /// A Counter on a loop of its own: its kick, its count, its mailbox and its pacer.
+    fn counter() -> (Arc<EventFd>, Arc<Mutex<u32>>, Mailbox<u32>, Pacer) {
         let kick = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
         let kicks = Arc::new(Mutex::new(0));
         let (mailbox, inbox) = mailbox::<u32>("counter").unwrap();
-        let pacer = spawn(
-            "counter",
-            ThreadKind::Device,
-            Counter {
-                kick: kick.clone(),
-                inbox,
-                kicks: kicks.clone(),
-            },
-        )
-        .unwrap();
+        let backend = Counter {
+            kick: kick.clone(),
+            inbox,
+            kicks: kicks.clone(),
+        };
+        let pacer = spawn("counter", ThreadKind::Device, backend).unwrap();
+        (kick, kicks, mailbox, pacer)
+    }
+
+    #[test]
+    fn a_backend_runs_on_its_loop_answers_its_mailbox_and_ends_with_it() {
+        let (kick, kicks, mailbox, pacer) = counter();
         kick.write(3).unwrap();
         pacer.settle();
         assert_eq!(*kicks.lock().unwrap(), 3, "served before settle returns");
@@ -380,19 +382,7 @@ mod tests {
 
     #[test]
     fn a_parked_loop_serves_nothing_until_let_go() {
-        let kick = Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
-        let kicks = Arc::new(Mutex::new(0));
-        let (_mailbox, inbox) = mailbox::<u32>("counter").unwrap();
-        let pacer = spawn(
-            "counter",
-            ThreadKind::Device,
-            Counter {
-                kick: kick.clone(),
-                inbox,
-                kicks: kicks.clone(),
-            },
-        )
-        .unwrap();
+        let (kick, kicks, _mailbox, pacer) = counter();
         let parked = pacer.park("counter").unwrap();
         assert!(parked.queues.is_none(), "the counter hands over no queues");
         kick.write(2).unwrap();
