@@ -49,7 +49,10 @@ for k in 1 5 10; do
       if [ $kind = cold ]; then launch m$i $cold; else launch m$i --restore /tmp/snap; fi
       pids="$pids $LAST"
     done
-    for i in $(seq 1 $k); do ready m$i || echo "m$i did not answer"; done
+    for i in $(seq 1 $k); do
+      ready m$i || { echo "m$i did not answer (VMM $(kill -0 $(echo $pids | cut -d" " -f$i) 2>/dev/null && echo alive || echo gone)):"
+        tail -3 /tmp/m$i.out /tmp/m$i.err; tail -c 600 /tmp/m$i.log; }
+    done
     total=$(pss $pids)
     echo "K=$k $kind: $((total / k)) KiB per VM"
     i=1; for p in $pids; do stop m$i $p; i=$((i + 1)); done
