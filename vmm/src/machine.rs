@@ -50,14 +50,7 @@ pub struct MachineConfig {
     pub vcpus: u8,
     pub boot: Boot,
     pub serial_out: Box<dyn Write + Send>,
-    /// virtio-vsock with the hybrid unix socket at `uds`.
-    pub vsock: Option<VsockConfig>,
-    /// virtio-blk devices, in order (the guest sees vda, vdb, ...).
-    pub disks: Vec<DiskConfig>,
-    /// virtio-fs devices, each served by a vhost-user daemon.
-    pub fs: Vec<FsConfig>,
-    /// virtio-net devices, each on a tap fd this process inherited.
-    pub nets: Vec<NetConfig>,
+    pub devices: Devices,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -209,7 +202,6 @@ pub enum ExitReason {
 pub type ExitSender = mpsc::Sender<Result<ExitReason, Error>>;
 
 pub struct Machine {
-    _vm: Arc<VmFd>,
     vcpus: Vec<(VcpuFd, CpuId)>,
     msr_indices: Arc<Vec<u32>>,
     bus: Arc<Mutex<PioBus>>,
@@ -219,11 +211,16 @@ pub struct Machine {
     exit_rx: mpsc::Receiver<Result<ExitReason, Error>>,
 }
 
-/// The devices of a VM, whether it boots or is restored.
+/// The devices of a VM, whether it boots or is restored (`default()`: none).
+#[derive(Default)]
 pub struct Devices {
+    /// virtio-vsock with the hybrid unix socket at `uds`.
     pub vsock: Option<VsockConfig>,
+    /// virtio-blk devices, in order (the guest sees vda, vdb, ...).
     pub disks: Vec<DiskConfig>,
+    /// virtio-fs devices, each served by a vhost-user daemon.
     pub fs: Vec<FsConfig>,
+    /// virtio-net devices, each on a tap fd this process inherited.
     pub nets: Vec<NetConfig>,
 }
 
@@ -329,13 +326,7 @@ impl Machine {
         let vm = create_vm(&kvm, &ram)?;
         let serial = Serial::new(cfg.serial_out).map_err(io("serial eventfd"))?;
         let bus = pio_bus(&vm, serial)?;
-        let devices = Devices {
-            vsock: cfg.vsock,
-            disks: cfg.disks,
-            fs: cfg.fs,
-            nets: cfg.nets,
-        };
-        let (mmio, device_params) = make_devices(&vm, &ram.memory, &devices, None)?;
+        let (mmio, device_params) = make_devices(&vm, &ram.memory, &cfg.devices, None)?;
 
         let mut vcpus = Vec::with_capacity(cfg.vcpus as usize);
         for id in 0..cfg.vcpus {
@@ -433,10 +424,10 @@ impl Machine {
         memory_mib: u32,
     ) -> Result<Machine, Error> {
         let msr_indices = Arc::new(state::msr_index_list(kvm)?);
-        let vm = Arc::new(vm);
         let mmio = Arc::new(mmio);
+        // The controller holds the VM and its RAM for as long as the machine lives.
         let control = Arc::new(Control::new(
-            vm.clone(),
+            Arc::new(vm),
             Arc::new(ram),
             bus.clone(),
             mmio.clone(),
@@ -444,7 +435,6 @@ impl Machine {
         ));
         let (exit_tx, exit_rx) = mpsc::channel();
         Ok(Machine {
-            _vm: vm,
             vcpus,
             msr_indices,
             bus,

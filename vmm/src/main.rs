@@ -148,16 +148,17 @@ fn run(cfg: VmConfig, restore: Option<PathBuf>) -> anyhow::Result<ExitReason> {
     } else {
         format!("{DEFAULT_CMDLINE} {}", cfg.cmdline)
     };
+    let devices = Devices {
+        vsock: cfg.vsock.clone(),
+        disks: cfg.disks.clone(),
+        fs: cfg.fs.clone(),
+        nets: cfg.net.clone(),
+    };
     let machine = match restore {
         Some(dir) => Machine::restore(RestoreConfig {
             dir,
             serial_out,
-            devices: Devices {
-                vsock: cfg.vsock.clone(),
-                disks: cfg.disks.clone(),
-                fs: cfg.fs.clone(),
-                nets: cfg.net.clone(),
-            },
+            devices,
         })?,
         None => Machine::new(MachineConfig {
             memory_mib: cfg.memory_mib,
@@ -168,10 +169,7 @@ fn run(cfg: VmConfig, restore: Option<PathBuf>) -> anyhow::Result<ExitReason> {
                 cmdline,
             },
             serial_out,
-            vsock: cfg.vsock.clone(),
-            disks: cfg.disks.clone(),
-            fs: cfg.fs.clone(),
-            nets: cfg.net.clone(),
+            devices,
         })?,
     };
     if let Some(p) = &cfg.api_sock {

@@ -155,28 +155,33 @@ impl Control {
         if self.paused.swap(true, Ordering::SeqCst) {
             return Err(Error::AlreadyPaused);
         }
-        if let Err(e) = self.stop_vcpus(&inner) {
-            self.paused.store(false, Ordering::SeqCst);
-            resume_vcpus(&inner);
-            return Err(e);
-        }
-        let mut devices = Vec::new();
-        for (_, t) in self.mmio.transports() {
-            let pacer = lock(t).pacer();
-            match pacer.map(|p| p.park("device")) {
-                Some(Ok(parked)) => devices.push(Some(parked)),
-                Some(Err(e)) => {
-                    drop(devices);
-                    self.paused.store(false, Ordering::SeqCst);
-                    resume_vcpus(&inner);
-                    return Err(Error::Device(e.to_string()));
-                }
-                None => devices.push(None),
+        match self.stop_vcpus(&inner).and_then(|()| self.park_devices()) {
+            Ok(devices) => {
+                inner.devices = devices;
+                tracing::info!("VM paused");
+                Ok(())
+            }
+            Err(e) => {
+                // Devices parked so far were let go when their handles dropped.
+                self.paused.store(false, Ordering::SeqCst);
+                resume_vcpus(&inner);
+                Err(e)
             }
         }
-        inner.devices = devices;
-        tracing::info!("VM paused");
-        Ok(())
+    }
+
+    /// Parks every device that has a loop of its own, in window order.
+    fn park_devices(&self) -> Result<Vec<Option<Parked>>, Error> {
+        self.mmio
+            .transports()
+            .map(|(_, t)| {
+                let pacer = lock(t).pacer();
+                pacer
+                    .map(|p| p.park("device"))
+                    .transpose()
+                    .map_err(|e| Error::Device(e.to_string()))
+            })
+            .collect()
     }
 
     fn stop_vcpus(&self, inner: &Inner) -> Result<(), Error> {

@@ -9,7 +9,7 @@
 )]
 
 use hull_vmm::devices::serial::SharedBuffer;
-use hull_vmm::machine::{Boot, ExitReason, Machine, MachineConfig};
+use hull_vmm::machine::{Boot, Devices, ExitReason, Machine, MachineConfig};
 
 fn run(image: &[u8]) -> (Result<ExitReason, hull_vmm::machine::Error>, Vec<u8>) {
     assert!(
@@ -25,10 +25,7 @@ fn run(image: &[u8]) -> (Result<ExitReason, hull_vmm::machine::Error>, Vec<u8>) 
             addr: 0x1000,
         },
         serial_out: Box::new(out.clone()),
-        vsock: None,
-        disks: Vec::new(),
-        fs: Vec::new(),
-        nets: Vec::new(),
+        devices: Devices::default(),
     };
     let r = Machine::new(cfg).and_then(Machine::run);
     (r, out.contents())
@@ -59,10 +56,7 @@ fn bad_configurations_are_errors() {
             addr: 0x1000,
         },
         serial_out: Box::new(std::io::sink()),
-        vsock: None,
-        disks: Vec::new(),
-        fs: Vec::new(),
-        nets: Vec::new(),
+        devices: Devices::default(),
     };
     assert!(Machine::new(cfg(0, 32)).is_err_and(|e| e.to_string().contains("vCPU")));
     assert!(Machine::new(cfg(1, 4)).is_err_and(|e| e.to_string().contains("16 MiB")));
@@ -75,10 +69,7 @@ fn bad_configurations_are_errors() {
             cmdline: String::new(),
         },
         serial_out: Box::new(std::io::sink()),
-        vsock: None,
-        disks: Vec::new(),
-        fs: Vec::new(),
-        nets: Vec::new(),
+        devices: Devices::default(),
     };
     assert!(Machine::new(missing).is_err_and(|e| e.to_string().contains("/nonexistent/vmlinux")));
 }

@@ -14,15 +14,6 @@ use hull_vmm::vm_control::Control;
 const COUNTER: [u8; 7] = [0x66, 0xff, 0x06, 0x00, 0x20, 0xeb, 0xf9];
 const COUNTER_ADDR: u64 = 0x2000;
 
-fn no_devices() -> Devices {
-    Devices {
-        vsock: None,
-        disks: Vec::new(),
-        fs: Vec::new(),
-        nets: Vec::new(),
-    }
-}
-
 /// A one-vCPU VM of `memory_mib` running the counter.
 fn counting_vm(memory_mib: u32) -> Machine {
     Machine::new(MachineConfig {
@@ -33,10 +24,7 @@ fn counting_vm(memory_mib: u32) -> Machine {
             addr: 0x1000,
         },
         serial_out: Box::new(std::io::sink()),
-        vsock: None,
-        disks: Vec::new(),
-        fs: Vec::new(),
-        nets: Vec::new(),
+        devices: Devices::default(),
     })
     .unwrap()
 }
@@ -133,7 +121,7 @@ fn a_counting_guest_pauses_snapshots_and_goes_on_after_restore() {
         let restored = Machine::restore(RestoreConfig {
             dir: tmp.path().join("a"),
             serial_out: Box::new(std::io::sink()),
-            devices: no_devices(),
+            devices: Devices::default(),
         })
         .unwrap();
         let exit = restored.exit_sender();
@@ -161,7 +149,7 @@ fn damaged_or_mismatched_snapshots_are_refused() {
         .unwrap_or_default()
     };
     let tmp = tempfile::tempdir().unwrap();
-    let e = restore(&tmp.path().join("missing"), no_devices());
+    let e = restore(&tmp.path().join("missing"), Devices::default());
     assert!(e.contains("opening") && e.contains("state"), "{e}");
 
     let machine = counting_vm(16);
@@ -187,7 +175,7 @@ fn damaged_or_mismatched_snapshots_are_refused() {
         .open(truncated.join("memory"))
         .unwrap();
     f.set_len(1 << 20).unwrap();
-    let e = restore(&truncated, no_devices());
+    let e = restore(&truncated, Devices::default());
     assert!(e.contains("has 1048576 bytes; the VM has 16777216"), "{e}");
 
     let tampered = copy("tampered-state");
@@ -195,7 +183,7 @@ fn damaged_or_mismatched_snapshots_are_refused() {
     let n = bytes.len();
     bytes[n / 2] ^= 1;
     std::fs::write(tampered.join("state"), bytes).unwrap();
-    let e = restore(&tampered, no_devices());
+    let e = restore(&tampered, Devices::default());
     assert!(e.contains("checksum mismatch"), "{e}");
 
     let other_devices = copy("other-devices");
@@ -206,7 +194,7 @@ fn damaged_or_mismatched_snapshots_are_refused() {
                 cid: 3,
                 uds: tmp.path().join("v.sock"),
             }),
-            ..no_devices()
+            ..Devices::default()
         },
     );
     assert!(e.contains("the snapshot has 0 virtio devices"), "{e}");

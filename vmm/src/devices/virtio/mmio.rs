@@ -38,13 +38,19 @@ pub struct MmioTransport {
     mem: GuestMemoryMmap,
     interrupt: Interrupt,
     queues: Vec<Queue>,
+    regs: Registers,
+    activated: bool,
+}
+
+/// The registers the driver writes (and a snapshot carries) beside the queues.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Registers {
     queue_select: u32,
     features_select: u32,
     driver_features_select: u32,
     driver_features: u64,
     status: u32,
     config_generation: u32,
-    activated: bool,
 }
 
 fn new_queues(device: &dyn VirtioDevice) -> Result<Vec<Queue>, Error> {
@@ -67,18 +73,13 @@ impl MmioTransport {
             mem,
             interrupt,
             queues,
-            queue_select: 0,
-            features_select: 0,
-            driver_features_select: 0,
-            driver_features: 0,
-            status: 0,
-            config_generation: 0,
+            regs: Registers::default(),
             activated: false,
         })
     }
 
     fn queue(&mut self) -> Option<&mut Queue> {
-        self.queues.get_mut(self.queue_select as usize)
+        self.queues.get_mut(self.regs.queue_select as usize)
     }
 
     fn features(&self) -> u64 {
@@ -99,7 +100,7 @@ impl MmioTransport {
             0x04 => VERSION,
             0x08 => self.device.device_type(),
             0x0c => VENDOR,
-            0x10 => match self.features_select {
+            0x10 => match self.regs.features_select {
                 0 => low_half(self.features()),
                 1 => low_half(self.features() >> 32),
                 _ => 0,
@@ -107,8 +108,8 @@ impl MmioTransport {
             0x34 => self.queue().map(|q| u32::from(q.max_size())).unwrap_or(0),
             0x44 => self.queue().map(|q| u32::from(q.ready())).unwrap_or(0),
             0x60 => self.interrupt.status.load(Ordering::SeqCst),
-            0x70 => self.status,
-            0xfc => self.config_generation,
+            0x70 => self.regs.status,
+            0xfc => self.regs.config_generation,
             _ => 0,
         };
         data.copy_from_slice(&v.to_le_bytes());
@@ -120,21 +121,22 @@ impl MmioTransport {
             return;
         }
         let v = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
-        let setting_up = self.status & STATUS_DRIVER_OK == 0;
+        let setting_up = self.regs.status & STATUS_DRIVER_OK == 0;
         match offset {
-            0x14 => self.features_select = v,
-            0x20 => match self.driver_features_select {
+            0x14 => self.regs.features_select = v,
+            0x20 => match self.regs.driver_features_select {
                 0 if setting_up => {
-                    self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v)
+                    self.regs.driver_features =
+                        (self.regs.driver_features & !0xffff_ffff) | u64::from(v)
                 }
                 1 if setting_up => {
-                    self.driver_features =
-                        (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
+                    self.regs.driver_features =
+                        (self.regs.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
                 }
                 _ => {}
             },
-            0x24 => self.driver_features_select = v,
-            0x30 => self.queue_select = v,
+            0x24 => self.regs.driver_features_select = v,
+            0x30 => self.regs.queue_select = v,
             // A size past u16 is no size the device offers: the queue keeps the one it
             // has rather than taking the low half.
             0x38 if setting_up => {
@@ -178,24 +180,24 @@ impl MmioTransport {
     fn set_status(&mut self, v: u32) {
         tracing::debug!(
             status = v,
-            features = self.driver_features,
+            features = self.regs.driver_features,
             "virtio-mmio status"
         );
         if v == 0 {
             self.reset();
             return;
         }
-        if v & STATUS_FEATURES_OK != 0 && self.status & STATUS_FEATURES_OK == 0 {
+        if v & STATUS_FEATURES_OK != 0 && self.regs.status & STATUS_FEATURES_OK == 0 {
             // The driver may accept only what we offered, and must speak virtio 1.
-            if self.driver_features & !self.features() != 0
-                || self.driver_features & VIRTIO_F_VERSION_1 == 0
+            if self.regs.driver_features & !self.features() != 0
+                || self.regs.driver_features & VIRTIO_F_VERSION_1 == 0
             {
-                self.status = v & !STATUS_FEATURES_OK;
+                self.regs.status = v & !STATUS_FEATURES_OK;
                 return;
             }
-            self.device.ack_features(self.driver_features);
+            self.device.ack_features(self.regs.driver_features);
         }
-        self.status = v;
+        self.regs.status = v;
         let ready = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK;
         if !self.activated && v & ready == ready {
             let valid = self.queues.iter().all(|q| q.is_valid(&self.mem));
@@ -214,7 +216,7 @@ impl MmioTransport {
                     if FAILED.spend() {
                         tracing::warn!(error = %e, "virtio device failed to activate");
                     }
-                    self.status |= STATUS_FAILED;
+                    self.regs.status |= STATUS_FAILED;
                 }
             }
         }
@@ -223,12 +225,12 @@ impl MmioTransport {
     fn reset(&mut self) {
         self.device.reset();
         self.queues = new_queues(self.device.as_ref()).unwrap_or_default();
-        self.status = 0;
-        self.driver_features = 0;
-        self.queue_select = 0;
+        self.regs.status = 0;
+        self.regs.driver_features = 0;
+        self.regs.queue_select = 0;
         self.activated = false;
         self.interrupt.status.store(0, Ordering::SeqCst);
-        self.config_generation = self.config_generation.wrapping_add(1);
+        self.regs.config_generation = self.regs.config_generation.wrapping_add(1);
     }
 }
 

@@ -116,6 +116,14 @@ impl Interrupt {
     }
 }
 
+/// Fills `buf` from the host kernel's CRNG (waiting for it only in the host's first
+/// moments of boot); false if it failed, leaving `buf` as it was.
+pub fn random_fill(buf: &mut [u8]) -> bool {
+    // SAFETY: getrandom writes at most buf.len() bytes into the buffer we own.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    usize::try_from(n).is_ok_and(|n| n == buf.len())
+}
+
 /// Copies a device's config space at `offset` into `data`; bytes past its end read as 0.
 pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     for (i, b) in data.iter_mut().enumerate() {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::{MmioTransport, STATUS_FEATURES_OK};
+use super::{MmioTransport, Registers, STATUS_FEATURES_OK};
 use crate::devices::virtio::event_loop::Parked;
 use crate::devices::virtio::{Error, Interrupt, VirtioDevice};
 
@@ -16,12 +16,7 @@ use crate::devices::virtio::{Error, Interrupt, VirtioDevice};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TransportState {
     pub device_type: u32,
-    queue_select: u32,
-    features_select: u32,
-    driver_features_select: u32,
-    driver_features: u64,
-    status: u32,
-    config_generation: u32,
+    registers: Registers,
     interrupt_status: u32,
     activated: bool,
     queues: Vec<QueueSnapshot>,
@@ -113,12 +108,7 @@ impl MmioTransport {
         };
         Ok(TransportState {
             device_type: self.device.device_type(),
-            queue_select: self.queue_select,
-            features_select: self.features_select,
-            driver_features_select: self.driver_features_select,
-            driver_features: self.driver_features,
-            status: self.status,
-            config_generation: self.config_generation,
+            registers: self.regs.clone(),
             interrupt_status: self.interrupt.status.load(Ordering::SeqCst),
             activated: self.activated,
             queues,
@@ -158,19 +148,14 @@ impl MmioTransport {
             .iter()
             .map(|q| Queue::try_from(QueueState::from(q)).map_err(|_| Error::InvalidQueue))
             .collect::<Result<Vec<_>, _>>()?;
-        if state.status & STATUS_FEATURES_OK != 0 {
-            device.ack_features(state.driver_features);
+        if state.registers.status & STATUS_FEATURES_OK != 0 {
+            device.ack_features(state.registers.driver_features);
         }
         interrupt
             .status
             .store(state.interrupt_status, Ordering::SeqCst);
         let mut t = MmioTransport::new(device, mem.clone(), interrupt.clone())?;
-        t.queue_select = state.queue_select;
-        t.features_select = state.features_select;
-        t.driver_features_select = state.driver_features_select;
-        t.driver_features = state.driver_features;
-        t.status = state.status;
-        t.config_generation = state.config_generation;
+        t.regs = state.registers.clone();
         if state.activated {
             if !queues.iter().all(|q| q.is_valid(&mem)) {
                 return Err(Error::InvalidQueue);

@@ -172,8 +172,7 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
 
 fn random_mac() -> [u8; 6] {
     let mut mac = [0u8; 6];
-    // SAFETY: getrandom fills the local buffer of the given length.
-    unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    super::random_fill(&mut mac);
     mac[0] = (mac[0] & 0xfe) | 0x02; // unicast, locally administered
     mac
 }

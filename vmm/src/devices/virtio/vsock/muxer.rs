@@ -36,9 +36,7 @@ const FIRST_HOST_PORT: u32 = 1 << 30;
 /// their port pairs would be refused by the guest.
 fn first_host_port() -> u32 {
     let mut b = [0u8; 4];
-    // SAFETY: getrandom writes at most b.len() bytes into the buffer we own.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), libc::GRND_NONBLOCK) };
-    let r = if n == 4 {
+    let r = if crate::devices::virtio::random_fill(&mut b) {
         u32::from_ne_bytes(b)
     } else {
         std::time::SystemTime::now()
