@@ -2,7 +2,8 @@
 //! identity: every clone of one template would draw the same "random" numbers. The host
 //! hands each clone fresh entropy; this mixes it into the kernel's pool, credits it
 //! (RNDADDENTROPY) and makes the CRNG reseed from it at once (RNDRESEEDCRNG), and sets
-//! the hostname the host gives.
+//! the hostname the host gives. The clone's wall clock also stopped at the snapshot (its
+//! kvm-clock goes on from there): it is set to the host's.
 
 use std::os::fd::AsRawFd;
 
@@ -22,8 +23,17 @@ nix::ioctl_write_ptr_bad!(
 );
 nix::ioctl_none!(rnd_reseed_crng, b'R', 0x07);
 
+/// The earliest wall clock the host may set: 2020-01-01 (a zero-ish or wrapped value is
+/// a host bug, not a time).
+const MIN_REALTIME_NS: u64 = 1_577_836_800 * 1_000_000_000;
+
 /// Checks what the host sent before anything is changed.
-pub fn check(entropy: &[u8], hostname: &str) -> Result<()> {
+pub fn check(entropy: &[u8], hostname: &str, realtime_ns: u64) -> Result<()> {
+    if realtime_ns != 0 && realtime_ns < MIN_REALTIME_NS {
+        return Err(AgentError::InvalidArgument(format!(
+            "realtime_ns {realtime_ns} is before 2020"
+        )));
+    }
     if !(MIN_ENTROPY..=MAX_ENTROPY).contains(&entropy.len()) {
         return Err(AgentError::InvalidArgument(format!(
             "entropy must be {MIN_ENTROPY} to {MAX_ENTROPY} bytes, not {}",
@@ -42,9 +52,19 @@ pub fn check(entropy: &[u8], hostname: &str) -> Result<()> {
     Ok(())
 }
 
-/// Credits `entropy` to the kernel, reseeds its CRNG, and sets `hostname` (if any).
-pub fn apply(entropy: &[u8], hostname: &str) -> Result<()> {
-    check(entropy, hostname)?;
+/// Credits `entropy` to the kernel, reseeds its CRNG, and sets `hostname` and the wall
+/// clock (each if given).
+pub fn apply(entropy: &[u8], hostname: &str, realtime_ns: u64) -> Result<()> {
+    check(entropy, hostname, realtime_ns)?;
+    if realtime_ns != 0 {
+        let secs = i64::try_from(realtime_ns / 1_000_000_000).expect("u64 / 1e9 fits");
+        let nanos = i64::try_from(realtime_ns % 1_000_000_000).expect("below 1e9");
+        nix::time::clock_settime(
+            nix::time::ClockId::CLOCK_REALTIME,
+            nix::sys::time::TimeSpec::new(secs, nanos),
+        )
+        .context("setting the wall clock")?;
+    }
     // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
     let count = libc::c_int::try_from(entropy.len() * 8).expect("bounded above");
     let size = libc::c_int::try_from(entropy.len()).expect("bounded above");
@@ -72,11 +92,14 @@ mod tests {
 
     #[test]
     fn bad_requests_are_refused_before_anything_changes() {
-        let e = check(&[0; 8], "").unwrap_err().to_string();
+        let e = check(&[0; 8], "", 0).unwrap_err().to_string();
         assert!(e.contains("32 to 512 bytes, not 8"), "{e}");
-        assert!(check(&[0; 513], "").is_err());
-        assert!(check(&[0; 32], "pod-1.example").is_ok());
-        assert!(check(&[0; 32], "a b").is_err());
-        assert!(check(&[0; 32], &"x".repeat(65)).is_err());
+        assert!(check(&[0; 513], "", 0).is_err());
+        assert!(check(&[0; 32], "pod-1.example", 0).is_ok());
+        assert!(check(&[0; 32], "a b", 0).is_err());
+        assert!(check(&[0; 32], &"x".repeat(65), 0).is_err());
+        let e = check(&[0; 32], "", 5).unwrap_err().to_string();
+        assert!(e.contains("before 2020"), "{e}");
+        assert!(check(&[0; 32], "", 1_800_000_000 * 1_000_000_000).is_ok());
     }
 }

@@ -4,7 +4,7 @@
 pub mod console;
 
 /// Agent API version; bump the major on an incompatible change to `agent.proto`.
-pub const API_VERSION: &str = "1.3.0";
+pub const API_VERSION: &str = "1.4.0";
 
 /// The vsock port the agent's ttrpc server listens on inside the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;

@@ -64,24 +64,32 @@ pub async fn acquire(run_dir: &Path, slots: usize, wait: Duration) -> anyhow::Re
 /// The first of `<dir>/0..n` (an existing directory) this process can lock, or None.
 fn try_any(dir: &Path, n: usize) -> anyhow::Result<Option<BootSlot>> {
     for index in 0..n {
-        let path = dir.join(index.to_string());
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        // SAFETY: flock on a descriptor this function owns; it touches no memory.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            return Ok(Some(BootSlot { _lock: file, index }));
+        if let Some(lock) = try_lock(&dir.join(index.to_string()))? {
+            return Ok(Some(BootSlot { _lock: lock, index }));
         }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(err).with_context(|| format!("locking {}", path.display()));
-        }
+    }
+    Ok(None)
+}
+
+/// An exclusive `flock` on `path` (made if missing, never through a symlink), or None
+/// while another process holds it. The lock lasts as long as the returned file.
+pub fn try_lock(path: &Path) -> anyhow::Result<Option<File>> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a descriptor this function owns; it touches no memory.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(Some(file));
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+        return Err(err).with_context(|| format!("locking {}", path.display()));
     }
     Ok(None)
 }

@@ -100,7 +100,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Resolves when the VMM has exited, with its status; meanwhile logs the boot's progress
 /// (console lines so far) every `PROGRESS_EVERY`, so a slow boot is not a silent one.
-async fn vmm_exit(vm: &mut Box<dyn crate::hypervisor::Vm>) -> String {
+pub async fn vmm_exit(vm: &mut Box<dyn crate::hypervisor::Vm>) -> String {
     let started = std::time::Instant::now();
     let mut next_report = PROGRESS_EVERY;
     loop {

@@ -90,6 +90,8 @@ pub struct HullConfig {
     pub debug_console: bool,
     /// The static busybox the console's tools come from (copied into each pod's share).
     pub debug_console_busybox: PathBuf,
+    /// Start pods from pre-booted VM templates (hull-vmm only; see `template`).
+    pub template: bool,
 }
 
 impl Default for HullConfig {
@@ -119,6 +121,7 @@ impl Default for HullConfig {
             vhost_net: VhostNet::Auto,
             debug_console: false,
             debug_console_busybox: PathBuf::from("/bin/busybox"),
+            template: false,
         }
     }
 }
@@ -180,6 +183,13 @@ impl HullConfig {
         if c.agent_timeout_s == 0 {
             anyhow::bail!("{}: agent_timeout_s must be ≥ 1", path.display());
         }
+        if c.template && c.hypervisor == HypervisorKind::Qemu {
+            anyhow::bail!(
+                "{}: template = true needs hull-vmm (hypervisor \"builtin\" or \"auto\" on a host \
+                 with KVM), not QEMU",
+                path.display()
+            );
+        }
         Ok(c)
     }
 }
@@ -235,5 +245,8 @@ mod tests {
         );
         std::fs::write(&bad, "vcpus = 0\n").unwrap();
         assert!(HullConfig::from_file(&bad).is_err());
+        std::fs::write(&bad, "hypervisor = \"qemu\"\ntemplate = true\n").unwrap();
+        let e = HullConfig::from_file(&bad).unwrap_err().to_string();
+        assert!(e.contains("template = true needs hull-vmm"), "{e}");
     }
 }

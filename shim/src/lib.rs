@@ -19,6 +19,7 @@ pub mod share;
 pub mod shim;
 pub mod sizing;
 pub mod task;
+pub mod template;
 pub mod vm_cgroup;
 
 use oci_spec::runtime::Spec;

@@ -138,7 +138,8 @@ impl Pod {
         // Every line of the boot (slot waits, progress, the retry) names the pod.
         let span = tracing::info_span!("boot", sandbox = %id);
         let boot_started = std::time::Instant::now();
-        let (vm, agent) = match tracing::Instrument::instrument(boot_vm(cfg, spec), span).await {
+        let started = start_vm(cfg, spec, &opts.hostname);
+        let (vm, agent) = match tracing::Instrument::instrument(started, span).await {
             Ok(v) => v,
             Err(e) => {
                 cleanup_dir(&dir);
@@ -287,6 +288,32 @@ async fn configure_guest_network(
             .context("AddARPNeighbors")?;
     }
     Ok(())
+}
+
+/// Starts the pod's VM: from a template where hull.toml asks for one and the pod can
+/// use it (no NICs: virtio-net is not in snapshots yet), else (or if that fails) by
+/// booting it.
+async fn start_vm(
+    cfg: &HullConfig,
+    spec: VmSpec,
+    hostname: &str,
+) -> anyhow::Result<(Box<dyn Vm>, AgentClient)> {
+    if cfg.template {
+        if spec.nics.is_empty() {
+            match crate::template::start(cfg, spec.clone(), hostname).await {
+                Ok(v) => return Ok(v),
+                Err(e) => tracing::warn!(
+                    error = %format!("{e:#}"),
+                    "the pod VM did not start from a template; booting it"
+                ),
+            }
+        } else {
+            tracing::info!(
+                "the pod has a network device, which templates do not carry: booting its VM"
+            );
+        }
+    }
+    boot_vm(cfg, spec).await
 }
 
 /// How many times a VM whose agent stays silent is booted before the pod fails.

@@ -55,9 +55,18 @@ pub fn subdirs(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Every pod directory under `run_dir` (`<run_dir>/<namespace>/<pod>`), in no order.
+/// Every pod directory under `run_dir` (`<run_dir>/<namespace>/<pod>`), in no order. A
+/// name starting with `.` is no namespace (containerd's names start with a letter or
+/// digit) but hull's own (`.templates`).
 pub fn pod_dirs(run_dir: &Path) -> Vec<PathBuf> {
-    subdirs(run_dir).iter().flat_map(|ns| subdirs(ns)).collect()
+    subdirs(run_dir)
+        .iter()
+        .filter(|ns| {
+            ns.file_name()
+                .is_some_and(|n| !n.as_encoded_bytes().starts_with(b"."))
+        })
+        .flat_map(|ns| subdirs(ns))
+        .collect()
 }
 
 /// `<pod dir>/pod.json`: the pod's namespace and whole sandbox id (the directory's name is

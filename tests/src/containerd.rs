@@ -39,8 +39,8 @@ impl Containerd {
         Self::start_with(cri, "")
     }
 
-    /// Without CRI, with `extra` appended to the shim's hull.toml; a `kernel_params` or
-    /// `boot_timeout_s` line in it replaces the default one.
+    /// Without CRI, with `extra` appended to the shim's hull.toml; a `kernel`,
+    /// `kernel_params` or `boot_timeout_s` line in it replaces the default one.
     pub fn start_with_hull_config(extra: &str) -> Containerd {
         Self::start_with(false, extra)
     }
@@ -55,21 +55,25 @@ impl Containerd {
         let build = crate::repo_root().join("build");
         let hull_toml = d.join("hull.toml");
         // TOML refuses a key twice: `extra` replaces these defaults by naming them.
-        let kernel_params = if extra.contains("kernel_params") {
-            String::new()
-        } else {
-            "kernel_params = \"hull.log=info\"\n".to_string()
+        let names = |key: &str| {
+            extra
+                .lines()
+                .any(|l| l.split('=').next().map(str::trim) == Some(key))
         };
-        let boot_timeout = if extra.contains("boot_timeout_s") {
-            ""
-        } else {
-            "boot_timeout_s = 45\n"
-        };
+        let mut defaults = String::new();
+        for (key, value) in [
+            ("kernel", format!("{:?}", build.join("vmlinux"))),
+            ("kernel_params", "\"hull.log=info\"".into()),
+            ("boot_timeout_s", "45".into()),
+        ] {
+            if !names(key) {
+                defaults += &format!("{key} = {value}\n");
+            }
+        }
         std::fs::write(
             &hull_toml,
             format!(
-                "kernel = \"{}\"\ninitrd = \"{}\"\nrun_dir = \"{}\"\nlog_level = \"debug\"\n{boot_timeout}{kernel_params}{extra}\n",
-                build.join("vmlinux").display(),
+                "{defaults}initrd = \"{}\"\nrun_dir = \"{}\"\nlog_level = \"debug\"\n{extra}\n",
                 build.join("initrd.img").display(),
                 d.join("run").display()
             ),

@@ -296,6 +296,124 @@ fn inside_ctr_run_with_the_builtin_backend() {
     c.assert_clean_within(Duration::from_secs(20));
 }
 
+#[test]
+fn pods_start_from_a_template_on_hull_vmm_in_the_test_host() {
+    run_own_test("inside_pods_start_from_a_template", 900);
+}
+
+/// `template = true`: the first pod builds the template (a booted VM, snapshotted before
+/// its share is mounted) and every pod restores it. Clones must not share their random
+/// state, their clock must be the host's, a changed kernel must give a new template, and
+/// a pod VM whose share is mounted cannot be snapshotted (its FUSE session is virtiofsd's).
+#[test]
+#[ignore = "runs inside the nested test host"]
+fn inside_pods_start_from_a_template() {
+    require_inside();
+    // The kernel is a copy, so that the test can change it.
+    let kdir = tempfile::tempdir_in("/tmp").unwrap();
+    let kernel = kdir.path().join("vmlinux");
+    std::fs::copy(hull_tests::repo_root().join("build/vmlinux"), &kernel).unwrap();
+    let c = Containerd::start_with_hull_config(&format!(
+        "template = true\nboot_timeout_s = 120\nkernel = {kernel:?}"
+    ));
+    let probe = "cat /proc/sys/kernel/random/uuid; \
+                 head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; date +%s";
+    let run = |id: &str| -> Vec<String> {
+        let out = c.ctr_ok(&[
+            "run",
+            "--rm",
+            "--runtime",
+            "io.containerd.hull.v2",
+            IMAGE,
+            id,
+            "sh",
+            "-c",
+            probe,
+        ]);
+        let host_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let lines: Vec<String> = out.lines().map(str::to_string).collect();
+        assert_eq!(lines.len(), 3, "{id}: {out}\n{}", c.tail_log());
+        let guest_now: u64 = lines[2].parse().unwrap();
+        // The template was taken minutes earlier; ReseedGuest set the clock.
+        assert!(
+            host_now.abs_diff(guest_now) < 30,
+            "{id}: guest clock {guest_now}, host {host_now}"
+        );
+        lines
+    };
+    let templates = || -> Vec<String> {
+        std::fs::read_dir(c.run_dir().join(".templates"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect()
+    };
+    let count = |what: &str| c.log().matches(what).count();
+
+    let a = run("tpl1");
+    let b = run("tpl2");
+    assert_eq!(count("pod VM template built"), 1, "{}", c.tail_log());
+    assert_eq!(count("pod VM restored (hull-vmm)"), 2, "{}", c.tail_log());
+    assert_eq!(
+        count("pod VM started (hull-vmm)"),
+        1,
+        "only the template boots"
+    );
+    assert_ne!(a[0], b[0], "two clones printed the same random uuid");
+    assert_ne!(a[1], b[1], "two clones read the same /dev/urandom bytes");
+    let first = templates();
+    assert_eq!(first.len(), 1, "{first:?}");
+
+    // A new kernel (a new file at the same path) makes a new template; the old one goes.
+    let fresh = kdir.path().join("vmlinux.new");
+    std::fs::copy(&kernel, &fresh).unwrap();
+    std::fs::rename(&fresh, &kernel).unwrap();
+    run("tpl3");
+    assert_eq!(count("pod VM template built"), 2, "{}", c.tail_log());
+    assert_eq!(count("pod VM restored (hull-vmm)"), 3, "{}", c.tail_log());
+    let second = templates();
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_ne!(first, second);
+
+    // A pod's VM has its share mounted: pausing works, a snapshot is refused, the pod
+    // runs on.
+    c.run_sleeper("tpl4", &[]);
+    let api = c
+        .pod_dir(hull_tests::containerd::NAMESPACE, "tpl4")
+        .join("vm/api.sock");
+    let ask = |req: &str| -> String {
+        use std::io::{BufRead, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&api).unwrap();
+        writeln!(s, "{req}").unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line).unwrap();
+        line
+    };
+    assert!(ask(r#"{"action":"pause"}"#).contains("true"));
+    let refused = ask(r#"{"action":"snapshot","dir":"/"}"#);
+    assert!(
+        refused.contains("false") && refused.contains("virtio-fs: the guest has used"),
+        "{refused}"
+    );
+    assert!(ask(r#"{"action":"resume"}"#).contains("true"));
+    let out = c.ctr_ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "tpl4",
+        "echo",
+        "still here",
+    ]);
+    assert_eq!(out.trim(), "still here");
+    c.kill_and_remove("tpl4");
+    c.assert_clean_within(Duration::from_secs(60));
+}
+
 /// Pods under load on hull-vmm: eight pods started at once all run. The test host is a
 /// TCG-emulated machine with real KVM inside, far slower than the hardware KVM that the
 /// `auto` boot slots (4 per core) and deadline (30 s) are sized for, so its config says

@@ -9,7 +9,8 @@
 //!    parent-death SIGKILL included). Its working directory is the jail directory.
 //! 2. `confine`, once the kernel and initrd are loaded and every device, socket and log is
 //!    open, before any guest code runs: pivot_root into the jail directory (re-mounted
-//!    read-only, nosuid, nodev, noexec), no capabilities in the bounding set, gid and uid
+//!    read-only, nosuid, nodev, noexec; only a `writable` subdirectory, where the API
+//!    writes snapshots, stays writable), no capabilities in the bounding set, gid and uid
 //!    dropped (all threads, and with them every capability), no_new_privs, not dumpable,
 //!    rlimits on open files and file size.
 //!
@@ -31,6 +32,9 @@ pub struct JailConfig {
     pub root: PathBuf,
     pub uid: u32,
     pub gid: u32,
+    /// A directory inside `root` that stays writable in the jail (for snapshots).
+    #[serde(default)]
+    pub writable: Option<PathBuf>,
 }
 
 /// The read end of the pipe whose write end the waiter holds.
@@ -156,7 +160,7 @@ fn wait_for(child: nix::unistd::Pid) -> i32 {
 /// Pivots into the jail and drops every privilege (see the module doc). `max_file_size`
 /// bounds any file the VMM writes (its console log).
 pub fn confine(cfg: &JailConfig, max_file_size: u64) -> Result<(), Error> {
-    pivot_into(&cfg.root)?;
+    pivot_into(&cfg.root, cfg.writable.as_deref())?;
     // A write past the file-size limit fails with EFBIG instead of killing the VMM.
     // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code.
     unsafe {
@@ -191,7 +195,7 @@ pub fn confine(cfg: &JailConfig, max_file_size: u64) -> Result<(), Error> {
     Ok(())
 }
 
-fn pivot_into(root: &Path) -> Result<(), Error> {
+fn pivot_into(root: &Path, writable: Option<&Path>) -> Result<(), Error> {
     let none = None::<&str>;
     mount(
         Some(root),
@@ -201,13 +205,24 @@ fn pivot_into(root: &Path) -> Result<(), Error> {
         none,
     )
     .map_err(at(format!("bind-mounting {}", root.display())))?;
-    let ro = MsFlags::MS_BIND
+    let locked = MsFlags::MS_BIND
         | MsFlags::MS_REMOUNT
-        | MsFlags::MS_RDONLY
         | MsFlags::MS_NOSUID
         | MsFlags::MS_NODEV
         | MsFlags::MS_NOEXEC;
-    mount(none, root, none, ro, none).map_err(at("making the jail read-only"))?;
+    if let Some(w) = writable {
+        // A mount of its own, so that making the root read-only leaves it writable.
+        if !w.starts_with(root) || w == root {
+            return Err(at(format!("{} is not inside the jail", w.display()))(
+                std::io::Error::from(std::io::ErrorKind::InvalidInput),
+            ));
+        }
+        mount(Some(w), w, none, MsFlags::MS_BIND, none)
+            .map_err(at(format!("bind-mounting {}", w.display())))?;
+        mount(none, w, none, locked, none).map_err(at("locking the writable directory"))?;
+    }
+    mount(none, root, none, locked | MsFlags::MS_RDONLY, none)
+        .map_err(at("making the jail read-only"))?;
     std::env::set_current_dir(root).map_err(at("entering the jail"))?;
     // pivot_root(".", "."): the old root ends up stacked on the new one, then detached.
     nix::unistd::pivot_root(".", ".").map_err(at("pivot_root"))?;
@@ -251,6 +266,7 @@ mod tests {
             root: "/run/hull/ns/pod/vm".into(),
             uid: 1000,
             gid: 1000,
+            writable: None,
         };
         assert_eq!(
             inside(&cfg, Path::new("/run/hull/ns/pod/vm/vm.vsock")),
@@ -268,6 +284,7 @@ mod tests {
             root: "/nonexistent".into(),
             uid: 0,
             gid: 1,
+            writable: None,
         };
         assert!(enter_namespaces(&cfg).is_err());
     }

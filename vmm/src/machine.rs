@@ -378,15 +378,15 @@ impl Machine {
             .ok()
             .filter(|n| *n > 0)
             .ok_or_else(|| Error::Restore(format!("{} vCPUs", state.vcpus.len())))?;
-        if !cfg.devices.fs.is_empty() {
-            return Err(Error::Restore(
-                "a restored VM's memory is private to hull-vmm: vhost-user devices (virtio-fs) cannot map it"
-                    .into(),
-            ));
-        }
         let kvm = Kvm::new().map_err(ioctl("opening /dev/kvm"))?;
         let file = snapshot::open_memory(&cfg.dir, u64::from(state.memory_mib) << 20)?;
-        let ram = memory::restore(file, state.memory_mib)?;
+        // A vhost-user daemon maps guest memory from the memfd: it cannot share a private
+        // copy-on-write view, so such a VM gets its own copy (and shares no pages).
+        let ram = if cfg.devices.fs.is_empty() {
+            memory::restore(file, state.memory_mib)?
+        } else {
+            memory::restore_copied(&file, state.memory_mib)?
+        };
         let vm = create_vm(&kvm, &ram)?;
         let serial = Serial::restore(cfg.serial_out, &state.serial).map_err(io("serial state"))?;
         let bus = pio_bus(&vm, serial)?;
@@ -448,6 +448,11 @@ impl Machine {
     /// Where other parts of the VMM (the API socket) report that the VM should end.
     pub fn exit_sender(&self) -> ExitSender {
         self.exit_tx.clone()
+    }
+
+    /// The size of guest RAM (and of a snapshot's memory file).
+    pub fn memory_bytes(&self) -> u64 {
+        self.control.memory_bytes()
     }
 
     /// Pause, resume and snapshot, for the API socket.

@@ -82,6 +82,10 @@ struct Cli {
     /// capabilities); its sockets and serial log must lie inside it.
     #[arg(long)]
     jail: Option<PathBuf>,
+    /// A directory inside the jail that stays writable there (the jail is read-only
+    /// otherwise): where the API can write snapshots.
+    #[arg(long, requires = "jail")]
+    jail_writable: Option<PathBuf>,
     /// The unprivileged uid the jailed VMM runs as.
     #[arg(long, default_value_t = 65534, requires = "jail")]
     uid: u32,
@@ -118,6 +122,7 @@ impl Cli {
                 root,
                 uid: self.uid,
                 gid: self.gid,
+                writable: self.jail_writable,
             }),
             api_sock: self.api_sock,
         })
@@ -176,8 +181,13 @@ fn run(cfg: VmConfig, restore: Option<PathBuf>) -> anyhow::Result<ExitReason> {
         hull_vmm::api::serve(p, machine.exit_sender(), Some(machine.control()))?;
     }
     if let Some(j) = &cfg.jail {
-        // Everything is open; nothing of the host is needed from here on.
-        jail::confine(j, cfg.serial_log_max.saturating_add(1 << 20))?;
+        // Everything is open; nothing of the host is needed from here on. The files it
+        // may still write: the console log, and snapshots where a directory allows them.
+        let mut max_file = cfg.serial_log_max;
+        if j.writable.is_some() {
+            max_file = max_file.max(machine.memory_bytes());
+        }
+        jail::confine(j, max_file.saturating_add(1 << 20))?;
     }
     Ok(machine.run()?)
 }
@@ -185,11 +195,17 @@ fn run(cfg: VmConfig, restore: Option<PathBuf>) -> anyhow::Result<ExitReason> {
 /// Enters the jail's namespaces (forking: only the VMM child returns) and makes the
 /// paths inside the jail relative to it, so they hold after the pivot.
 fn enter_jail(mut cfg: VmConfig) -> anyhow::Result<VmConfig> {
+    if let Some(w) = cfg.jail.as_mut().and_then(|j| j.writable.as_mut()) {
+        *w = std::path::absolute(&*w)?;
+    }
     let Some(j) = cfg.jail.clone() else {
         return Ok(cfg);
     };
     // The jail changes the working directory: paths given relative to the caller's first.
-    cfg.kernel = std::path::absolute(&cfg.kernel)?;
+    if !cfg.kernel.as_os_str().is_empty() {
+        // (A restore has none.)
+        cfg.kernel = std::path::absolute(&cfg.kernel)?;
+    }
     if let Some(i) = cfg.initrd.as_mut() {
         *i = std::path::absolute(&*i)?;
     }

@@ -1,7 +1,9 @@
 //! Guest RAM: one memfd, mapped shared, so that vhost-user daemons (virtiofsd,
 //! vhost-device-vsock) can map the same pages. A VM restored from a snapshot maps the
 //! snapshot's memory file private instead: copy-on-write, so VMs restored from one
-//! snapshot share the pages none of them wrote.
+//! snapshot share the pages none of them wrote. A restored VM with a vhost-user device
+//! cannot (the daemon would see the file, not the guest's writes): it gets a memfd again,
+//! with the snapshot's pages copied in.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -94,6 +96,57 @@ pub fn restore(file: File, size_mib: u32) -> Result<GuestRam, Error> {
     })
 }
 
+/// Guest RAM of `size_mib` in a new memfd (shared, as `create` makes it), holding what
+/// `file` (a snapshot's memory, already checked to be that size) holds. Only the file's
+/// data is copied: its holes stay holes in the memfd.
+pub fn restore_copied(file: &File, size_mib: u32) -> Result<GuestRam, Error> {
+    use std::os::unix::fs::FileExt;
+    let ram = create(size_mib)?;
+    let mut buf = vec![0u8; COPY_CHUNK];
+    for (start, end) in data_ranges(file, u64::from(size_mib) << 20) {
+        let mut pos = start;
+        while pos < end {
+            let n =
+                usize::try_from((end - pos).min(COPY_CHUNK as u64)).expect("bounded by the chunk");
+            file.read_exact_at(&mut buf[..n], pos)
+                .map_err(Error::File)?;
+            ram.file.write_all_at(&buf[..n], pos).map_err(Error::File)?;
+            pos += n as u64;
+        }
+    }
+    Ok(ram)
+}
+
+/// How much of a snapshot's memory one read moves into the memfd.
+const COPY_CHUNK: usize = 1 << 20;
+
+/// The `[start, end)` ranges of `file`'s first `len` bytes that hold data (SEEK_DATA and
+/// SEEK_HOLE; a file system without them reports all of it as data).
+pub fn data_ranges(file: &File, len: u64) -> Vec<(u64, u64)> {
+    let mut ranges = Vec::new();
+    let mut pos = 0;
+    while pos < len {
+        let Some(data) = seek(file, pos, libc::SEEK_DATA).filter(|d| *d < len) else {
+            break;
+        };
+        let hole = seek(file, data, libc::SEEK_HOLE).unwrap_or(len).min(len);
+        if hole <= data {
+            break;
+        }
+        ranges.push((data, hole));
+        pos = hole;
+    }
+    ranges
+}
+
+fn seek(f: &File, from: u64, whence: libc::c_int) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let from = libc::off_t::try_from(from).ok()?;
+    // SAFETY: lseek on a descriptor we hold; it only moves that file's offset.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), from, whence) };
+    u64::try_from(r).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,5 +166,46 @@ mod tests {
         assert_eq!(ram.file.metadata().unwrap().len(), 32 << 20);
         assert!(ram.memory.read_obj::<u32>(GuestAddress(32 << 20)).is_err());
         assert!(create(8).is_err());
+    }
+
+    #[test]
+    fn a_copied_restore_is_shared_memory_with_the_snapshot_s_data() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory");
+        let f = File::create(&path).unwrap();
+        f.set_len(32 << 20).unwrap();
+        f.write_all_at(b"low page", 0x2000).unwrap();
+        f.write_all_at(b"high page", (31 << 20) + 8).unwrap();
+        drop(f);
+        let f = File::open(&path).unwrap();
+        let ram = restore_copied(&f, 32).unwrap();
+        assert!(!ram.private);
+        let mut got = [0u8; 9];
+        ram.memory
+            .read_slice(&mut got, GuestAddress((31 << 20) + 8))
+            .unwrap();
+        assert_eq!(&got, b"high page");
+        ram.memory
+            .read_slice(&mut got[..8], GuestAddress(0x2000))
+            .unwrap();
+        assert_eq!(&got[..8], b"low page");
+        // The guest's writes land in the memfd (what a vhost-user daemon maps), not in
+        // the snapshot.
+        ram.memory
+            .write_slice(b"guest", GuestAddress(0x2000))
+            .unwrap();
+        let mut back = [0u8; 5];
+        ram.file.read_exact_at(&mut back, 0x2000).unwrap();
+        assert_eq!(&back, b"guest");
+        let mut orig = [0u8; 5];
+        f.read_exact_at(&mut orig, 0x2000).unwrap();
+        assert_eq!(&orig, b"low p");
+        // Only the written ranges are data in the memfd.
+        let copied: u64 = data_ranges(&ram.file, 32 << 20)
+            .iter()
+            .map(|(a, b)| b - a)
+            .sum();
+        assert!(copied < 1 << 20, "{copied} bytes of data");
     }
 }

@@ -185,26 +185,21 @@ pub fn write_memory(dir: &Path, ram: &GuestRam) -> Result<(), Error> {
     for region in ram.memory.iter() {
         let file_offset = region.file_offset().map_or(0, |f| f.start());
         let len = region.len();
-        total = total.max(file_offset + len);
+        let end = file_offset + len;
+        total = total.max(end);
         let host = ram
             .memory
             .get_host_address(region.start_addr())
             .map_err(|e| io("mapping", &path)(std::io::Error::other(e.to_string())))?;
-        let end = file_offset + len;
-        let mut pos = file_offset;
-        while pos < end {
-            let (data, hole) = if ram.private {
-                (pos, end)
-            } else {
-                let Some(data) = seek(&ram.file, pos, libc::SEEK_DATA) else {
-                    break;
-                };
-                (data, seek(&ram.file, data, libc::SEEK_HOLE).unwrap_or(end))
-            };
-            if data >= end {
-                break;
-            }
-            let hole = hole.min(end);
+        let ranges = if ram.private {
+            vec![(file_offset, end)]
+        } else {
+            crate::memory::data_ranges(&ram.file, end)
+                .into_iter()
+                .filter_map(|(a, b)| (b > file_offset).then_some((a.max(file_offset), b)))
+                .collect()
+        };
+        for (data, hole) in ranges {
             let start = usize::try_from(data - file_offset).expect("inside the region");
             let n = usize::try_from(hole - data).expect("inside the region");
             // SAFETY: `host` maps the region's `len` bytes for as long as `ram` lives, and
@@ -213,19 +208,10 @@ pub fn write_memory(dir: &Path, ram: &GuestRam) -> Result<(), Error> {
             let bytes = unsafe { std::slice::from_raw_parts(host.add(start).cast_const(), n) };
             out.write_all_at(bytes, data)
                 .map_err(io("writing guest memory to", &path))?;
-            pos = hole;
         }
     }
     out.set_len(total).map_err(io("sizing", &path))?;
     out.sync_all().map_err(io("syncing", &path))
-}
-
-fn seek(f: &File, from: u64, whence: libc::c_int) -> Option<u64> {
-    use std::os::fd::AsRawFd;
-    let from = libc::off_t::try_from(from).ok()?;
-    // SAFETY: lseek on a descriptor we hold; it only moves that file's offset.
-    let r = unsafe { libc::lseek(f.as_raw_fd(), from, whence) };
-    u64::try_from(r).ok()
 }
 
 /// Opens `dir/memory` and checks it holds exactly `expected` bytes.

@@ -141,6 +141,10 @@ impl Control {
         }
     }
 
+    pub fn memory_bytes(&self) -> u64 {
+        u64::from(self.memory_mib) << 20
+    }
+
     /// Whether a vCPU thread should park instead of entering the guest.
     pub fn pause_wanted(&self) -> bool {
         self.paused.load(Ordering::SeqCst)

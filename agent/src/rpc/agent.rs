@@ -471,13 +471,13 @@ impl agent_ttrpc::AgentService for AgentService {
         req: ReseedGuestRequest,
     ) -> ttrpc::Result<Empty> {
         self.run(self.span("ReseedGuest", "", ""), async {
-            crate::reseed::check(&req.entropy, &req.hostname)?;
+            crate::reseed::check(&req.entropy, &req.hostname, req.realtime_ns)?;
             if !self.sandbox.is_guest() {
                 return Err(AgentError::FailedPrecondition(
                     "the kernel's randomness is reseeded only inside a pod VM".into(),
                 ));
             }
-            crate::reseed::apply(&req.entropy, &req.hostname).map(|_| empty())
+            crate::reseed::apply(&req.entropy, &req.hostname, req.realtime_ns).map(|_| empty())
         })
         .await
     }

@@ -1,7 +1,9 @@
 //! Boots a pod VM with hull-vmm, hull's own VMM: guest RAM in a memfd shared with
 //! virtiofsd (the pod's share as virtio-fs tag `hullShared`), vsock through hull-vmm's own
 //! hybrid unix socket, serial console to a log, and an API socket to stop it. Two
-//! processes instead of QEMU's three; dropping the VM kills and reaps both.
+//! processes instead of QEMU's three; dropping the VM kills and reaps both. The same VM
+//! can instead be restored from a template's snapshot (`restore_from`): then the snapshot
+//! gives the guest, and these devices only their host side.
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -26,6 +28,10 @@ pub struct BuiltinConfig {
     /// uid and gid of the jailed VMM; none: not jailed.
     pub jail: Option<(u32, u32)>,
     pub vhost_net: VhostNet,
+    /// Restore this snapshot directory instead of booting the kernel.
+    pub restore_from: Option<PathBuf>,
+    /// A directory of the run directory that the jailed VMM may write snapshots into.
+    pub snapshot_dir: Option<PathBuf>,
 }
 
 impl BuiltinConfig {
@@ -37,6 +43,8 @@ impl BuiltinConfig {
             spec,
             jail: Some((65534, 65534)),
             vhost_net: VhostNet::Auto,
+            restore_from: None,
+            snapshot_dir: None,
         }
     }
 
@@ -60,17 +68,22 @@ impl BuiltinConfig {
             cmdline.push_str(&s.cmdline_extra);
         }
         let path = |p: PathBuf| p.to_string_lossy().into_owned();
-        let mut args: Vec<String> = vec![
-            "--kernel".into(),
-            path(s.kernel.clone()),
-            "--initrd".into(),
-            path(s.initrd.clone()),
-            "--memory".into(),
-            s.memory_mib.to_string(),
-            "--vcpus".into(),
-            s.vcpus.to_string(),
-            "--cmdline".into(),
-            cmdline,
+        let mut args: Vec<String> = match &self.restore_from {
+            Some(dir) => vec!["--restore".into(), path(dir.clone())],
+            None => vec![
+                "--kernel".into(),
+                path(s.kernel.clone()),
+                "--initrd".into(),
+                path(s.initrd.clone()),
+                "--memory".into(),
+                s.memory_mib.to_string(),
+                "--vcpus".into(),
+                s.vcpus.to_string(),
+                "--cmdline".into(),
+                cmdline,
+            ],
+        };
+        args.extend([
             "--vsock-uds".into(),
             path(self.vsock_uds()),
             "--vsock-cid".into(),
@@ -86,7 +99,7 @@ impl BuiltinConfig {
             s.log_max_bytes.to_string(),
             "--api-sock".into(),
             path(self.api_sock()),
-        ];
+        ]);
         for (i, nic) in s.nics.iter().enumerate() {
             args.extend([
                 "--net".into(),
@@ -109,6 +122,9 @@ impl BuiltinConfig {
                 "--gid".into(),
                 gid.to_string(),
             ]);
+            if let Some(d) = &self.snapshot_dir {
+                args.extend(["--jail-writable".into(), path(d.clone())]);
+            }
         }
         args
     }
@@ -126,7 +142,14 @@ pub struct BuiltinVm {
 impl BuiltinVm {
     pub fn start(config: BuiltinConfig, cgroup: Option<VmCgroup>) -> anyhow::Result<BuiltinVm> {
         let s = &config.spec;
-        for (what, p) in [("kernel", &s.kernel), ("initrd", &s.initrd)] {
+        let inputs = match &config.restore_from {
+            Some(dir) => vec![
+                ("snapshot", dir.join("state")),
+                ("snapshot", dir.join("memory")),
+            ],
+            None => vec![("kernel", s.kernel.clone()), ("initrd", s.initrd.clone())],
+        };
+        for (what, p) in inputs {
             if !p.is_file() {
                 bail!("{what} {} does not exist (run `make guest`)", p.display());
             }
@@ -150,7 +173,12 @@ impl BuiltinVm {
         pass_fds(&mut cmd, &taps)?;
         let vmm = Daemon::spawn("hull-vmm", Role::Vmm, cmd, &s.run_dir, s.log_max_bytes)
             .context("starting the VM")?;
-        tracing::info!(pid = vmm.pid(), "pod VM started (hull-vmm)");
+        match &config.restore_from {
+            Some(dir) => {
+                tracing::info!(pid = vmm.pid(), template = %dir.display(), "pod VM restored (hull-vmm)");
+            }
+            None => tracing::info!(pid = vmm.pid(), "pod VM started (hull-vmm)"),
+        }
         Ok(BuiltinVm {
             config,
             vmm,
@@ -225,5 +253,13 @@ mod tests {
             a.ends_with("--jail /run/hull/p --uid 65534 --gid 65534"),
             "{a}"
         );
+        let mut r = c.clone();
+        r.restore_from = Some("/run/hull/.templates/k".into());
+        let a = r.vmm_args().join(" ");
+        assert!(
+            a.starts_with("--restore /run/hull/.templates/k --vsock-uds"),
+            "{a}"
+        );
+        assert!(!a.contains("--kernel") && !a.contains("--memory"), "{a}");
     }
 }

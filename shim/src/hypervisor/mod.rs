@@ -6,6 +6,7 @@
 pub mod accel;
 pub mod builtin;
 pub mod qemu;
+pub mod vmm_api;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -82,6 +83,15 @@ pub fn resolve(kind: HypervisorKind) -> (HypervisorKind, Accel, &'static str) {
 
 /// Boots `spec` with the backend `cfg` selects. Blocks until the VMM runs.
 pub fn boot(cfg: &HullConfig, spec: VmSpec) -> anyhow::Result<Box<dyn Vm>> {
+    boot_with(cfg, spec, None)
+}
+
+/// `boot`, where hull-vmm may write snapshots into `snapshot_dir` (in its run directory).
+pub fn boot_with(
+    cfg: &HullConfig,
+    spec: VmSpec,
+    snapshot_dir: Option<PathBuf>,
+) -> anyhow::Result<Box<dyn Vm>> {
     let (kind, accel, why) = resolve(cfg.hypervisor);
     BACKEND_NOTICE.call_once(|| {
         if kind == HypervisorKind::Qemu && accel == Accel::Tcg {
@@ -99,13 +109,8 @@ pub fn boot(cfg: &HullConfig, spec: VmSpec) -> anyhow::Result<Box<dyn Vm>> {
             if accel != Accel::Kvm {
                 anyhow::bail!("hypervisor \"builtin\" needs hardware KVM, and {why}");
             }
-            let mut bc = BuiltinConfig::new(spec);
-            bc.jail = cfg.jail_vmm.then_some((cfg.vmm_uid, cfg.vmm_gid));
-            bc.vhost_net = cfg.vhost_net;
-            use_configured_tools([
-                (&mut bc.hull_vmm, &cfg.hull_vmm),
-                (&mut bc.virtiofsd, &cfg.virtiofsd),
-            ]);
+            let mut bc = builtin_config(cfg, spec);
+            bc.snapshot_dir = snapshot_dir;
             Ok(Box::new(BuiltinVm::start(bc, cgroup)?))
         }
         HypervisorKind::Auto | HypervisorKind::Qemu => {
@@ -125,6 +130,31 @@ pub fn boot(cfg: &HullConfig, spec: VmSpec) -> anyhow::Result<Box<dyn Vm>> {
             Ok(Box::new(QemuVm::start(qc, cgroup)?))
         }
     }
+}
+
+/// Restores `spec`'s VM from the template snapshot in `snapshot` (hull-vmm only: see
+/// `template`). Blocks until the VMM runs.
+pub fn restore(cfg: &HullConfig, spec: VmSpec, snapshot: &Path) -> anyhow::Result<Box<dyn Vm>> {
+    let (kind, accel, why) = resolve(cfg.hypervisor);
+    if kind != HypervisorKind::Builtin || accel != Accel::Kvm {
+        anyhow::bail!("pod VM templates need hull-vmm on hardware KVM, and {why}");
+    }
+    let cgroup = vm_cgroup_for(&spec, accel);
+    let mut bc = builtin_config(cfg, spec);
+    bc.restore_from = Some(snapshot.to_path_buf());
+    Ok(Box::new(BuiltinVm::start(bc, cgroup)?))
+}
+
+/// hull-vmm's settings for `spec` from hull.toml.
+pub fn builtin_config(cfg: &HullConfig, spec: VmSpec) -> BuiltinConfig {
+    let mut bc = BuiltinConfig::new(spec);
+    bc.jail = cfg.jail_vmm.then_some((cfg.vmm_uid, cfg.vmm_gid));
+    bc.vhost_net = cfg.vhost_net;
+    use_configured_tools([
+        (&mut bc.hull_vmm, &cfg.hull_vmm),
+        (&mut bc.virtiofsd, &cfg.virtiofsd),
+    ]);
+    bc
 }
 
 /// The VM's cgroup (see `vm_cgroup`), named for its pod directory (the run dir's parent).

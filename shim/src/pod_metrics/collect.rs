@@ -18,9 +18,9 @@ use crate::pod::Pod;
 
 /// hull-vmm's API socket in the VM's run directory (the builtin backend only).
 const VMM_API_SOCKET: &str = "api.sock";
-/// The most of hull-vmm's stats answer read, and the most reasons taken from it: the
-/// VMM runs next to guest code, so its answer is bounded like a guest's.
-const MAX_STATS_LINE: u64 = 4096;
+/// The most reasons taken from hull-vmm's stats answer (itself read up to
+/// `vmm_api::MAX_ANSWER`): the VMM runs next to guest code, so its answer is bounded like
+/// a guest's.
 const MAX_REASONS: usize = 16;
 
 /// How long each agent call of a scrape may take.
@@ -207,7 +207,8 @@ async fn vm_exits(api: &std::path::Path, reg: &mut Registry) {
     if !api.exists() {
         return;
     }
-    let Ok(Ok(line)) = tokio::time::timeout(CALL_DEADLINE, ask_stats(api)).await else {
+    let stats = r#"{"action":"stats"}"#;
+    let Ok(line) = crate::hypervisor::vmm_api::call_raw(api, stats, CALL_DEADLINE).await else {
         return;
     };
     let exits: Family<ReasonLabels, F64Counter> = Family::default();
@@ -217,17 +218,6 @@ async fn vm_exits(api: &std::path::Path, reg: &mut Registry) {
             .inc_by(n as f64);
     }
     reg.register("hull_vm_exits", "VM exits by reason (hull-vmm only)", exits);
-}
-
-async fn ask_stats(api: &std::path::Path) -> std::io::Result<String> {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::UnixStream::connect(api).await?;
-    s.write_all(b"{\"action\":\"stats\"}\n").await?;
-    let mut line = String::new();
-    tokio::io::BufReader::new(s.take(MAX_STATS_LINE))
-        .read_line(&mut line)
-        .await?;
-    Ok(line)
 }
 
 /// The `exits` of a stats answer: names of lowercase letters and `_`, whole counts, at

@@ -6,6 +6,11 @@
 //!
 //! The daemon is a separate, possibly failing process: every error from it fails the
 //! device (logged), never the VMM.
+//!
+//! Snapshots: the guest's FUSE session (its INIT, the inodes it looked up) lives in the
+//! daemon, which a restored VM does not get back; a restore hands the rings to a new
+//! daemon. So a snapshot is taken only while the guest has never used the device (both
+//! rings untouched: the share not mounted yet), which is how a pod template is taken.
 
 use crate::log_budget::LogBudget;
 use std::path::PathBuf;
@@ -15,7 +20,7 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::event_loop::{self, Backend, Inbox, Mailbox, Request};
@@ -80,7 +85,8 @@ pub struct VhostUserFs {
     kicks: Vec<EventFd>,
     calls: Vec<EventFd>,
     forwarder: Mailbox<Interrupt>,
-    active: bool,
+    /// While active: guest memory and the rings as the driver set them up.
+    active: Option<(GuestMemoryMmap, Vec<Queue>)>,
 }
 
 impl VhostUserFs {
@@ -127,7 +133,7 @@ impl VhostUserFs {
             kicks,
             calls,
             forwarder,
-            active: false,
+            active: None,
         })
     }
 
@@ -170,7 +176,9 @@ impl VhostUserFs {
                 .map_err(vhost_user("SET_VRING_NUM"))?;
             f.set_vring_addr(i, &ring)
                 .map_err(vhost_user("SET_VRING_ADDR"))?;
-            f.set_vring_base(i, 0)
+            // Where the driver's ring stands: 0 after a fresh setup, the snapshot's place
+            // for a restored one.
+            f.set_vring_base(i, q.next_avail())
                 .map_err(vhost_user("SET_VRING_BASE"))?;
             f.set_vring_call(i, &calls[i])
                 .map_err(vhost_user("SET_VRING_CALL"))?;
@@ -218,8 +226,30 @@ impl VirtioDevice for VhostUserFs {
                 socket: self.socket.clone(),
                 source: Box::new(e),
             })?;
-        self.active = true;
+        self.active = Some((mem, queues));
         self.forwarder.activate(interrupt)
+    }
+
+    /// The rings as set up, if the guest never used them (see the module's doc).
+    fn snapshot_queues(&self) -> Result<Option<Vec<virtio_queue::QueueState>>, Error> {
+        let Some((mem, queues)) = &self.active else {
+            return Ok(None);
+        };
+        let index = |ring: u64| -> Result<u16, Error> {
+            // avail->idx and used->idx both sit 2 bytes into their ring.
+            mem.read_obj::<u16>(GuestAddress(ring.wrapping_add(2)))
+                .map_err(|_| Error::InvalidQueue)
+        };
+        for q in queues {
+            if index(q.avail_ring())? != 0 || index(q.used_ring())? != 0 {
+                return Err(Error::Config(
+                    "virtio-fs: the guest has used the file system, whose session lives in the \
+                     daemon and cannot be restored; snapshot before the share is mounted"
+                        .into(),
+                ));
+            }
+        }
+        Ok(Some(queues.iter().map(Queue::state).collect()))
     }
 
     /// The daemon's kick eventfds themselves: KVM signals virtiofsd directly.
@@ -241,7 +271,7 @@ impl VirtioDevice for VhostUserFs {
     fn reset(&mut self) {
         // Stop the daemon's rings (GET_VRING_BASE) so it no longer touches guest memory.
         self.forwarder.reset();
-        if std::mem::take(&mut self.active) {
+        if self.active.take().is_some() {
             for i in 0..QUEUE_SIZES.len() {
                 if let Err(e) = self.frontend.get_vring_base(i) {
                     tracing::warn!(error = %e, queue = i, "virtio-fs: stopping a ring");

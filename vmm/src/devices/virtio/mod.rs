@@ -171,6 +171,12 @@ pub trait VirtioDevice: Send {
     fn pacer(&self) -> Option<event_loop::Pacer> {
         None
     }
+    /// The queues of an active device whose backend is not a loop of hull-vmm's (so has
+    /// no `pacer` to hand them over), for a snapshot of the paused VM; an error when the
+    /// device is in a state a snapshot cannot carry. None: the device cannot say.
+    fn snapshot_queues(&self) -> Result<Option<Vec<virtio_queue::QueueState>>, Error> {
+        Ok(None)
+    }
     /// The driver notified queue `index`.
     fn notify(&mut self, index: u16);
     /// The driver reset the device: forget queues and connections.

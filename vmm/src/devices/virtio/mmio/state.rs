@@ -92,8 +92,11 @@ impl MmioTransport {
     /// device is active: the backend holds the queues then).
     pub fn save(&self, parked: Option<&Parked>) -> Result<TransportState, Error> {
         let queues: Vec<QueueSnapshot> = if self.activated {
-            parked
-                .and_then(|p| p.queues.clone())
+            let handed_over = match parked.and_then(|p| p.queues.clone()) {
+                Some(q) => Some(q),
+                None => self.device.snapshot_queues()?,
+            };
+            handed_over
                 .ok_or_else(|| {
                     Error::Config(format!(
                         "virtio device type {} cannot be snapshotted yet",
