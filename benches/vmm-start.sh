@@ -7,8 +7,9 @@
 #    snapshot, each to agent-ready; the PSS of all their VMM processes (guest RAM
 #    included) divided by K. Restored VMs map the snapshot copy-on-write, so their clean
 #    pages are shared and PSS per VM falls as K grows.
-# Pod start through containerd from a template is not measured: templates in the shim
-# are not built yet (docs/vmm.md).
+#  - pod start through containerd: `ctr run --rm … true`, launch to exit, N pods booted
+#    cold and N restored from a template (`template = true`; the template is built by
+#    one pod first, not counted)
 set -euo pipefail
 N=${N:-10}
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -57,6 +58,21 @@ for k in 1 5 10; do
     echo "K=$k $kind: $((total / k)) KiB per VM"
     i=1; for p in $pids; do stop m$i $p; i=$((i + 1)); done
   done
+done
+
+echo "--- pod start through containerd: ctr run --rm true, launch -> exit, $N each"
+. scripts/lib/containerd.sh
+for mode in cold template; do
+  HULL_EXTRA_CONFIG="boot_timeout_s = 300"
+  [ $mode = template ] && HULL_EXTRA_CONFIG="$HULL_EXTRA_CONFIG
+template = true"
+  hull_containerd_start $bin
+  [ $mode = template ] && hull_ctr run --rm --runtime io.containerd.hull.v2 docker.io/hull/busybox:test warm true
+  for i in $(seq 1 $N); do
+    t0=$(ms); hull_ctr run --rm --runtime io.containerd.hull.v2 docker.io/hull/busybox:test p$i true && echo $(( $(ms) - t0 ))
+  done >/tmp/pod-$mode.ms
+  echo "pod start, $mode: $(stats </tmp/pod-$mode.ms)"
+  hull_containerd_stop
 done'
 echo "hull-vmm start, measured nested: QEMU TCG test host with emulated AMD SVM, KVM inside (host kernel $(uname -r), $(nproc) cores)"
 cd "$repo" && tests/nested/test-host.sh --timeout 2400 --memory 4096 -- "$script"

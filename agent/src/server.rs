@@ -78,7 +78,10 @@ pub async fn serve(cfg: AgentConfig) -> anyhow::Result<()> {
     }
     containers.remove_all().await;
     sandbox.destroy();
-    let _ = tokio::time::timeout(Duration::from_secs(2), server.shutdown()).await;
+    // A graceful shutdown waits for the clients to hang up, and the shim keeps its
+    // connection until the VM has ended: waiting here only delays that end (by the whole
+    // timeout, every pod). The replies were sent above.
+    let _ = tokio::time::timeout(Duration::from_millis(100), server.shutdown()).await;
     if let Some(path) = cfg.listen.strip_prefix("unix://") {
         let _ = std::fs::remove_file(path);
     }

@@ -1,6 +1,7 @@
 # Sourced by scripts/demo.sh and benches/*.sh: a private containerd 1.6 (own root, state,
 # sockets, config) with hull's shim on its PATH, and the busybox test images imported.
 # Everything lives under $HULL_CTRD_DIR and is stopped by pid in hull_containerd_stop.
+# $HULL_EXTRA_CONFIG, if set, is appended to the shim's hull.toml.
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 HULL_CTRD_NS=${HULL_CTRD_NS:-hull-demo}
@@ -13,6 +14,7 @@ hull_containerd_start() { # dir of the shim binary
 kernel = "$REPO/build/vmlinux"
 initrd = "$REPO/build/initrd.img"
 run_dir = "$d/run"
+${HULL_EXTRA_CONFIG:-}
 TOML
   cat >"$d/config.toml" <<TOML
 version = 2

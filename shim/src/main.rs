@@ -8,5 +8,8 @@ fn main() {
         .expect("building the tokio runtime");
     rt.block_on(containerd_shim::asynchronous::run::<
         hull_shim::shim::HullShim,
-    >(hull_shim::shim::RUNTIME_ID, None));
+    >(
+        hull_shim::shim::RUNTIME_ID,
+        Some(hull_shim::shim::shim_config()),
+    ));
 }

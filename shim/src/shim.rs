@@ -27,6 +27,19 @@ pub struct HullShim {
     cfg: Result<HullConfig, String>,
 }
 
+/// How the shim library runs this shim; `main` must hand it over, as the library sets up
+/// its signal handling (and would reap every child on SIGCHLD) before `Shim::new` runs.
+/// The shim reaps its own children (the VMM and daemons) through their handles, so that
+/// their exit statuses reach it; and logs through `logging`.
+pub fn shim_config() -> Config {
+    Config {
+        no_setup_logger: true,
+        no_reaper: true,
+        no_sub_reaper: true,
+        ..Config::default()
+    }
+}
+
 /// The shim serves no requests until its configuration is right.
 fn config_error(e: &str) -> Error {
     Error::InvalidArgument(format!("hull configuration: {e}"))
@@ -37,10 +50,7 @@ impl Shim for HullShim {
     type T = TaskService;
 
     async fn new(_runtime_id: &str, args: &Flags, config: &mut Config) -> Self {
-        // The shim reaps its own children (QEMU and daemons) through their handles.
-        config.no_reaper = true;
-        config.no_sub_reaper = true;
-        config.no_setup_logger = true;
+        *config = shim_config();
         let cfg = HullConfig::load().map_err(|e| format!("{e:#}"));
         // The first task of a shim is its pod's sandbox (CRI) or a pod of its own (ctr):
         // its id names the pod directory.

@@ -98,27 +98,32 @@ pub fn restore(file: File, size_mib: u32) -> Result<GuestRam, Error> {
 
 /// Guest RAM of `size_mib` in a new memfd (shared, as `create` makes it), holding what
 /// `file` (a snapshot's memory, already checked to be that size) holds. Only the file's
-/// data is copied: its holes stay holes in the memfd.
+/// data is copied, in the kernel (sendfile: one copy, no buffer here); its holes stay
+/// holes in the memfd.
 pub fn restore_copied(file: &File, size_mib: u32) -> Result<GuestRam, Error> {
-    use std::os::unix::fs::FileExt;
+    use std::io::{Seek, SeekFrom};
     let ram = create(size_mib)?;
-    let mut buf = vec![0u8; COPY_CHUNK];
+    let mut out = &ram.file;
     for (start, end) in data_ranges(file, u64::from(size_mib) << 20) {
-        let mut pos = start;
-        while pos < end {
-            let n =
-                usize::try_from((end - pos).min(COPY_CHUNK as u64)).expect("bounded by the chunk");
-            file.read_exact_at(&mut buf[..n], pos)
-                .map_err(Error::File)?;
-            ram.file.write_all_at(&buf[..n], pos).map_err(Error::File)?;
-            pos += n as u64;
+        out.seek(SeekFrom::Start(start)).map_err(Error::File)?;
+        let mut offset = libc::off64_t::try_from(start)
+            .map_err(|_| Error::File(std::io::ErrorKind::InvalidInput.into()))?;
+        let mut left = end - start;
+        while left > 0 {
+            let chunk = usize::try_from(left.min(COPY_CHUNK)).expect("bounded by the chunk");
+            let n = nix::sys::sendfile::sendfile64(&ram.file, file, Some(&mut offset), chunk)
+                .map_err(|e| Error::File(e.into()))?;
+            if n == 0 {
+                return Err(Error::File(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            left -= n as u64;
         }
     }
     Ok(ram)
 }
 
-/// How much of a snapshot's memory one read moves into the memfd.
-const COPY_CHUNK: usize = 1 << 20;
+/// How much of a snapshot's memory one sendfile moves into the memfd.
+const COPY_CHUNK: u64 = 64 << 20;
 
 /// The `[start, end)` ranges of `file`'s first `len` bytes that hold data (SEEK_DATA and
 /// SEEK_HOLE; a file system without them reports all of it as data).
