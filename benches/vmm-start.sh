@@ -7,14 +7,14 @@
 #    snapshot, each to agent-ready; the PSS of all their VMM processes (guest RAM
 #    included) divided by K. Restored VMs map the snapshot copy-on-write, so their clean
 #    pages are shared and PSS per VM falls as K grows.
-#  - pod start through containerd: `ctr run --rm … true`, launch to exit, N pods booted
-#    cold and N restored from a template (`template = true`; the template is built by
-#    one pod first, not counted)
+#  - pod start through containerd, booted vs restored from a template
+#    (benches/template-pods.sh)
 set -euo pipefail
 N=${N:-10}
+KS=${KS:-1 5 10}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bin=$repo/target/release
-script="bin=$bin; N=$N"'
+script="bin=$bin; N=$N; KS='$KS'"'
 ms() { echo $(( $(date +%s%N) / 1000000 )); }
 stats() { sort -n | awk '"'"'{a[NR]=$1} END {if (NR) printf "min=%d median=%d max=%d ms (n=%d)\n", a[1], a[int((NR+1)/2)], a[NR], NR; else print "none"}'"'"'; }
 # launch NAME ARGS...: a VMM in the background on /tmp/NAME.sock; its pid in $LAST.
@@ -43,7 +43,7 @@ echo "cold boot: $(stats </tmp/cold.ms)"
 echo "restore:   $(stats </tmp/restore.ms)"
 
 echo "--- memory: PSS per VM (VMM process, guest RAM included), K VMs at once"
-for k in 1 5 10; do
+for k in $KS; do
   for kind in cold restored; do
     pids=""
     for i in $(seq 1 $k); do
@@ -61,18 +61,6 @@ for k in 1 5 10; do
 done
 
 echo "--- pod start through containerd: ctr run --rm true, launch -> exit, $N each"
-. scripts/lib/containerd.sh
-for mode in cold template; do
-  HULL_EXTRA_CONFIG="boot_timeout_s = 300"
-  [ $mode = template ] && HULL_EXTRA_CONFIG="$HULL_EXTRA_CONFIG
-template = true"
-  hull_containerd_start $bin
-  [ $mode = template ] && hull_ctr run --rm --runtime io.containerd.hull.v2 docker.io/hull/busybox:test warm true
-  for i in $(seq 1 $N); do
-    t0=$(ms); hull_ctr run --rm --runtime io.containerd.hull.v2 docker.io/hull/busybox:test p$i true && echo $(( $(ms) - t0 ))
-  done >/tmp/pod-$mode.ms
-  echo "pod start, $mode: $(stats </tmp/pod-$mode.ms)"
-  hull_containerd_stop
-done'
+bash benches/template-pods.sh $bin $N'
 echo "hull-vmm start, measured nested: QEMU TCG test host with emulated AMD SVM, KVM inside (host kernel $(uname -r), $(nproc) cores)"
 cd "$repo" && tests/nested/test-host.sh --timeout 2400 --memory 4096 -- "$script"

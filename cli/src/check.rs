@@ -117,6 +117,9 @@ pub fn findings(config: Result<HullConfig, String>) -> Vec<Finding> {
     if cfg.debug_console {
         out.push(debug_console(&cfg.debug_console_busybox));
     }
+    if cfg.template {
+        out.push(templates(kind, why, &cfg.run_dir));
+    }
     out.push(cgroups(Path::new("/sys/fs/cgroup")));
     out.push(tun());
     out.push(tc_support());
@@ -364,6 +367,26 @@ fn debug_console(busybox: &Path) -> Finding {
 /// or as v1 hierarchies.
 const CONTROLLERS: [&str; 2] = ["memory", "pids"];
 
+/// `template = true`: whether pods here can start from templates at all.
+fn templates(kind: HypervisorKind, why: &str, run_dir: &Path) -> Finding {
+    if kind == HypervisorKind::Builtin {
+        ok(
+            "templates",
+            format!(
+                "pods without a network device start from a template of their shape ({})",
+                run_dir.join(hull_shim::template::TEMPLATES_DIR).display()
+            ),
+        )
+    } else {
+        not_ok(
+            Status::Warn,
+            "templates",
+            format!("template = true, but every pod boots: templates need hull-vmm, and {why}"),
+            "run on a host with hardware KVM, or set template = false",
+        )
+    }
+}
+
 fn cgroups(root: &Path) -> Finding {
     let fix = "pod VMs then run without a cgroup of their own (no memory or task bound per \
                VM): enable the memory and pids controllers (cgroup v2 preferred)";
@@ -546,5 +569,16 @@ mod tests {
         let f = backend(HypervisorKind::Auto, HypervisorKind::Qemu, Accel::Tcg, "");
         assert_eq!(f.status, Status::Ok);
         assert!(f.detail.contains("QEMU on TCG"));
+    }
+
+    #[test]
+    fn templates_on_a_host_that_boots_qemu_warn() {
+        let run = Path::new("/run/hull");
+        let f = templates(HypervisorKind::Qemu, "/dev/kvm is PVM", run);
+        assert_eq!(f.status, Status::Warn);
+        assert!(f.detail.contains("/dev/kvm is PVM"), "{}", f.detail);
+        let f = templates(HypervisorKind::Builtin, "", run);
+        assert_eq!(f.status, Status::Ok);
+        assert!(f.detail.contains("/run/hull/.templates"), "{}", f.detail);
     }
 }

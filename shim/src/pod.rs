@@ -189,7 +189,11 @@ impl Pod {
         let watched = std::sync::Arc::downgrade(&pod);
         std::thread::spawn(move || watch_vm(watched, dead_tx));
         pod.event(Event::Ready, "", "");
-        tracing::info!(sandbox = %id, "pod VM ready");
+        tracing::info!(
+            sandbox = %id,
+            ms = boot_started.elapsed().as_millis(),
+            "pod VM ready"
+        );
         Ok(pod)
     }
 

@@ -111,9 +111,16 @@ pub async fn start(
         .await
         .context("making the pod VM template")?;
     let (c, s, d) = (cfg.clone(), spec.clone(), dir.clone());
+    let started = Instant::now();
     let mut vm = tokio::task::spawn_blocking(move || hypervisor::restore(&c, s, &d)).await??;
     match ready_restored(&mut vm, hostname, cfg.boot_timeout(false)).await {
-        Ok(agent) => Ok((vm, agent)),
+        Ok(agent) => {
+            tracing::info!(
+                ms = started.elapsed().as_millis(),
+                "restored VM reseeded: its agent answers"
+            );
+            Ok((vm, agent))
+        }
         Err(e) => {
             let report = vm.diagnostics();
             tokio::task::spawn_blocking(move || drop(vm)).await?;

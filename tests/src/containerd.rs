@@ -316,6 +316,21 @@ impl Containerd {
         }
     }
 
+    /// `ctr run --rm` of `argv` in a new pod `id` on hull's runtime, which must succeed;
+    /// what it printed.
+    pub fn run_rm_ok(&self, id: &str, argv: &[&str]) -> String {
+        let mut args = vec![
+            "run",
+            "--rm",
+            "--runtime",
+            "io.containerd.hull.v2",
+            IMAGE,
+            id,
+        ];
+        args.extend_from_slice(argv);
+        self.ctr_ok(&args)
+    }
+
     /// Starts `n` pods at once (`ctr run --rm`, ids `<prefix><i>`, each echoing its
     /// number) and fails the test unless every one ran and printed its own line.
     pub fn run_at_once(&self, n: usize, prefix: &str) {
