@@ -91,6 +91,8 @@ fn validate_ifname(name: &str) -> Result<()> {
 struct IfacePlan {
     name: String,
     mac: [u8; 6],
+    /// The link's MAC now (`device_hw_addr`, else `mac`).
+    current: [u8; 6],
     addrs: Vec<Cidr>,
     mtu: Option<u32>,
 }
@@ -98,6 +100,11 @@ struct IfacePlan {
 fn plan_interface(i: &Interface) -> Result<IfacePlan> {
     validate_ifname(&i.name)?;
     let mac = parse_mac(&i.hw_addr)?;
+    let current = if i.device_hw_addr.is_empty() {
+        mac
+    } else {
+        parse_mac(&i.device_hw_addr)?
+    };
     let addrs = i
         .ip_addresses
         .iter()
@@ -111,6 +118,7 @@ fn plan_interface(i: &Interface) -> Result<IfacePlan> {
     Ok(IfacePlan {
         name: i.name.clone(),
         mac,
+        current,
         addrs,
         mtu,
     })
@@ -223,8 +231,15 @@ pub async fn update_interface(req: &Interface) -> Result<Interface> {
     let all = links(&h).await?;
     let link = all
         .iter()
-        .find(|l| link_mac(l) == Some(&plan.mac[..]))
-        .ok_or_else(|| invalid(format!("no guest link has MAC {}", req.hw_addr)))?;
+        .find(|l| link_mac(l) == Some(&plan.current[..]))
+        .ok_or_else(|| {
+            let mac = if req.device_hw_addr.is_empty() {
+                &req.hw_addr
+            } else {
+                &req.device_hw_addr
+            };
+            invalid(format!("no guest link has MAC {mac}"))
+        })?;
     let index = link.header.index;
     if let Some(other) = all
         .iter()
@@ -245,6 +260,9 @@ pub async fn update_interface(req: &Interface) -> Result<Interface> {
     let mut set = LinkUnspec::new_with_index(index).name(plan.name.clone());
     if let Some(mtu) = plan.mtu {
         set = set.mtu(mtu);
+    }
+    if plan.current != plan.mac {
+        set = set.address(plan.mac.to_vec());
     }
     h.link()
         .set(set.build())
@@ -419,6 +437,7 @@ mod tests {
             ("mtu", &|i| i.mtu = 70000),
             ("address", &|i| i.ip_addresses.push("10.0.0.1/40".into())),
             ("mac", &|i| i.hw_addr = "nope".into()),
+            ("device mac", &|i| i.device_hw_addr = "02:00".into()),
         ] {
             let mut bad = i.clone();
             f(&mut bad);

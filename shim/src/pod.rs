@@ -17,6 +17,7 @@ use crate::agent_client::{AgentClient, connect_when_ready, deadline};
 use crate::config::HullConfig;
 use crate::hypervisor::qemu::SHARED_FS_TAG;
 use crate::hypervisor::{self, Vm, VmSpec};
+use crate::network::scan::format_mac;
 use crate::network::{self, PodNetwork};
 use crate::pod_dir::{PodIdentity, cleanup_dir, pod_dir};
 use crate::pod_events::{self, Event};
@@ -139,7 +140,7 @@ impl Pod {
         let span = tracing::info_span!("boot", sandbox = %id);
         let boot_started = std::time::Instant::now();
         let started = start_vm(cfg, spec, &opts.hostname);
-        let (vm, agent) = match tracing::Instrument::instrument(started, span).await {
+        let (vm, agent, restored) = match tracing::Instrument::instrument(started, span).await {
             Ok(v) => v,
             Err(e) => {
                 cleanup_dir(&dir);
@@ -165,9 +166,8 @@ impl Pod {
             cleanup_dir(&dir);
             anyhow::bail!("CreateSandbox: {e}");
         }
-        if let Err(e) =
-            configure_guest_network(&agent, &net, Duration::from_secs(cfg.agent_timeout_s)).await
-        {
+        let timeout = Duration::from_secs(cfg.agent_timeout_s);
+        if let Err(e) = configure_guest_network(&agent, &net, timeout, restored).await {
             drop(vm);
             cleanup_dir(&dir);
             return Err(e);
@@ -257,16 +257,22 @@ impl Pod {
     }
 }
 
-/// Gives the guest's NICs the pod links' names and addresses, then the routes and
+/// Gives the guest's NICs the pod links' names and addresses (and MACs, in a VM
+/// `restored` from a template, whose NICs have the template's), then the routes and
 /// neighbours.
 async fn configure_guest_network(
     agent: &AgentClient,
     net: &PodNetwork,
     timeout: Duration,
+    restored: bool,
 ) -> anyhow::Result<()> {
-    for nic in &net.nics {
+    for (i, nic) in net.nics.iter().enumerate() {
+        let mut iface = nic.link.interface();
+        if restored {
+            iface.device_hw_addr = format_mac(&crate::template::template_mac(i));
+        }
         let mut req = UpdateInterfaceRequest::new();
-        req.interface = Some(nic.link.interface()).into();
+        req.interface = Some(iface).into();
         agent
             .agent
             .update_interface(deadline(timeout), &req)
@@ -294,30 +300,24 @@ async fn configure_guest_network(
     Ok(())
 }
 
-/// Starts the pod's VM: from a template where hull.toml asks for one and the pod can
-/// use it (no NICs: virtio-net is not in snapshots yet), else (or if that fails) by
-/// booting it.
+/// Starts the pod's VM: from a template where hull.toml asks for one, else (or if that
+/// fails) by booting it. True: restored from a template.
 async fn start_vm(
     cfg: &HullConfig,
     spec: VmSpec,
     hostname: &str,
-) -> anyhow::Result<(Box<dyn Vm>, AgentClient)> {
+) -> anyhow::Result<(Box<dyn Vm>, AgentClient, bool)> {
     if cfg.template {
-        if spec.nics.is_empty() {
-            match crate::template::start(cfg, spec.clone(), hostname).await {
-                Ok(v) => return Ok(v),
-                Err(e) => tracing::warn!(
-                    error = %format!("{e:#}"),
-                    "the pod VM did not start from a template; booting it"
-                ),
-            }
-        } else {
-            tracing::info!(
-                "the pod has a network device, which templates do not carry: booting its VM"
-            );
+        match crate::template::start(cfg, spec.clone(), hostname).await {
+            Ok((vm, agent)) => return Ok((vm, agent, true)),
+            Err(e) => tracing::warn!(
+                error = %format!("{e:#}"),
+                "the pod VM did not start from a template; booting it"
+            ),
         }
     }
-    boot_vm(cfg, spec).await
+    let (vm, agent) = boot_vm(cfg, spec).await?;
+    Ok((vm, agent, false))
 }
 
 /// How many times a VM whose agent stays silent is booted before the pod fails.

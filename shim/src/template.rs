@@ -2,10 +2,13 @@
 //! shape boots a VM to its agent and snapshots it before anything of a pod reaches it (no
 //! share mounted, no container, no network); later pods of that shape restore the
 //! snapshot instead of booting a kernel, and get fresh entropy, their hostname and the
-//! host's clock (ReseedGuest) before their share is mounted.
+//! host's clock (ReseedGuest) before their share is mounted. A template has as many NICs
+//! as its pods, on taps of its own that carry nothing, with MACs of its own
+//! (`template_mac`): a restored guest keeps them until the agent gives each NIC its pod's
+//! MAC (UpdateInterface's `device_hw_addr`).
 //!
 //! A shape is what the guest was made from: hull-vmm, the kernel and the initrd (path,
-//! size, mtime, inode), vCPUs, memory and the kernel command line. Its SHA-256 names the
+//! size, mtime, inode), vCPUs, memory, NICs and the kernel command line. Its SHA-256 names the
 //! template's directory, `<run_dir>/.templates/<key>/` (root's, 0700): `state` and
 //! `memory` as hull-vmm wrote them, and `shape` (the text hashed). A template is built in
 //! a directory of its own and renamed into place whole. Builds run one at a time on the
@@ -23,8 +26,10 @@ use hull_protocols::health::CheckRequest;
 use sha2::{Digest, Sha256};
 
 use crate::agent_client::{AgentClient, connect_when_ready, deadline, vmm_exit};
-use crate::config::{HullConfig, HypervisorKind};
+use crate::config::{HullConfig, HypervisorKind, VhostNet};
 use crate::hypervisor::{self, Vm, VmSpec, vmm_api};
+use crate::network::Nic;
+use crate::network::scan::PodLink;
 use crate::{admission, pod_fs};
 
 /// Under run_dir; a name no containerd namespace can have.
@@ -33,6 +38,13 @@ const SHAPE_FILE: &str = "shape";
 const LOCK_FILE: &str = ".lock";
 /// The snapshot's directory inside the building VM's run directory (its jail).
 const SNAPSHOT_DIR: &str = "snapshot";
+/// The MAC of a template's NIC `index` (locally administered), which its restored VMs'
+/// guests have until the agent gives each NIC its pod's.
+pub fn template_mac(index: usize) -> [u8; 6] {
+    let low = u8::try_from(index).unwrap_or(u8::MAX);
+    [0x02, 0x68, 0x75, 0x6c, 0x6c, low]
+}
+
 /// Bytes of fresh entropy each restored VM gets.
 const ENTROPY_BYTES: usize = 64;
 /// How long the paused template VM may take to write its snapshot.
@@ -66,8 +78,11 @@ impl Shape {
             );
         }
         text += &format!(
-            "vcpus {}\nmemory_mib {}\ncmdline {}\n",
-            spec.vcpus, spec.memory_mib, spec.cmdline_extra
+            "vcpus {}\nmemory_mib {}\nnics {}\ncmdline {}\n",
+            spec.vcpus,
+            spec.memory_mib,
+            spec.nics.len(),
+            spec.cmdline_extra
         );
         Ok(Shape { text })
     }
@@ -230,7 +245,13 @@ async fn build(
     let mut tspec = spec.clone();
     tspec.run_dir = run.clone();
     tspec.shared_dir = share;
-    tspec.nics = Vec::new();
+    tspec.nics = (0..spec.nics.len())
+        .map(template_nic)
+        .collect::<anyhow::Result<_>>()?;
+    // hull-vmm's own data path: its rings can be snapshotted (vhost-net's cannot). The
+    // pods restored from it may use either.
+    let mut build_cfg = cfg.clone();
+    build_cfg.vhost_net = VhostNet::Off;
     let boot_deadline = cfg.boot_timeout(false);
     let result = async {
         let _slot = admission::acquire(
@@ -239,7 +260,7 @@ async fn build(
             Duration::from_secs(cfg.admission_timeout_s),
         )
         .await?;
-        let (c, writable) = (cfg.clone(), snapshot.clone());
+        let (c, writable) = (build_cfg, snapshot.clone());
         let mut vm =
             tokio::task::spawn_blocking(move || hypervisor::boot_with(&c, tspec, Some(writable)))
                 .await??;
@@ -277,6 +298,24 @@ async fn build(
     let result = result.and_then(|()| seal(&snapshot, shape, dir));
     let _ = std::fs::remove_dir_all(&work);
     result
+}
+
+/// NIC `index` of a template VM: a tap of its own in the shim's network namespace, up
+/// nowhere and gone with its last descriptor.
+fn template_nic(index: usize) -> anyhow::Result<Nic> {
+    let tap_name = format!("hulltpl{}x{index}", std::process::id() % 100_000);
+    let tap = crate::network::tap::create(&tap_name)?;
+    Ok(Nic {
+        tap: std::sync::Arc::new(tap),
+        tap_name,
+        link: PodLink {
+            index: 0,
+            name: format!("eth{index}"),
+            mac: template_mac(index),
+            mtu: 1500,
+            addresses: Vec::new(),
+        },
+    })
 }
 
 /// Makes the snapshot in `snapshot` the shim's own (root's, 0600), records its shape and
@@ -379,6 +418,20 @@ mod tests {
         let mut params = s.clone();
         params.cmdline_extra = "hull.log=debug".into();
         assert_ne!(a.key(), Shape::of(&params, &vmm).unwrap().key());
+        let mut networked = s.clone();
+        let fd: std::os::fd::OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        networked.nics.push(Nic {
+            tap: std::sync::Arc::new(fd),
+            tap_name: "t".into(),
+            link: PodLink {
+                index: 1,
+                name: "eth0".into(),
+                mac: [2, 0, 0, 0, 0, 1],
+                mtu: 1500,
+                addresses: Vec::new(),
+            },
+        });
+        assert_ne!(a.key(), Shape::of(&networked, &vmm).unwrap().key());
         // A rebuilt kernel: same path, new file.
         std::fs::remove_file(&s.kernel).unwrap();
         std::fs::write(&s.kernel, "kernel 2").unwrap();

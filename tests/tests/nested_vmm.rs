@@ -561,7 +561,7 @@ fn inside_vsock_flood_is_bounded() {
 /// takes, and `"off"` makes hull-vmm move the frames itself.
 #[test]
 fn pod_network_reaches_hull_vmm_guests_in_the_test_host() {
-    run_own_test("inside_pod_network_on_hull_vmm", 600);
+    run_own_test("inside_pod_network_on_hull_vmm", 900);
 }
 
 #[test]
@@ -572,8 +572,11 @@ fn inside_pod_network_on_hull_vmm() {
         std::path::Path::new("/dev/vhost-net").exists(),
         "the test host's kernel is built with VHOST_NET"
     );
-    web_pod_on_hull_vmm("auto", true, false);
-    web_pod_on_hull_vmm("off", false, false);
+    web_pod_on_hull_vmm("auto", true, false, false);
+    web_pod_on_hull_vmm("off", false, false, false);
+    // From a template (built on hull-vmm's data path, restored onto vhost-net): the pod's
+    // NIC gets its MAC, addresses and routes after the restore, and serves.
+    web_pod_on_hull_vmm("auto", true, false, true);
 }
 
 /// 16 MiB each way through both data paths, checked byte for byte. Kept out of `make
@@ -590,8 +593,8 @@ fn bulk_transfers_through_hull_vmm_in_the_test_host() {
 #[ignore = "runs inside the nested test host"]
 fn inside_bulk_transfers_on_hull_vmm() {
     require_inside();
-    web_pod_on_hull_vmm("auto", true, true);
-    web_pod_on_hull_vmm("off", false, true);
+    web_pod_on_hull_vmm("auto", true, true, false);
+    web_pod_on_hull_vmm("off", false, true, false);
 }
 
 /// Prints the pod's shim log and VM logs if the test panics while it is in scope.
@@ -645,10 +648,10 @@ fn vhost_worker_of(pid: i32) -> bool {
         || dirs(&format!("/proc/{pid}/task")).into_iter().any(comm_is)
 }
 
-fn web_pod_on_hull_vmm(vhost_net: &str, in_kernel: bool, bulk: bool) {
+fn web_pod_on_hull_vmm(vhost_net: &str, in_kernel: bool, bulk: bool, template: bool) {
     let (outer, pod) = hull_tests::netns::cni_like_pair();
     let c = Containerd::start_with_hull_config(&format!(
-        "hypervisor = \"builtin\"\nvhost_net = \"{vhost_net}\""
+        "hypervisor = \"builtin\"\nvhost_net = \"{vhost_net}\"\ntemplate = {template}\nboot_timeout_s = 120"
     ));
     let netns = format!("network:{}", pod.path().display());
     c.ctr_ok(&[
@@ -678,6 +681,27 @@ fn web_pod_on_hull_vmm(vhost_net: &str, in_kernel: bool, bulk: bool) {
         "eth0",
     ]);
     assert!(addrs.contains("198.19.0.2/24"), "{addrs}");
+    if template {
+        assert!(
+            c.log().contains("pod VM restored (hull-vmm)"),
+            "{}",
+            c.tail_log()
+        );
+        let guest_mac = c.ctr_ok(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "m1",
+            "web",
+            "cat",
+            "/sys/class/net/eth0/address",
+        ]);
+        let veth = pod.ip(&["-o", "link", "show", "eth0"]);
+        assert!(
+            veth.contains(&format!("link/ether {} ", guest_mac.trim())),
+            "the guest NIC has the pod's MAC, not the template's: {guest_mac} vs {veth}"
+        );
+    }
     let vmm = jailed_vmm(c.vmm_pid("web").expect("the VMM's pid"));
     assert_eq!(
         vhost_worker_of(vmm),

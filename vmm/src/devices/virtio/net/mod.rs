@@ -30,7 +30,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::event_loop::{self, Mailbox};
+use super::event_loop::{self, Mailbox, Pacer};
 use super::{Error, Interrupt, VirtioDevice, expect_queues, io, read_config_bytes};
 pub use tap::{Tap, VNET_HDR_LEN};
 pub use vhost::Error as VhostNetError;
@@ -187,6 +187,8 @@ pub struct Net {
     mailbox: Mailbox<Box<worker::Active>>,
     stats: NetStats,
     in_kernel: bool,
+    /// hull-vmm's own data path's loop, which a pause parks; none with vhost-net.
+    pacer: Option<Pacer>,
 }
 
 impl Net {
@@ -250,20 +252,22 @@ impl Net {
         let (mailbox, inbox) = event_loop::mailbox("net").map_err(io("control eventfd"))?;
         let stats = NetStats::default();
         let in_kernel = kernel.is_some();
-        match kernel {
+        let pacer = match kernel {
             Some(k) => vhost::spawn(
                 k,
                 tap,
                 [queue_evts[RX].clone(), queue_evts[TX].clone()],
                 inbox,
-            ),
+            )
+            .map(|()| None),
             None => Worker::spawn(
                 tap,
                 queue_evts[RX].clone(),
                 queue_evts[TX].clone(),
                 inbox,
                 stats.clone(),
-            ),
+            )
+            .map(Some),
         }
         .map_err(io("starting the net thread"))?;
         Ok(Net {
@@ -274,6 +278,7 @@ impl Net {
             mailbox,
             stats,
             in_kernel,
+            pacer,
         })
     }
 
@@ -355,6 +360,20 @@ impl VirtioDevice for Net {
             mtu: if mtu == 0 { 1500 } else { mtu },
         };
         self.mailbox.activate(Box::new(active))
+    }
+
+    /// hull-vmm's own data path is parked for a pause and hands over its queues.
+    fn pacer(&self) -> Option<Pacer> {
+        self.pacer.clone()
+    }
+
+    /// With vhost-net the rings are the kernel's, which keeps moving frames: no snapshot.
+    fn snapshot_queues(&self) -> Result<Option<Vec<virtio_queue::QueueState>>, Error> {
+        Err(Error::Config(
+            "virtio-net through vhost-net cannot be snapshotted (the kernel holds its \
+             rings); make the VM with vhost=off"
+                .into(),
+        ))
     }
 
     fn notify(&mut self, index: u16) {

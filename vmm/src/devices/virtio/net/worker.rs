@@ -186,7 +186,7 @@ impl Worker {
         tx_evt: Arc<EventFd>,
         inbox: Inbox<Box<Active>>,
         stats: NetStats,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<event_loop::Pacer> {
         let w = Worker {
             tap,
             rx_evt,
@@ -203,7 +203,7 @@ impl Worker {
                 tx_header: [0; VNET_HDR_LEN],
             },
         };
-        event_loop::spawn("net", ThreadKind::Device, w).map(drop)
+        event_loop::spawn("net", ThreadKind::Device, w)
     }
 
     fn handle_control(&mut self) {
@@ -365,6 +365,14 @@ impl MutEventSubscriber for Worker {
 impl Backend for Worker {
     fn finished(&self) -> bool {
         self.inbox.stopped()
+    }
+
+    /// RX then TX, as the device orders them. Parked between two events, the worker
+    /// holds no chain half used (an RX frame without room goes back on the queue).
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        self.active
+            .as_ref()
+            .map(|a| vec![a.rx.state(), a.tx.state()])
     }
 }
 
