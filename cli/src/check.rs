@@ -373,7 +373,7 @@ fn templates(kind: HypervisorKind, why: &str, run_dir: &Path) -> Finding {
         ok(
             "templates",
             format!(
-                "pods without a network device start from a template of their shape ({})",
+                "pods start from a template of their shape ({})",
                 run_dir.join(hull_shim::template::TEMPLATES_DIR).display()
             ),
         )
