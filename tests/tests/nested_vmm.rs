@@ -290,6 +290,160 @@ fn inside_ctr_run_with_the_builtin_backend() {
 }
 
 #[test]
+fn a_container_runs_across_a_snapshot_on_hull_vmm_in_the_test_host() {
+    run_own_test("inside_container_across_a_snapshot", 600);
+}
+
+/// A container started before a snapshot answers an exec in the restored VM: the guest's
+/// processes, the agent's container table and the disk-backed rootfs all come back. Its
+/// rootfs is an ext4 image on virtio-blk (a VM whose virtio-fs share is mounted cannot be
+/// snapshotted: the FUSE session is virtiofsd's).
+#[tokio::test]
+#[ignore = "runs inside the nested test host"]
+async fn inside_container_across_a_snapshot() {
+    use hull_protocols::agent::{
+        CreateSandboxRequest, DestroySandboxRequest, ExecProcessRequest, Storage,
+    };
+    use hull_tests::agent_ops::{create, ctx, read_all, start, wait};
+    use std::process::{Command, Stdio};
+    require_inside();
+    let d = tempfile::tempdir_in("/tmp").unwrap();
+    let p = d.path();
+    hull_tests::bundle::busybox_rootfs(&p.join("fs/rootfs")).unwrap();
+    let img = p.join("root.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mkfs = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(p.join("fs"))
+        .arg(&img)
+        .status()
+        .unwrap();
+    assert!(mkfs.success());
+    let vmm = target_bin_dir().join("hull-vmm");
+    let launch = |name: &str, how: &[&str]| {
+        let err = std::fs::File::create(p.join(format!("{name}.err"))).unwrap();
+        Command::new(&vmm)
+            .args(how)
+            .arg("--vsock-uds")
+            .arg(p.join(format!("{name}.sock")))
+            .arg("--api-sock")
+            .arg(p.join(format!("{name}.api")))
+            .arg("--serial-log")
+            .arg(p.join(format!("{name}.log")))
+            .arg("--disk")
+            .arg(&img)
+            .env("HULL_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap()
+    };
+    let api = |name: &str, req: &str| -> String {
+        use std::io::{BufRead, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(p.join(format!("{name}.api"))).unwrap();
+        writeln!(s, "{req}").unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line).unwrap();
+        line
+    };
+    let agent = |name: &str| {
+        let uds = p.join(format!("{name}.sock"));
+        async move {
+            hull_shim::agent_client::AgentClient::connect(&uds, Duration::from_secs(240))
+                .await
+                .unwrap()
+        }
+    };
+    let exec = |a: hull_protocols::agent_ttrpc::AgentServiceClient, id: &'static str| async move {
+        let mut req = ExecProcessRequest::new();
+        req.container_id = "sleeper".into();
+        req.exec_id = id.into();
+        req.process = serde_json::to_vec(&serde_json::json!({
+            "args": ["sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '; cat /marker"],
+            "env": ["PATH=/bin"], "cwd": "/", "user": {"uid": 0, "gid": 0}, "terminal": false,
+        }))
+        .unwrap();
+        a.exec_process(ctx(), &req).await.unwrap();
+        let out = read_all(&a, "sleeper", id, false).await;
+        assert_eq!(wait(&a, "sleeper", id).await, 0, "{out}");
+        out
+    };
+
+    let mut first = launch(
+        "s",
+        &[
+            "--kernel",
+            "build/vmlinux",
+            "--initrd",
+            "build/initrd.img",
+            "--memory",
+            "256",
+            "--cmdline",
+            "quiet",
+        ],
+    );
+    let a = agent("s").await;
+    let mut req = CreateSandboxRequest::new();
+    req.sandbox_id = "snap".into();
+    req.hostname = "snap-pod".into();
+    let mut disk = Storage::new();
+    disk.driver = "blk".into();
+    disk.source = "/dev/vda".into();
+    disk.fstype = "ext4".into();
+    disk.mount_point = "/run/hull/shared".into();
+    req.storages.push(disk);
+    a.agent.create_sandbox(ctx(), &req).await.unwrap();
+    let mut s = hull_tests::bundle::spec(
+        std::path::Path::new("/run/hull/shared/rootfs"),
+        &["sh", "-c", "echo before-snapshot > /marker; exec sleep 600"],
+    );
+    s.set_hostname(Some("snap-pod".into()));
+    create(&a.agent, "sleeper", &s).await.unwrap();
+    start(&a.agent, "sleeper").await.unwrap();
+    // The exec may come before the container's shell has exec'd sleep.
+    let mut before = String::new();
+    for id in ["e1", "e2", "e3", "e4", "e5"] {
+        before = exec(a.agent.clone(), id).await;
+        if before.starts_with("sleep") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(before, "sleep 600 before-snapshot\n");
+
+    assert!(api("s", r#"{"action":"pause"}"#).contains("true"));
+    std::fs::create_dir(p.join("snap")).unwrap();
+    let snap = format!(
+        r#"{{"action":"snapshot","dir":"{}"}}"#,
+        p.join("snap").display()
+    );
+    let written = api("s", &snap);
+    assert!(written.contains("true"), "{written}");
+    api("s", r#"{"action":"shutdown"}"#);
+    drop(a);
+    assert!(first.wait().unwrap().success());
+
+    let snap_dir = p.join("snap");
+    let mut second = launch("r", &["--restore", snap_dir.to_str().unwrap()]);
+    let a = agent("r").await;
+    let after = exec(a.agent.clone(), "after").await;
+    assert_eq!(
+        after,
+        "sleep 600 before-snapshot\n",
+        "the container's process and its rootfs came back; console:\n{}",
+        std::fs::read_to_string(p.join("r.log")).unwrap_or_default()
+    );
+    a.agent
+        .destroy_sandbox(ctx(), &DestroySandboxRequest::new())
+        .await
+        .unwrap();
+    assert!(second.wait().unwrap().success());
+}
+
+#[test]
 fn pods_start_from_a_template_on_hull_vmm_in_the_test_host() {
     run_own_test("inside_pods_start_from_a_template", 900);
 }
