@@ -319,11 +319,20 @@ fn template_nic(index: usize) -> anyhow::Result<Nic> {
 }
 
 /// Makes the snapshot in `snapshot` the shim's own (root's, 0600), records its shape and
-/// renames it to `dir`.
+/// renames it to `dir`. The directory was the jailed VMM's to write (it has exited by
+/// now): it must hold exactly `state` and `memory`, plain files, and nothing is followed
+/// through it.
 fn seal(snapshot: &Path, shape: &Shape, dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut found: Vec<String> = std::fs::read_dir(snapshot)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    found.sort();
+    if found != ["memory", "state"] {
+        anyhow::bail!("the template VM's snapshot holds {found:?}, not just memory and state");
+    }
     for f in ["state", "memory"] {
         let p = snapshot.join(f);
-        // The jailed VMM made it: never follow a link it could have left there.
         let m = std::fs::symlink_metadata(&p).with_context(|| format!("{}", p.display()))?;
         if !m.is_file() {
             anyhow::bail!("{} is not a plain file", p.display());
@@ -332,7 +341,13 @@ fn seal(snapshot: &Path, shape: &Shape, dir: &Path) -> anyhow::Result<()> {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
     }
     std::os::unix::fs::chown(snapshot, Some(0), Some(0))?;
-    std::fs::write(snapshot.join(SHAPE_FILE), &shape.text)?;
+    let mut shape_file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(snapshot.join(SHAPE_FILE))?;
+    std::io::Write::write_all(&mut shape_file, shape.text.as_bytes())?;
     std::fs::rename(snapshot, dir)
         .with_context(|| format!("moving the template to {}", dir.display()))
 }
@@ -482,6 +497,35 @@ mod tests {
         assert!(kept.exists() && root.join(LOCK_FILE).exists());
         assert!(Shape::of(&bigger, &vmm).unwrap().is_built_in(&kept));
         assert!(!now.is_built_in(&kept));
+    }
+
+    #[test]
+    fn a_snapshot_with_anything_but_its_two_files_is_not_sealed() {
+        let d = tempfile::tempdir().unwrap();
+        let s = spec(d.path());
+        let shape = Shape::of(&s, &d.path().join("hull-vmm")).unwrap();
+        let snap = d.path().join("snap");
+        std::fs::create_dir(&snap).unwrap();
+        std::fs::write(snap.join("state"), "s").unwrap();
+        std::fs::write(snap.join("memory"), "m").unwrap();
+        // What a compromised VMM could leave: a link through which the shim would write.
+        std::os::unix::fs::symlink(d.path().join("victim"), snap.join(SHAPE_FILE)).unwrap();
+        let e = seal(&snap, &shape, &d.path().join("t"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not just memory and state"), "{e}");
+        assert!(!d.path().join("victim").exists() && !d.path().join("t").exists());
+        std::fs::remove_file(snap.join(SHAPE_FILE)).unwrap();
+        std::fs::remove_file(snap.join("memory")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("victim"), snap.join("memory")).unwrap();
+        let e = seal(&snap, &shape, &d.path().join("t"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a plain file"), "{e}");
+        std::fs::remove_file(snap.join("memory")).unwrap();
+        std::fs::write(snap.join("memory"), "m").unwrap();
+        seal(&snap, &shape, &d.path().join("t")).unwrap();
+        assert!(shape.is_built_in(&d.path().join("t")));
     }
 
     #[test]
