@@ -3,8 +3,8 @@
 # `make bench-start`. Measured inside the nested test host (this host's /dev/kvm is PVM):
 #  - N cold boots and N restores of one snapshot (default 10 each), each from hull-vmm's
 #    launch until the agent answers over vsock: min/median/max
-#  - memory: K VMs (K = 1, 5, 10) running at once, cold-booted or restored from one
-#    snapshot, each to agent-ready; the PSS of all their VMM processes (guest RAM
+#  - memory: K VMs (K = 1, 5, 10; KS=...) running at once, cold-booted or restored from one
+#    snapshot (KINDS="cold restored"), each to agent-ready; the PSS of all their VMM processes (guest RAM
 #    included) divided by K. Restored VMs map the snapshot copy-on-write, so their clean
 #    pages are shared and PSS per VM falls as K grows.
 #  - pod start through containerd, booted vs restored from a template
@@ -12,9 +12,10 @@
 set -euo pipefail
 N=${N:-10}
 KS=${KS:-1 5 10}
+KINDS=${KINDS:-cold restored}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bin=$repo/target/release
-script="bin=$bin; N=$N; KS='$KS'"'
+script="bin=$bin; N=$N; KS='$KS'; KINDS='$KINDS'"'
 ms() { echo $(( $(date +%s%N) / 1000000 )); }
 stats() { sort -n | awk '"'"'{a[NR]=$1} END {if (NR) printf "min=%d median=%d max=%d ms (n=%d)\n", a[1], a[int((NR+1)/2)], a[NR], NR; else print "none"}'"'"'; }
 # launch NAME ARGS...: a VMM in the background on /tmp/NAME.sock; its pid in $LAST.
@@ -44,7 +45,7 @@ echo "restore:   $(stats </tmp/restore.ms)"
 
 echo "--- memory: PSS per VM (VMM process, guest RAM included), K VMs at once"
 for k in $KS; do
-  for kind in cold restored; do
+  for kind in $KINDS; do
     pids=""
     for i in $(seq 1 $k); do
       if [ $kind = cold ]; then launch m$i $cold; else launch m$i --restore /tmp/snap; fi

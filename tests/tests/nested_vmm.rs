@@ -580,6 +580,27 @@ fn inside_eight_pods_at_once() {
     c.assert_clean_within(Duration::from_secs(120));
 }
 
+/// Eight pods at once from one template: the first builds it (the others wait for it on
+/// the template lock), then all eight restore at once. Restores take no boot slot.
+#[test]
+fn eight_pods_at_once_from_a_template_in_the_test_host() {
+    run_own_test_with_memory("inside_eight_pods_at_once_from_a_template", 900, 4096);
+}
+
+#[test]
+#[ignore = "runs inside the nested test host"]
+fn inside_eight_pods_at_once_from_a_template() {
+    require_inside();
+    let c = Containerd::start_with_hull_config(
+        "template = true\nmax_parallel_boots = 2\nboot_timeout_s = 120",
+    );
+    c.run_at_once(8, "tpl-load");
+    let log = c.log();
+    assert_eq!(log.matches("pod VM template built").count(), 1, "{}", c.tail_log());
+    assert_eq!(log.matches("pod VM restored (hull-vmm)").count(), 8, "{}", c.tail_log());
+    c.assert_clean_within(Duration::from_secs(120));
+}
+
 /// The jailed VMM: the child of the waiter the pid file names (the test host's kernel has
 /// no /proc/PID/task/TID/children).
 fn jailed_vmm(waiter: i32) -> i32 {
