@@ -351,10 +351,19 @@ async fn inside_container_across_a_snapshot() {
     };
     let agent = |name: &str| {
         let uds = p.join(format!("{name}.sock"));
+        let (err, log) = (p.join(format!("{name}.err")), p.join(format!("{name}.log")));
         async move {
-            hull_shim::agent_client::AgentClient::connect(&uds, Duration::from_secs(240))
+            match hull_shim::agent_client::AgentClient::connect(&uds, Duration::from_secs(120))
                 .await
-                .unwrap()
+            {
+                Ok(a) => a,
+                // hull-vmm's own report says how the VM ended (a triple fault, say).
+                Err(e) => panic!(
+                    "{e:#}\nhull-vmm:\n{}\nconsole:\n{}",
+                    std::fs::read_to_string(err).unwrap_or_default(),
+                    std::fs::read_to_string(log).unwrap_or_default()
+                ),
+            }
         }
     };
     let exec = |a: hull_protocols::agent_ttrpc::AgentServiceClient, id: &'static str| async move {
