@@ -1,15 +1,15 @@
-//! `hull`: the node operator's tool. It reads what the shim reads (the config, the host,
-//! the run directory) and talks to no daemon: it works when containerd does not.
-//!
-//! The subcommand names runc uses (create, start, run, state, kill, delete, exec, ps,
-//! events, pause, resume, update, list, spec, features) are kept free for hull's OCI
-//! runtime CLI.
+//! `hull`: the node operator's tool, and an OCI runtime. The operator's commands read
+//! what the shim reads (the config, the host, the run directory) and talk to no daemon:
+//! they work when containerd does not. The runc command set (create, start, run, state,
+//! kill, delete, list, pause, resume, ps, spec, features) is hull as an OCI runtime for
+//! Podman and Docker (`oci`).
 
 mod check;
 mod console;
 mod env;
 mod logs;
 mod monitor;
+mod oci;
 mod pods;
 
 use std::process::ExitCode;
@@ -24,6 +24,8 @@ use clap::{Parser, Subcommand};
     after_help = "Examples:\n  hull check            can this host start pod VMs, and why not\n  hull check --strict   ... and fail on warnings too\n  hull env --json       the effective configuration and the backend `auto` picks\n  hull pods             the pod VMs running on this node\n  hull logs -f web-1    follow pod web-1's shim log\n  hull logs --console web-1   its VM's serial console\n  hull console web-1    a root shell in pod web-1's VM (needs debug_console = true)\n  hull console web-1 -- uname -r\n  hull monitor          every pod's metrics on http://127.0.0.1:8090/metrics, events on stdout"
 )]
 struct Cli {
+    #[command(flatten)]
+    global: oci::Global,
     #[command(subcommand)]
     command: Command,
 }
@@ -87,9 +89,12 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8090")]
         listen: std::net::SocketAddr,
     },
+    #[command(flatten)]
+    Oci(oci::Command),
 }
 
 fn main() -> ExitCode {
+    restore_default_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { strict, json } => Ok(check::run(strict, json)),
@@ -107,9 +112,18 @@ fn main() -> ExitCode {
             command,
         } => console::run(&sandbox, namespace.as_deref(), &command),
         Command::Monitor { listen } => monitor::run(listen).map(|()| ExitCode::SUCCESS),
+        Command::Oci(cmd) => return oci::run(&cli.global, cmd),
     };
     result.unwrap_or_else(|e| {
         eprintln!("hull: {e:#}");
         ExitCode::FAILURE
     })
+}
+
+/// Rust ignores SIGPIPE, so `hull features | head` would panic on the closed pipe;
+/// a command-line tool should end quietly there, as runc and coreutils do.
+fn restore_default_sigpipe() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: SIG_DFL installs no Rust handler, and this runs before any thread starts.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
 }

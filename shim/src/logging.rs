@@ -21,16 +21,27 @@ pub struct PodLog {
 }
 
 pub fn init(level: &str, namespace: &str, id: &str, pod_log: Option<PodLog>) {
+    // O_RDWR: opening a FIFO this way never blocks, whether or not containerd reads yet.
+    let fifo = OpenOptions::new().read(true).write(true).open("log").ok();
+    let primary = fifo.map_or(Primary::Stderr, Primary::Fifo);
+    install(level, namespace, id, primary, pod_log);
+}
+
+/// Logging for a process whose stderr is not its own (hull's OCI supervisor holds the
+/// container's): only the pod directory's copy.
+pub fn init_pod_only(level: &str, namespace: &str, id: &str, pod_log: PodLog) {
+    install(level, namespace, id, Primary::Nowhere, Some(pod_log));
+}
+
+fn install(level: &str, namespace: &str, id: &str, primary: Primary, pod_log: Option<PodLog>) {
     let filter = std::env::var("HULL_LOG").unwrap_or_else(|_| level.to_string());
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)
         .with_target(false);
-    // O_RDWR: opening a FIFO this way never blocks, whether or not containerd reads yet.
-    let fifo = OpenOptions::new().read(true).write(true).open("log").ok();
     let tee = Tee {
-        fifo,
+        primary,
         pod: pod_log.map(|p| PodCopy {
             log: p,
             file: None,
@@ -74,21 +85,30 @@ impl PodCopy {
     }
 }
 
-/// The FIFO (or stderr without one) and the pod's copy.
+/// Where log lines go first.
+enum Primary {
+    /// containerd's log FIFO.
+    Fifo(File),
+    Stderr,
+    Nowhere,
+}
+
+/// The primary log and the pod's copy.
 struct Tee {
-    fifo: Option<File>,
+    primary: Primary,
     pod: Option<PodCopy>,
 }
 
 impl Write for Tee {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match &mut self.fifo {
-            Some(f) => {
+        match &mut self.primary {
+            Primary::Fifo(f) => {
                 let _ = f.write_all(buf);
             }
-            None => {
+            Primary::Stderr => {
                 let _ = std::io::stderr().write_all(buf);
             }
+            Primary::Nowhere => {}
         }
         if let Some(p) = &mut self.pod {
             p.write(buf);

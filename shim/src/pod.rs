@@ -2,14 +2,14 @@
 //! die, shutting it down in order, and killing it when the agent stops answering. Its
 //! directory (and the removal of what a killed shim left there) is `pod_dir`'s.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Context;
 use hull_protocols::agent::{
-    AddARPNeighborsRequest, CreateSandboxRequest, DestroySandboxRequest, Storage,
-    UpdateInterfaceRequest, UpdateRoutesRequest,
+    AddARPNeighborsRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest,
+    Storage, UpdateInterfaceRequest, UpdateRoutesRequest,
 };
 use tokio::sync::watch;
 
@@ -22,7 +22,7 @@ use crate::network::{self, PodNetwork};
 use crate::pod_dir::{PodIdentity, cleanup_dir, pod_dir};
 use crate::pod_events::{self, Event};
 use crate::pod_fs;
-use crate::share::{GUEST_SHARED, PodShare};
+use crate::share::{ContainerShare, GUEST_SHARED, PodShare};
 use crate::sizing::PodSize;
 
 pub struct Pod {
@@ -195,6 +195,51 @@ impl Pod {
             "pod VM ready"
         );
         Ok(pod)
+    }
+
+    /// Creates a container in the VM: its rootfs (containerd's `rootfs` mounts, or
+    /// `<bundle>/rootfs`) and host bind mounts go into the share, the spec is rewritten
+    /// to the guest's paths (host hooks dropped: they do not run inside the VM), then
+    /// CreateContainer. A step that fails undoes the share. Errors keep the ttrpc code
+    /// (a bad spec is INVALID_ARGUMENT).
+    pub async fn create_container(
+        &self,
+        id: &str,
+        bundle: &Path,
+        rootfs: &[containerd_shim_protos::api::Mount],
+        mut spec: oci_spec::runtime::Spec,
+        ctx: ttrpc::context::Context,
+    ) -> Result<ContainerShare, ttrpc::Error> {
+        let share = self.share().container(id);
+        let prepared = share
+            .mount_rootfs(rootfs, bundle, &spec)
+            .and_then(|_| share.rewrite_spec(&mut spec))
+            .and_then(|_| {
+                if spec.hooks().is_some() {
+                    tracing::warn!(sandbox = %self.id, container = %id, "OCI hooks run on the host's side and are not run inside the VM");
+                    spec.set_hooks(None);
+                }
+                Ok(serde_json::to_vec(&spec)?)
+            });
+        let spec_json = match prepared {
+            Ok(j) => j,
+            Err(e) => {
+                share.remove();
+                return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                    ttrpc::Code::INVALID_ARGUMENT,
+                    format!("{e:#}"),
+                )));
+            }
+        };
+        let mut creq = CreateContainerRequest::new();
+        creq.container_id = id.to_string();
+        creq.oci_spec = spec_json;
+        let call = self.agent.agent.create_container(ctx, &creq);
+        if let Err(e) = self.metrics.rpc("CreateContainer", call).await {
+            share.remove();
+            return Err(e);
+        }
+        Ok(share)
     }
 
     /// Records a lifecycle event in the pod directory (see `pod_events`).

@@ -167,14 +167,19 @@ impl ContainerShare {
         self.mounts.join(&self.id)
     }
 
-    /// Mounts the rootfs containerd prepared (its `rootfs` mounts, or `<bundle>/rootfs`)
-    /// at `mounts/<cid>/rootfs`, `nosuid,nodev`.
-    pub fn mount_rootfs(&self, mounts: &[Mount], bundle: &Path) -> anyhow::Result<()> {
+    /// Mounts the rootfs containerd prepared (its `rootfs` mounts, or else the spec's
+    /// `root.path`, relative to the bundle or absolute as Podman gives it) at
+    /// `mounts/<cid>/rootfs`, `nosuid,nodev`.
+    pub fn mount_rootfs(&self, mounts: &[Mount], bundle: &Path, spec: &Spec) -> anyhow::Result<()> {
         let root = self.root()?;
         let rel = Path::new(&self.id).join("rootfs");
         let target = root.mkdir_all(&rel, 0o755)?;
         if mounts.is_empty() {
-            let src = bundle.join("rootfs");
+            let path = spec
+                .root()
+                .as_ref()
+                .map_or_else(|| PathBuf::from("rootfs"), |r| r.path().clone());
+            let src = bundle.join(path);
             pod_fs::attach_bind(&src, target.as_fd(), false)
                 .with_context(|| format!("binding {}", src.display()))?;
             return Ok(());
@@ -390,7 +395,7 @@ mod tests {
         std::fs::create_dir_all(&rw).unwrap();
 
         let c = t.share.container("c1");
-        c.mount_rootfs(&[], &bundle).unwrap();
+        c.mount_rootfs(&[], &bundle, &Spec::default()).unwrap();
         let mut spec = Spec::default();
         let mut mounts = spec.mounts().clone().unwrap();
         let n = mounts.len();
@@ -469,7 +474,9 @@ mod tests {
 
         std::os::unix::fs::symlink(outside.path(), t.share.mounts.join("c1")).unwrap();
         let c = t.share.container("c1");
-        let e = c.mount_rootfs(&[], bundle.path()).unwrap_err();
+        let e = c
+            .mount_rootfs(&[], bundle.path(), &Spec::default())
+            .unwrap_err();
         assert!(format!("{e:#}").contains("resolving"), "{e:#}");
 
         std::fs::create_dir(t.share.mounts.join("c2")).unwrap();

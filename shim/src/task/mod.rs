@@ -222,21 +222,6 @@ impl TaskService {
         });
     }
 
-    /// Adapts the bundle's spec to the guest: paths into the share, no host hooks.
-    fn prepare_spec(
-        &self,
-        spec: &mut Spec,
-        share: &ContainerShare,
-        id: &str,
-    ) -> anyhow::Result<()> {
-        share.rewrite_spec(spec)?;
-        if spec.hooks().is_some() {
-            tracing::warn!(container = %id, "OCI hooks run on the host's side and are not run inside the VM");
-            spec.set_hooks(None);
-        }
-        Ok(())
-    }
-
     /// Waits for a started process to exit (or the VM to die), drains its output, records
     /// the exit and tells containerd.
     fn watch_exit(&self, pod: Arc<Pod>, cid: String, p: Arc<Process>) {
@@ -286,38 +271,15 @@ impl TaskService {
         }
         crate::ids::validate("container id", &req.id).map_err(invalid_id)?;
         let bundle = PathBuf::from(&req.bundle);
-        let mut spec = Spec::load(bundle.join("config.json"))
+        let spec = Spec::load(bundle.join("config.json"))
             .map_err(|e| err(Code::INVALID_ARGUMENT, format!("reading the OCI spec: {e}")))?;
         let sandbox = sandbox_id(&spec).unwrap_or_else(|| req.id.clone());
         crate::ids::validate("sandbox id", &sandbox).map_err(invalid_id)?;
         let pod = self.ensure_pod(&sandbox, &spec).await?;
 
-        let share = pod.share().container(&req.id);
-        let prepared = share
-            .mount_rootfs(&req.rootfs, &bundle)
-            .and_then(|_| self.prepare_spec(&mut spec, &share, &req.id))
-            .and_then(|_| Ok(serde_json::to_vec(&spec)?));
-        let spec_json = match prepared {
-            Ok(j) => j,
-            Err(e) => {
-                share.remove();
-                return Err(err(Code::INVALID_ARGUMENT, format!("{e:#}")));
-            }
-        };
-        let mut creq = pb::CreateContainerRequest::new();
-        creq.container_id = req.id.clone();
-        creq.oci_spec = spec_json;
-        if let Err(e) = pod
-            .metrics
-            .rpc(
-                "CreateContainer",
-                pod.agent.agent.create_container(self.actx(), &creq),
-            )
-            .await
-        {
-            share.remove();
-            return Err(e);
-        }
+        let share = pod
+            .create_container(&req.id, &bundle, &req.rootfs, spec, self.actx())
+            .await?;
         self.known_ids
             .lock()
             .expect("ids lock")
