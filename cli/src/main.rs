@@ -1,7 +1,7 @@
 //! `hull`: the node operator's tool, and an OCI runtime. The operator's commands read
 //! what the shim reads (the config, the host, the run directory) and talk to no daemon:
-//! they work when containerd does not. The runc command set (create, start, run, state,
-//! kill, delete, list, pause, resume, ps, spec, features) is hull as an OCI runtime for
+//! they work when containerd does not. The runc command set (create, start, run, exec,
+//! state, kill, delete, list, pause, resume, ps, spec, features) is hull as an OCI runtime for
 //! Podman and Docker (`oci`).
 
 mod check;

@@ -1,5 +1,5 @@
-//! hull as an OCI runtime: runc's command line (create, start, run, state, kill, delete,
-//! list, pause, resume, ps, spec, features) for callers that speak only that, such as
+//! hull as an OCI runtime: runc's command line (create, start, run, exec, state, kill,
+//! delete, list, pause, resume, ps, spec, features) for callers that speak only that, such as
 //! Podman's conmon and containerd-shim-runc-v2 under Docker. Each container gets a pod VM
 //! of its own, held by a supervisor process (`supervisor`) whose pid the caller waits on;
 //! the other commands reach it through its control socket (`control`) in the container's
@@ -7,9 +7,11 @@
 //! that file in runc's text or JSON form; the exit status is 1, as runc's.
 
 pub mod control;
+mod exec;
 mod features;
 pub mod state;
 pub mod supervisor;
+mod tty;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -91,6 +93,8 @@ pub enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// OCI runtime: run another process in a running container.
+    Exec(exec::ExecArgs),
     /// OCI runtime: a container's state as JSON.
     State { id: String },
     /// OCI runtime: send a signal (default SIGTERM) to a container's process.
@@ -143,6 +147,19 @@ pub enum Command {
         bundle: PathBuf,
         #[arg(long)]
         ready_fd: i32,
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        id: String,
+    },
+    /// The holder of one exec (started by `exec`; not for people).
+    #[command(hide = true)]
+    ExecHold {
+        #[arg(long)]
+        ready_fd: i32,
+        #[arg(long)]
+        exec_id: String,
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
         id: String,
     },
 }
@@ -163,6 +180,19 @@ pub fn run(g: &Global, cmd: Command) -> ExitCode {
             detach,
             keep,
         } => run_container(g, &a, detach, keep),
+        Command::Exec(a) => exec::exec(g, &a),
+        Command::ExecHold {
+            ready_fd,
+            exec_id,
+            console_socket,
+            id,
+        } => exec::hold(exec::HoldArgs {
+            root: g.root.clone(),
+            id,
+            exec_id,
+            ready_fd,
+            console_socket,
+        }),
         Command::State { id } => print_state(g, &id).map(|()| ExitCode::SUCCESS),
         Command::Kill { all, id, signal } => kill(g, &id, &signal, all).map(|()| ExitCode::SUCCESS),
         Command::Delete { force, id } => delete(g, &id, force).map(|()| ExitCode::SUCCESS),
@@ -175,12 +205,14 @@ pub fn run(g: &Global, cmd: Command) -> ExitCode {
         Command::Supervise {
             bundle,
             ready_fd,
+            console_socket,
             id,
         } => supervisor::run(supervisor::Args {
             root: g.root.clone(),
             id,
             bundle,
             ready_fd,
+            console_socket,
         }),
     };
     r.unwrap_or_else(|e| {
@@ -229,17 +261,25 @@ fn create(g: &Global, a: &CreateArgs) -> anyhow::Result<i32> {
     if a.preserve_fds > 0 {
         anyhow::bail!("--preserve-fds: descriptors cannot be handed into a container's VM");
     }
-    if spec
+    let terminal = spec
         .process()
         .as_ref()
-        .is_some_and(|p| p.terminal() == Some(true))
-    {
-        anyhow::bail!(
-            "process.terminal: terminal containers (--console-socket) are not supported yet"
-        );
-    }
+        .is_some_and(|p| p.terminal() == Some(true));
+    let console_socket = match (&a.console_socket, terminal) {
+        (Some(p), true) => Some(
+            std::path::absolute(p)
+                .with_context(|| format!("the console socket {}", p.display()))?,
+        ),
+        (None, false) => None,
+        (None, true) => {
+            anyhow::bail!("cannot allocate tty if runc will detach without setting console socket")
+        }
+        (Some(_), false) => {
+            anyhow::bail!("cannot use console socket if runc will not detach or allocate tty")
+        }
+    };
     let entry = state::create(&g.root, &a.id)?;
-    let made = spawn_supervisor(g, &entry, &bundle).and_then(|pid| {
+    let made = spawn_supervisor(g, &entry, &bundle, console_socket.as_deref()).and_then(|pid| {
         let saved = Saved {
             id: a.id.clone(),
             bundle: bundle.clone(),
@@ -276,20 +316,41 @@ fn create(g: &Global, a: &CreateArgs) -> anyhow::Result<i32> {
 
 /// Starts the supervisor with the caller's stdio and waits for its word: the container
 /// is created, or why not (then it has exited and cleaned up after itself).
-fn spawn_supervisor(g: &Global, entry: &state::Locked, bundle: &Path) -> anyhow::Result<i32> {
+fn spawn_supervisor(
+    g: &Global,
+    entry: &state::Locked,
+    bundle: &Path,
+    console_socket: Option<&Path>,
+) -> anyhow::Result<i32> {
+    let mut args: Vec<std::ffi::OsString> = vec!["--bundle".into(), bundle.into()];
+    if let Some(p) = console_socket {
+        args.extend(["--console-socket".into(), p.into()]);
+    }
+    args.extend(["--".into(), entry.id.clone().into()]);
+    spawn_helper(g, "supervise", &args)
+}
+
+/// Starts `hull <sub> --ready-fd N <args>` (a supervisor, or an exec's holder) with this
+/// process's stdio, and waits for its first line: "ok" (its pid is returned) or why it
+/// failed (it has then exited, and is reaped here).
+pub(crate) fn spawn_helper(
+    g: &Global,
+    sub: &str,
+    args: &[std::ffi::OsString],
+) -> anyhow::Result<i32> {
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
     let mut cmd = std::process::Command::new(std::env::current_exe().context("hull's own path")?);
     cmd.arg("--root")
         .arg(&g.root)
-        .arg("supervise")
-        .arg("--bundle")
-        .arg(bundle)
+        .arg(sub)
         .arg("--ready-fd")
         .arg(hull_shim::daemon::PASSED_FD_BASE.to_string())
-        .arg(&entry.id);
+        .args(args);
     use std::os::fd::AsRawFd;
     hull_shim::daemon::pass_fds(&mut cmd, &[wr.as_raw_fd()])?;
-    let mut child = cmd.spawn().context("starting the container's supervisor")?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting hull {sub}"))?;
     drop(wr);
     let word = control::read_line(std::fs::File::from(rd)).unwrap_or_default();
     match word.as_deref().map(str::trim_end) {
@@ -298,9 +359,7 @@ fn spawn_supervisor(g: &Global, entry: &state::Locked, bundle: &Path) -> anyhow:
             let _ = child.wait();
             match other {
                 Some(why) if !why.is_empty() => Err(anyhow::anyhow!("{why}")),
-                _ => Err(anyhow::anyhow!(
-                    "the container's supervisor exited before the container was created"
-                )),
+                _ => Err(anyhow::anyhow!("hull {sub} exited without a word")),
             }
         }
     }
@@ -546,26 +605,34 @@ fn run_container(g: &Global, a: &CreateArgs, detach: bool, keep: bool) -> anyhow
         return Ok(ExitCode::SUCCESS);
     }
     let socket = g.root.join(&a.id).join(state::CONTROL_SOCKET);
+    let code = wait_forwarding(pid, move |signal| {
+        let _ = control::call(
+            &socket,
+            &Request::Kill { signal, all: false },
+            Duration::from_secs(35),
+        );
+    })?;
+    if !keep {
+        delete(g, &a.id, true)?;
+    }
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)))
+}
+
+/// Waits for the child `pid` (a supervisor or an exec's holder), passing each SIGINT,
+/// SIGTERM and SIGHUP this process gets to `forward`; its exit status, as a shell gives it.
+fn wait_forwarding(
+    pid: i32,
+    forward: impl Fn(i32) + Clone + Send + 'static,
+) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let code = rt.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut sigs: Vec<_> = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP]
-            .into_iter()
-            .filter_map(|n| signal(SignalKind::from_raw(n)).ok().map(|s| (n, s)))
-            .collect();
+    Ok(rt.block_on(async {
+        let mut signals = supervisor::Signals::new();
         let mut waited = tokio::task::spawn_blocking(move || {
             nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None)
         });
         loop {
-            let next_sig = futures_util::future::select_all(sigs.iter_mut().map(|(n, s)| {
-                let n = *n;
-                Box::pin(async move {
-                    s.recv().await;
-                    n
-                })
-            }));
             tokio::select! {
                 r = &mut waited => {
                     return match r {
@@ -574,17 +641,11 @@ fn run_container(g: &Global, a: &CreateArgs, detach: bool, keep: bool) -> anyhow
                         _ => 255,
                     };
                 }
-                (n, _, _) = next_sig => {
-                    let s = socket.clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        control::call(&s, &Request::Kill { signal: n, all: false }, Duration::from_secs(35))
-                    }).await;
+                n = signals.next() => {
+                    let forward = forward.clone();
+                    let _ = tokio::task::spawn_blocking(move || forward(n)).await;
                 }
             }
         }
-    });
-    if !keep {
-        delete(g, &a.id, true)?;
-    }
-    Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)))
+    }))
 }

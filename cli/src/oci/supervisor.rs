@@ -37,35 +37,46 @@ pub struct Args {
     pub bundle: PathBuf,
     /// The write end of the pipe `create` waits on: "ok", or the error, then EOF.
     pub ready_fd: i32,
+    /// Where the master of a terminal container's pty goes.
+    pub console_socket: Option<PathBuf>,
 }
 
 /// Runs the supervisor to its end; never returns.
 pub fn run(args: Args) -> ! {
-    close_inherited(args.ready_fd);
+    let ready = detach_from_caller(args.ready_fd);
+    block_on_and_exit(supervise(args, ready))
+}
+
+/// What every helper process (a supervisor, an exec's holder) does first: drops the
+/// descriptors it inherited but its stdio and the ready pipe (reopened by path, so no
+/// raw descriptor number is adopted), leaves the caller's session (a terminal's signals
+/// are the caller's to forward), and survives a reader closing its output. Exits when
+/// the ready pipe is not there: nobody would hear why.
+pub(super) fn detach_from_caller(ready_fd: i32) -> std::fs::File {
+    close_inherited(ready_fd);
+    let _ = nix::unistd::setsid();
     // A reader that closes the container's stdout must cost an EPIPE on that stream,
-    // not the supervisor's life (and with it the teardown of the VM).
+    // not the helper's life (and with it the teardown of the VM).
     {
         use nix::sys::signal::{SigHandler, Signal, signal};
         // SAFETY: SIG_IGN installs no handler code, and no thread has started yet.
         let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) };
     }
-    // Not in the caller's session: a terminal's signals are the CLI's to forward.
-    let _ = nix::unistd::setsid();
-    // Reopened by path, then the inherited descriptor closed: no unsafe adoption of a
-    // raw descriptor number.
     let ready = std::fs::OpenOptions::new()
         .write(true)
-        .open(format!("/proc/self/fd/{}", args.ready_fd));
-    let _ = nix::unistd::close(args.ready_fd);
-    let Ok(ready) = ready else {
-        std::process::exit(1);
-    };
+        .open(format!("/proc/self/fd/{ready_fd}"));
+    let _ = nix::unistd::close(ready_fd);
+    ready.unwrap_or_else(|_| std::process::exit(1))
+}
+
+/// Runs a helper's work on a small runtime and exits with the status it returns.
+pub(super) fn block_on_and_exit(work: impl std::future::Future<Output = i32>) -> ! {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build();
     let code = match rt {
-        Ok(rt) => rt.block_on(supervise(args, ready)),
+        Ok(rt) => rt.block_on(work),
         Err(_) => 1,
     };
     std::process::exit(code)
@@ -97,6 +108,8 @@ struct Held {
     /// The container's exit status, once it has exited.
     exit: watch::Sender<Option<i32>>,
     bridge: tokio::sync::Mutex<Bridge>,
+    /// A terminal container's host pty (its slave side).
+    tty: Option<std::os::fd::OwnedFd>,
 }
 
 async fn supervise(args: Args, mut ready: std::fs::File) -> i32 {
@@ -123,8 +136,10 @@ async fn supervise(args: Args, mut ready: std::fs::File) -> i32 {
     tokio::spawn(held.clone().wait_exit());
     let mut exited = held.exit.subscribe();
     let mut signals = Signals::new();
+    let mut winch = super::tty::WindowChanges::new(held.tty.as_ref());
     loop {
         tokio::select! {
+            () = winch.next() => held.resize().await,
             conn = listener.accept() => {
                 if let Ok((conn, _)) = conn {
                     tokio::spawn(held.clone().serve(conn));
@@ -163,7 +178,13 @@ async fn setup(args: &Args) -> anyhow::Result<Held> {
         .process()
         .as_ref()
         .is_some_and(|p| p.terminal() == Some(true));
-    let ends = caller_stdio(terminal)?;
+    let (ends, tty) = match (&args.console_socket, terminal) {
+        (Some(socket), true) => {
+            let slave = super::tty::open(socket)?;
+            (pty_stdio(&slave)?, Some(slave))
+        }
+        _ => (caller_stdio(terminal)?, None),
+    };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let opts = PodOptions {
         hostname: spec.hostname().clone().unwrap_or_default(),
@@ -193,13 +214,14 @@ async fn setup(args: &Args) -> anyhow::Result<Held> {
         status: Mutex::new(Status::Created),
         exit: watch::channel(None).0,
         bridge: tokio::sync::Mutex::new(bridge),
+        tty,
     })
 }
 
 /// The descriptors the caller gave `create` become the container's stdio; the
 /// supervisor's own 0, 1 and 2 then point at /dev/null, so that nothing of its own can
 /// reach the container's streams.
-fn caller_stdio(terminal: bool) -> anyhow::Result<Endpoints> {
+pub(super) fn caller_stdio(terminal: bool) -> anyhow::Result<Endpoints> {
     let dup = |fd: std::os::fd::BorrowedFd<'_>| -> anyhow::Result<tokio::fs::File> {
         let owned = fd
             .try_clone_to_owned()
@@ -209,6 +231,33 @@ fn caller_stdio(terminal: bool) -> anyhow::Result<Endpoints> {
     let stdin = dup(std::io::stdin().as_fd())?;
     let stdout = dup(std::io::stdout().as_fd())?;
     let stderr = dup(std::io::stderr().as_fd())?;
+    null_stdio()?;
+    Ok(Endpoints {
+        stdin: Some(Box::new(stdin)),
+        stdout: Some(Box::new(stdout)),
+        stderr: (!terminal).then(|| Box::new(stderr) as _),
+        terminal,
+    })
+}
+
+/// A terminal container's stdio: the host pty's slave, both ways; the caller's own
+/// descriptors are not used (they are conmon's, not the container's).
+pub(super) fn pty_stdio(slave: &std::os::fd::OwnedFd) -> anyhow::Result<Endpoints> {
+    let dup = || -> anyhow::Result<tokio::fs::File> {
+        let fd = slave.try_clone().context("duplicating the pty")?;
+        Ok(tokio::fs::File::from_std(std::fs::File::from(fd)))
+    };
+    let ends = Endpoints {
+        stdin: Some(Box::new(dup()?)),
+        stdout: Some(Box::new(dup()?)),
+        stderr: None,
+        terminal: true,
+    };
+    null_stdio()?;
+    Ok(ends)
+}
+
+fn null_stdio() -> anyhow::Result<()> {
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -217,12 +266,7 @@ fn caller_stdio(terminal: bool) -> anyhow::Result<Endpoints> {
         nix::unistd::dup2(null.as_raw_fd(), fd)
             .context("pointing the supervisor's stdio at /dev/null")?;
     }
-    Ok(Endpoints {
-        stdin: Some(Box::new(stdin)),
-        stdout: Some(Box::new(stdout)),
-        stderr: (!terminal).then(|| Box::new(stderr) as _),
-        terminal,
-    })
+    Ok(())
 }
 
 fn listen(path: &Path) -> anyhow::Result<UnixListener> {
@@ -234,12 +278,12 @@ fn listen(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(l)
 }
 
-fn agent_ctx(cfg: &HullConfig) -> ttrpc::context::Context {
+pub(super) fn agent_ctx(cfg: &HullConfig) -> ttrpc::context::Context {
     hull_shim::agent_client::deadline(Duration::from_secs(cfg.agent_timeout_s))
 }
 
 /// An agent error as a person reads it: the status message, not the debug dump.
-fn rpc_text(e: &ttrpc::Error) -> String {
+pub(super) fn rpc_text(e: &ttrpc::Error) -> String {
     match e {
         ttrpc::Error::RpcStatus(s) => s.message().to_string(),
         other => other.to_string(),
@@ -334,6 +378,8 @@ impl Held {
             Status::Stopped => anyhow::bail!("cannot start a container that has stopped"),
             _ => anyhow::bail!("cannot start an already running container"),
         }
+        // The caller may have sized the terminal before start: no SIGWINCH reports that.
+        self.resize().await;
         let mut req = pb::StartContainerRequest::new();
         req.container_id = self.id.clone();
         let call = self
@@ -348,6 +394,25 @@ impl Held {
             .map_err(|e| anyhow::anyhow!("starting the container: {}", rpc_text(&e)))?;
         self.set_status(Status::Running);
         Ok(Response::default())
+    }
+
+    /// Passes the host pty's size on to the container's pty in the guest.
+    async fn resize(&self) {
+        let Some(req) = self
+            .tty
+            .as_ref()
+            .and_then(|t| super::tty::resize_request(t, &self.id, ""))
+        else {
+            return;
+        };
+        let call = self
+            .pod
+            .agent
+            .agent
+            .tty_win_resize(agent_ctx(&self.cfg), &req);
+        if let Err(e) = self.pod.metrics.rpc("TtyWinResize", call).await {
+            tracing::warn!(container = %self.id, error = %rpc_text(&e), "resizing the terminal");
+        }
     }
 
     async fn kill(&self, signal: i32, all: bool) -> anyhow::Result<Response> {
@@ -446,10 +511,10 @@ impl Held {
 }
 
 /// The signals that end the supervisor (and, first, the container's VM).
-struct Signals(Vec<(i32, tokio::signal::unix::Signal)>);
+pub(super) struct Signals(Vec<(i32, tokio::signal::unix::Signal)>);
 
 impl Signals {
-    fn new() -> Signals {
+    pub(super) fn new() -> Signals {
         use tokio::signal::unix::{SignalKind, signal};
         Signals(
             [libc::SIGTERM, libc::SIGINT, libc::SIGHUP]
@@ -459,7 +524,7 @@ impl Signals {
         )
     }
 
-    async fn next(&mut self) -> i32 {
+    pub(super) async fn next(&mut self) -> i32 {
         if self.0.is_empty() {
             return std::future::pending().await;
         }
