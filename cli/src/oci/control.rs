@@ -25,6 +25,12 @@ pub enum Request {
     Pause,
     Resume,
     Ps,
+    /// New cgroup limits: OCI `LinuxResources`, JSON.
+    Update {
+        resources: serde_json::Value,
+    },
+    /// The container's cgroup figures, as runc's `events --stats` gives them.
+    Stats,
     /// End the container (SIGKILL if it runs) and its VM; the supervisor then exits.
     Delete,
 }
@@ -61,6 +67,9 @@ pub struct Response {
     /// Guest pids of the container's processes (`ps`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<Vec<u32>>,
+    /// runc's stats object (`Stats`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<serde_json::Value>,
 }
 
 impl Response {

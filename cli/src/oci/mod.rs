@@ -1,5 +1,5 @@
 //! hull as an OCI runtime: runc's command line (create, start, run, exec, state, kill,
-//! delete, list, pause, resume, ps, spec, features) for callers that speak only that, such as
+//! delete, list, pause, resume, ps, events, update, spec, features) for callers that speak only that, such as
 //! Podman's conmon and containerd-shim-runc-v2 under Docker. Each container gets a pod VM
 //! of its own, held by a supervisor process (`supervisor`) whose pid the caller waits on;
 //! the other commands reach it through its control socket (`control`) in the container's
@@ -7,11 +7,13 @@
 //! that file in runc's text or JSON form; the exit status is 1, as runc's.
 
 pub mod control;
+mod events;
 mod exec;
 mod features;
 pub mod state;
 pub mod supervisor;
 mod tty;
+mod update;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -95,6 +97,18 @@ pub enum Command {
     },
     /// OCI runtime: run another process in a running container.
     Exec(exec::ExecArgs),
+    /// OCI runtime: the container's cgroup figures (in its VM) as JSON lines.
+    Events {
+        /// One figure, then exit.
+        #[arg(long)]
+        stats: bool,
+        /// Between figures.
+        #[arg(long, default_value = "5s", value_parser = events::parse_interval)]
+        interval: Duration,
+        id: String,
+    },
+    /// OCI runtime: new cgroup limits for a running container.
+    Update(update::UpdateArgs),
     /// OCI runtime: a container's state as JSON.
     State { id: String },
     /// OCI runtime: send a signal (default SIGTERM) to a container's process.
@@ -181,6 +195,12 @@ pub fn run(g: &Global, cmd: Command) -> ExitCode {
             keep,
         } => run_container(g, &a, detach, keep),
         Command::Exec(a) => exec::exec(g, &a),
+        Command::Events {
+            stats,
+            interval,
+            id,
+        } => events::run(g, &id, stats, interval).map(|()| ExitCode::SUCCESS),
+        Command::Update(a) => update::run(g, &a).map(|()| ExitCode::SUCCESS),
         Command::ExecHold {
             ready_fd,
             exec_id,

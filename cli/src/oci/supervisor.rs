@@ -365,6 +365,8 @@ impl Held {
             Request::Pause => self.pause(true).await,
             Request::Resume => self.pause(false).await,
             Request::Ps => self.ps().await,
+            Request::Update { resources } => self.update(resources).await,
+            Request::Stats => self.stats().await,
             Request::Delete => self.delete().await,
         };
         let mut r = r.unwrap_or_else(|e| Response::error(format!("{e:#}")));
@@ -493,6 +495,46 @@ impl Held {
             .map_err(|e| anyhow::anyhow!("{}", rpc_text(&e)))?;
         Ok(Response {
             pids: Some(list.processes.iter().map(|p| p.pid).collect()),
+            ..Default::default()
+        })
+    }
+
+    async fn update(&self, resources: serde_json::Value) -> anyhow::Result<Response> {
+        if self.status() == Status::Stopped {
+            anyhow::bail!("container not running");
+        }
+        let mut req = pb::UpdateContainerRequest::new();
+        req.container_id = self.id.clone();
+        req.resources = serde_json::to_vec(&resources)?;
+        let call = self
+            .pod
+            .agent
+            .agent
+            .update_container(agent_ctx(&self.cfg), &req);
+        self.pod
+            .metrics
+            .rpc("UpdateContainer", call)
+            .await
+            .map_err(|e| anyhow::anyhow!("updating the container: {}", rpc_text(&e)))?;
+        Ok(Response::default())
+    }
+
+    async fn stats(&self) -> anyhow::Result<Response> {
+        let mut req = pb::StatsContainerRequest::new();
+        req.container_id = self.id.clone();
+        let call = self
+            .pod
+            .agent
+            .agent
+            .stats_container(agent_ctx(&self.cfg), &req);
+        let s = self
+            .pod
+            .metrics
+            .rpc("StatsContainer", call)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", rpc_text(&e)))?;
+        Ok(Response {
+            stats: Some(super::events::runc_stats(&s)),
             ..Default::default()
         })
     }
