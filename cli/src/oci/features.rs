@@ -15,8 +15,9 @@ pub fn features() -> serde_json::Value {
     serde_json::json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": OCI_VERSION,
-        // Hooks are not run: host hooks would act on a host the container is not on.
-        "hooks": [],
+        // The host-side ones; createContainer and startContainer would have to run in
+        // the VM (refused at create).
+        "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
         "mountOptions": ["bind", "rbind", "ro", "rw", "nosuid", "nodev", "noexec", "private", "rprivate"],
         "linux": {
             "namespaces": NAMESPACES,

@@ -10,6 +10,7 @@ pub mod control;
 mod events;
 mod exec;
 mod features;
+mod hooks;
 pub mod state;
 pub mod supervisor;
 mod tty;
@@ -278,6 +279,7 @@ fn create(g: &Global, a: &CreateArgs) -> anyhow::Result<i32> {
     let bundle = std::fs::canonicalize(&a.bundle)
         .with_context(|| format!("the bundle {}", a.bundle.display()))?;
     let spec = load_spec(&bundle)?;
+    hooks::check(&spec)?;
     if a.preserve_fds > 0 {
         anyhow::bail!("--preserve-fds: descriptors cannot be handed into a container's VM");
     }
@@ -317,6 +319,10 @@ fn create(g: &Global, a: &CreateArgs) -> anyhow::Result<i32> {
                 .into_iter()
                 .collect(),
         };
+        if let Err(e) = hooks::run(&create_hooks(&spec), &state_json(&saved, Status::Created)) {
+            end_supervisor(pid);
+            return Err(e);
+        }
         entry.save(&saved)?;
         if let Some(p) = &a.pid_file {
             state::write_atomic(p, pid.to_string().as_bytes())
@@ -332,6 +338,22 @@ fn create(g: &Global, a: &CreateArgs) -> anyhow::Result<i32> {
             Err(e)
         }
     }
+}
+
+/// The hooks that run once the container exists: `prestart` (deprecated, still run as
+/// runc runs it) and `createRuntime`.
+fn create_hooks(spec: &Spec) -> Vec<oci_spec::runtime::Hook> {
+    #[allow(deprecated)]
+    let mut all = hooks::of(spec, oci_spec::runtime::Hooks::prestart);
+    all.extend(hooks::of(spec, oci_spec::runtime::Hooks::create_runtime));
+    all
+}
+
+/// Ends a supervisor this process started (and so reaps): SIGTERM makes it end the VM.
+fn end_supervisor(pid: i32) {
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let _ = nix::sys::wait::waitpid(pid, None);
 }
 
 /// Starts the supervisor with the caller's stdio and waits for its word: the container
@@ -447,6 +469,12 @@ fn start(g: &Global, id: &str) -> anyhow::Result<()> {
         _ => anyhow::bail!("cannot start an already running container"),
     }
     control::call(&entry.control_socket(), &Request::Start, agent_timeout())?;
+    if let Ok(spec) = load_spec(&saved.bundle) {
+        hooks::run_warning(
+            &hooks::of(&spec, oci_spec::runtime::Hooks::poststart),
+            &state_json(&saved, Status::Running),
+        );
+    }
     Ok(())
 }
 
@@ -518,6 +546,14 @@ fn delete(g: &Global, id: &str, force: bool) -> anyhow::Result<()> {
         }
     }
     remove_leftovers(id);
+    if let Some(saved) = &saved
+        && let Ok(spec) = load_spec(&saved.bundle)
+    {
+        hooks::run_warning(
+            &hooks::of(&spec, oci_spec::runtime::Hooks::poststop),
+            &state_json(saved, Status::Stopped),
+        );
+    }
     entry.remove()
 }
 
