@@ -374,6 +374,25 @@ impl Held {
         r
     }
 
+    /// An agent call, counted in the pod's metrics; its error as a person reads it,
+    /// after `what`.
+    async fn rpc<T>(
+        &self,
+        method: &'static str,
+        what: &str,
+        call: impl std::future::Future<Output = ttrpc::Result<T>>,
+    ) -> anyhow::Result<T> {
+        self.pod
+            .metrics
+            .rpc(method, call)
+            .await
+            .map_err(|e| anyhow::anyhow!("{what}{}", rpc_text(&e)))
+    }
+
+    fn agent(&self) -> &hull_protocols::agent_ttrpc::AgentServiceClient {
+        &self.pod.agent.agent
+    }
+
     async fn start(&self) -> anyhow::Result<Response> {
         match self.status() {
             Status::Created => {}
@@ -384,16 +403,9 @@ impl Held {
         self.resize().await;
         let mut req = pb::StartContainerRequest::new();
         req.container_id = self.id.clone();
-        let call = self
-            .pod
-            .agent
-            .agent
-            .start_container(agent_ctx(&self.cfg), &req);
-        self.pod
-            .metrics
-            .rpc("StartContainer", call)
-            .await
-            .map_err(|e| anyhow::anyhow!("starting the container: {}", rpc_text(&e)))?;
+        let call = self.agent().start_container(agent_ctx(&self.cfg), &req);
+        self.rpc("StartContainer", "starting the container: ", call)
+            .await?;
         self.set_status(Status::Running);
         Ok(Response::default())
     }
@@ -407,13 +419,9 @@ impl Held {
         else {
             return;
         };
-        let call = self
-            .pod
-            .agent
-            .agent
-            .tty_win_resize(agent_ctx(&self.cfg), &req);
-        if let Err(e) = self.pod.metrics.rpc("TtyWinResize", call).await {
-            tracing::warn!(container = %self.id, error = %rpc_text(&e), "resizing the terminal");
+        let call = self.agent().tty_win_resize(agent_ctx(&self.cfg), &req);
+        if let Err(e) = self.rpc("TtyWinResize", "", call).await {
+            tracing::warn!(container = %self.id, error = %e, "resizing the terminal");
         }
     }
 
@@ -425,12 +433,10 @@ impl Held {
         req.container_id = self.id.clone();
         req.signal = u32::try_from(signal).context("signal")?;
         req.all = all;
-        let call = self
-            .pod
-            .agent
-            .agent
-            .signal_process(agent_ctx(&self.cfg), &req);
-        let r = self.pod.metrics.rpc("SignalProcess", call).await;
+        let call = self.agent().signal_process(agent_ctx(&self.cfg), &req);
+        let r = self
+            .rpc("SignalProcess", "signalling the container: ", call)
+            .await;
         if signal == libc::SIGKILL {
             // A SIGKILL must work: a container the agent does not end in time loses its VM.
             let deadline = Duration::from_secs(self.cfg.agent_timeout_s);
@@ -444,7 +450,7 @@ impl Held {
                 }
             });
         }
-        r.map_err(|e| anyhow::anyhow!("signalling the container: {}", rpc_text(&e)))?;
+        r?;
         Ok(Response::default())
     }
 
@@ -457,24 +463,18 @@ impl Held {
         if self.status() != want {
             anyhow::bail!("container not {}", want.as_str());
         }
-        let agent = &self.pod.agent.agent;
         let ctx = agent_ctx(&self.cfg);
-        let r = if pause {
+        if pause {
             let mut req = pb::PauseContainerRequest::new();
             req.container_id = self.id.clone();
-            self.pod
-                .metrics
-                .rpc("PauseContainer", agent.pause_container(ctx, &req))
-                .await
+            let call = self.agent().pause_container(ctx, &req);
+            self.rpc("PauseContainer", "", call).await?;
         } else {
             let mut req = pb::ResumeContainerRequest::new();
             req.container_id = self.id.clone();
-            self.pod
-                .metrics
-                .rpc("ResumeContainer", agent.resume_container(ctx, &req))
-                .await
-        };
-        r.map_err(|e| anyhow::anyhow!("{}", rpc_text(&e)))?;
+            let call = self.agent().resume_container(ctx, &req);
+            self.rpc("ResumeContainer", "", call).await?;
+        }
         self.set_status(now);
         Ok(Response::default())
     }
@@ -482,17 +482,8 @@ impl Held {
     async fn ps(&self) -> anyhow::Result<Response> {
         let mut req = pb::ListProcessesRequest::new();
         req.container_id = self.id.clone();
-        let call = self
-            .pod
-            .agent
-            .agent
-            .list_processes(agent_ctx(&self.cfg), &req);
-        let list = self
-            .pod
-            .metrics
-            .rpc("ListProcesses", call)
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", rpc_text(&e)))?;
+        let call = self.agent().list_processes(agent_ctx(&self.cfg), &req);
+        let list = self.rpc("ListProcesses", "", call).await?;
         Ok(Response {
             pids: Some(list.processes.iter().map(|p| p.pid).collect()),
             ..Default::default()
@@ -506,33 +497,17 @@ impl Held {
         let mut req = pb::UpdateContainerRequest::new();
         req.container_id = self.id.clone();
         req.resources = serde_json::to_vec(&resources)?;
-        let call = self
-            .pod
-            .agent
-            .agent
-            .update_container(agent_ctx(&self.cfg), &req);
-        self.pod
-            .metrics
-            .rpc("UpdateContainer", call)
-            .await
-            .map_err(|e| anyhow::anyhow!("updating the container: {}", rpc_text(&e)))?;
+        let call = self.agent().update_container(agent_ctx(&self.cfg), &req);
+        self.rpc("UpdateContainer", "updating the container: ", call)
+            .await?;
         Ok(Response::default())
     }
 
     async fn stats(&self) -> anyhow::Result<Response> {
         let mut req = pb::StatsContainerRequest::new();
         req.container_id = self.id.clone();
-        let call = self
-            .pod
-            .agent
-            .agent
-            .stats_container(agent_ctx(&self.cfg), &req);
-        let s = self
-            .pod
-            .metrics
-            .rpc("StatsContainer", call)
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", rpc_text(&e)))?;
+        let call = self.agent().stats_container(agent_ctx(&self.cfg), &req);
+        let s = self.rpc("StatsContainer", "", call).await?;
         Ok(Response {
             stats: Some(super::events::runc_stats(&s)),
             ..Default::default()
