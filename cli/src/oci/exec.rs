@@ -198,6 +198,8 @@ struct Held {
 
 async fn run_held(args: HoldArgs, mut ready: std::fs::File) -> i32 {
     use std::io::Write;
+    // Before "ok": a signal the caller sends as soon as it has the pid is not lost.
+    let mut signals = supervisor::Signals::new();
     let (held, mut bridge) = match start(&args).await {
         Ok(h) => h,
         Err(e) => {
@@ -208,7 +210,6 @@ async fn run_held(args: HoldArgs, mut ready: std::fs::File) -> i32 {
     let _ = writeln!(ready, "ok");
     drop(ready);
 
-    let mut signals = supervisor::Signals::new();
     let mut winch = super::tty::WindowChanges::new(held.tty.as_ref());
     let mut req = pb::WaitProcessRequest::new();
     req.container_id = held.id.clone();

@@ -75,11 +75,12 @@ pub(super) fn block_on_and_exit(work: impl std::future::Future<Output = i32>) ->
         .worker_threads(2)
         .enable_all()
         .build();
-    let code = match rt {
-        Ok(rt) => rt.block_on(work),
-        Err(_) => 1,
-    };
-    std::process::exit(code)
+    match rt {
+        // Exit without dropping the runtime: a drop waits for blocking reads (the
+        // container's stdin, a pty nobody writes to) that may never end.
+        Ok(rt) => std::process::exit(rt.block_on(work)),
+        Err(_) => std::process::exit(1),
+    }
 }
 
 /// Closes every descriptor the caller left open past stdio (but `keep`): a pipe held
@@ -113,6 +114,9 @@ struct Held {
 }
 
 async fn supervise(args: Args, mut ready: std::fs::File) -> i32 {
+    // Before anything else: a signal that comes while the VM boots, or just after the
+    // caller heard "ok" (create undoing itself), is then kept until the loop below.
+    let mut signals = Signals::new();
     let held = match setup(&args).await {
         Ok(h) => Arc::new(h),
         Err(e) => {
@@ -135,7 +139,6 @@ async fn supervise(args: Args, mut ready: std::fs::File) -> i32 {
 
     tokio::spawn(held.clone().wait_exit());
     let mut exited = held.exit.subscribe();
-    let mut signals = Signals::new();
     let mut winch = super::tty::WindowChanges::new(held.tty.as_ref());
     loop {
         tokio::select! {
