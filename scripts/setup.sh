@@ -16,6 +16,8 @@ APT_PACKAGES=(
   python3 python3-venv jq iproute2 procps util-linux socat
   # make bench-net
   iperf3
+  # hull as Podman's OCI runtime (tests/tests/podman.rs)
+  podman netavark
 )
 
 missing=()

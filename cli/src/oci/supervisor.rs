@@ -191,7 +191,11 @@ async fn setup(args: &Args) -> anyhow::Result<Held> {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let opts = PodOptions {
         hostname: spec.hostname().clone().unwrap_or_default(),
-        size: hull_shim::sizing::pod_size(&cfg, spec.annotations().as_ref(), cpus),
+        size: hull_shim::sizing::container_size(
+            &cfg,
+            spec.linux().as_ref().and_then(|l| l.resources().as_ref()),
+            cpus,
+        ),
         network: hull_shim::network::mode(&spec),
         dns: hull_shim::network::dns_lines(&spec)?,
     };
