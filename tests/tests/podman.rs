@@ -52,18 +52,17 @@ impl Podman {
         let p = Podman { dir };
         let rootfs = p.dir.path().join("image");
         hull_tests::bundle::busybox_rootfs(&rootfs).unwrap();
+        let tarball = p.dir.path().join("image.tar");
         let tar = Command::new("tar")
             .arg("-C")
             .arg(&rootfs)
-            .args(["-c", "."])
-            .stdout(Stdio::piped())
-            .spawn()
+            .arg("-cf")
+            .arg(&tarball)
+            .arg(".")
+            .status()
             .unwrap();
-        let imported = p
-            .cmd(&["import", "-", IMAGE])
-            .stdin(tar.stdout.unwrap())
-            .output()
-            .unwrap();
+        assert!(tar.success());
+        let imported = p.run(&["import", tarball.to_str().unwrap(), IMAGE]);
         assert!(imported.status.success(), "{}", text(&imported));
         p
     }
