@@ -18,6 +18,8 @@ APT_PACKAGES=(
   iperf3
   # hull as Podman's OCI runtime (tests/tests/podman.rs)
   podman netavark
+  # hull as Docker's runtime (tests/tests/docker.rs)
+  docker.io
 )
 
 missing=()

@@ -107,9 +107,16 @@ impl Pod {
         };
 
         let net = match &opts.network {
-            network::Mode::Netns(path) => {
-                let (d, p) = (dir.clone(), path.clone());
-                match tokio::task::spawn_blocking(move || PodNetwork::attach(&d, &p)).await? {
+            network::Mode::Netns(_) | network::Mode::Made { .. } => {
+                let (d, mode) = (dir.clone(), opts.network.clone());
+                let attached = tokio::task::spawn_blocking(move || match mode {
+                    network::Mode::Made { netns, host } => {
+                        PodNetwork::attach_made(&d, &netns, &host)
+                    }
+                    network::Mode::Netns(p) => PodNetwork::attach(&d, &p),
+                    _ => Ok(PodNetwork::default()),
+                });
+                match attached.await? {
                     Ok(n) => n,
                     Err(e) => {
                         cleanup_dir(&dir);

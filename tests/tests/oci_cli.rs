@@ -273,7 +273,7 @@ fn create_start_state_delete_as_go_runc_drives_it() {
     let pid = w.create("echo", &b);
     let cr = hook_state("createRuntime");
     assert_eq!(cr["id"], "echo", "{cr}");
-    assert_eq!(cr["status"], "created", "{cr}");
+    assert_eq!(cr["status"], "creating", "{cr}");
     assert_eq!(cr["pid"], pid, "{cr}");
     assert!(!b.join("poststart.json").exists());
     let st = w.state("echo");

@@ -156,6 +156,7 @@ impl Containers {
         let is_sandbox = spec::is_sandbox_container(&spec);
         let pod = self.pod_namespaces(is_sandbox);
         let cgroup = spec::prepare(&mut spec, id, &self.cfg.shared_dir, &pod)?;
+        spec::apply_pod_sysctls(&spec::take_pod_sysctls(&mut spec)?)?;
         let terminal = spec
             .process()
             .as_ref()

@@ -148,6 +148,55 @@ pub fn prepare(
     Ok(cgroup)
 }
 
+/// The `net.*` sysctls of a container that shares the VM's network namespace (it joins
+/// the pod's), taken out of its spec: they are the pod's, set on the VM's namespace
+/// (`apply_pod_sysctls`), where the runtime would refuse them for a container without a
+/// network namespace of its own. Names are checked: a name that could leave
+/// /proc/sys/net is refused.
+pub fn take_pod_sysctls(spec: &mut Spec) -> Result<Vec<(String, String)>> {
+    let Some(mut linux) = spec.linux().clone() else {
+        return Ok(Vec::new());
+    };
+    let own_net = linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|n| n.typ() == LinuxNamespaceType::Network);
+    let Some(sysctls) = linux.sysctl().clone() else {
+        return Ok(Vec::new());
+    };
+    if own_net {
+        return Ok(Vec::new());
+    }
+    let (net, rest): (Vec<_>, Vec<_>) = sysctls
+        .into_iter()
+        .partition(|(k, _)| k.starts_with("net."));
+    for (k, _) in &net {
+        let ok = k.split(['.', '/']).all(|part| {
+            !part.is_empty()
+                && part != ".."
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        });
+        if !ok {
+            return Err(invalid(format!("sysctl {k:?} is not a sysctl name")));
+        }
+    }
+    linux.set_sysctl((!rest.is_empty()).then(|| rest.into_iter().collect()));
+    spec.set_linux(Some(linux));
+    Ok(net)
+}
+
+/// Sets `sysctls` (checked by `take_pod_sysctls`) on the VM's own namespaces.
+pub fn apply_pod_sysctls(sysctls: &[(String, String)]) -> Result<()> {
+    for (k, v) in sysctls {
+        let path = Path::new("/proc/sys").join(k.replace('.', "/"));
+        std::fs::write(&path, v).map_err(|e| invalid(format!("setting sysctl {k}={v}: {e}")))?;
+    }
+    Ok(())
+}
+
 fn inside_shared(path: &Path, shared: &Path, what: &str) -> Result<PathBuf> {
     if !path.is_absolute() {
         return Err(invalid(format!(
@@ -394,5 +443,55 @@ mod tests {
         );
         assert!(parse_process(br#"{"cwd":"/","args":[]}"#).is_err());
         assert!(parse_process(br#"{"cwd":"/","args":["true"],"user":{"uid":0,"gid":0}}"#).is_ok());
+    }
+
+    #[test]
+    fn net_sysctls_of_a_container_in_the_pods_network_are_the_pods() {
+        let mut spec = Spec::default();
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_namespaces(Some(vec![]));
+        linux.set_sysctl(Some(
+            [
+                ("net.ipv4.ip_unprivileged_port_start", "0"),
+                ("kernel.shm_rmid_forced", "1"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ));
+        spec.set_linux(Some(linux.clone()));
+        let net = take_pod_sysctls(&mut spec).unwrap();
+        assert_eq!(
+            net,
+            vec![(
+                "net.ipv4.ip_unprivileged_port_start".to_string(),
+                "0".to_string()
+            )]
+        );
+        let left = spec.linux().as_ref().unwrap().sysctl().clone().unwrap();
+        assert_eq!(left.len(), 1);
+        assert!(left.contains_key("kernel.shm_rmid_forced"));
+
+        let mut bad = Spec::default();
+        let mut l = linux.clone();
+        l.set_sysctl(Some(
+            [("net.ipv4/../../kernel/x".to_string(), "1".to_string())]
+                .into_iter()
+                .collect(),
+        ));
+        bad.set_linux(Some(l));
+        assert!(take_pod_sysctls(&mut bad).is_err());
+
+        // A container with a network namespace of its own keeps them.
+        let mut own = Spec::default();
+        let mut l = linux;
+        l.set_namespaces(Some(vec![
+            oci_spec::runtime::LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .build()
+                .unwrap(),
+        ]));
+        own.set_linux(Some(l));
+        assert!(take_pod_sysctls(&mut own).unwrap().is_empty());
     }
 }

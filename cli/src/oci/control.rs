@@ -99,8 +99,30 @@ pub fn read_line(r: impl Read) -> std::io::Result<Option<String>> {
 
 /// Sends `req` to the supervisor at `socket` and returns its answer (an `error` in the
 /// answer becomes an Err). `timeout` bounds the whole exchange.
+/// `path` as a unix socket address that fits `sun_path` (108 bytes) however deep its
+/// directory is (Docker's state root plus a 64-character id is past it): the directory,
+/// opened `O_PATH`, named through `/proc/self/fd`. The returned descriptor must stay open
+/// while the address is used.
+pub fn short_address(path: &Path) -> anyhow::Result<(std::fs::File, std::path::PathBuf)> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        anyhow::bail!("{}: not a socket path", path.display());
+    };
+    let dir_fd = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(dir)
+        .with_context(|| format!("opening {}", dir.display()))?;
+    let short = Path::new("/proc/self/fd")
+        .join(dir_fd.as_raw_fd().to_string())
+        .join(name);
+    Ok((dir_fd, short))
+}
+
 pub fn call(socket: &Path, req: &Request, timeout: Duration) -> anyhow::Result<Response> {
-    let mut s = UnixStream::connect(socket).with_context(|| {
+    let (_dir, address) = short_address(socket)?;
+    let mut s = UnixStream::connect(&address).with_context(|| {
         format!(
             "connecting to the container's supervisor ({})",
             socket.display()

@@ -1,5 +1,6 @@
-//! OCI hooks that run on the host: `prestart` and `createRuntime` when `create` has
-//! made the container (a failure undoes the create), `poststart` after `start` and
+//! OCI hooks that run on the host: `prestart` and `createRuntime` in the supervisor
+//! once it holds the container's namespace, before the VM boots (a failure undoes the
+//! create), `poststart` after `start` and
 //! `poststop` after `delete` (a failure is a warning, as the runtime spec says). Each
 //! gets the container's state JSON on stdin and is killed at its `timeout` (or after
 //! `DEFAULT_TIMEOUT`): a hook must not hang the runtime. `createContainer` and
@@ -12,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use oci_spec::runtime::{Hook, Hooks, Spec};
+
+/// How much of a failed hook's stderr its error quotes.
+const MAX_SAID: u64 = 4096;
 
 /// The longest a hook without a `timeout` may run.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -29,6 +33,15 @@ pub fn check(spec: &Spec) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The hooks that prepare the runtime's environment: `prestart` (deprecated, still run
+/// as runc runs it), then `createRuntime`.
+pub fn create_runtime(spec: &Spec) -> Vec<Hook> {
+    #[allow(deprecated)]
+    let mut all = of(spec, Hooks::prestart);
+    all.extend(of(spec, Hooks::create_runtime));
+    all
 }
 
 /// The hooks of one phase.
@@ -73,14 +86,33 @@ fn run_one(h: &Hook, input: &[u8]) -> anyhow::Result<()> {
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .context("starting it")?;
+    // What it says goes into the error, bounded; the rest is read and dropped so that a
+    // chatty hook does not block on a full pipe.
+    let said = child.stderr.take().map(|mut err| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut head = Vec::new();
+            let _ = (&mut err).take(MAX_SAID).read_to_end(&mut head);
+            let _ = tx.send(String::from_utf8_lossy(&head).trim().to_string());
+            let _ = std::io::copy(&mut err, &mut std::io::sink());
+        });
+        rx
+    });
     // A hook that does not read its stdin must not block us: the state is small, and a
     // closed pipe is the hook's business.
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(input);
     }
+    // A child the hook left behind may hold its stderr open: wait only briefly for it.
+    let said = || {
+        said.and_then(|rx| rx.recv_timeout(Duration::from_secs(1)).ok())
+            .filter(|t| !t.is_empty())
+            .map_or_else(String::new, |t| format!(": {t}"))
+    };
     let limit = h
         .timeout()
         .and_then(|t| u64::try_from(t).ok())
@@ -92,7 +124,7 @@ fn run_one(h: &Hook, input: &[u8]) -> anyhow::Result<()> {
             if status.success() {
                 return Ok(());
             }
-            anyhow::bail!("failed: {status}");
+            anyhow::bail!("failed: {status}{}", said());
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
@@ -128,8 +160,11 @@ mod tests {
         run(&[hook(&format!("cat > {}", out.display()), None)], &state).unwrap();
         let got: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
         assert_eq!(got, state);
-        let e = run(&[hook("exit 3", None)], &state).unwrap_err();
-        assert!(format!("{e:#}").contains("exit status: 3"), "{e:#}");
+        let e = run(&[hook("echo no good >&2; exit 3", None)], &state).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("exit status: 3: no good"),
+            "{e:#}"
+        );
     }
 
     #[test]

@@ -234,6 +234,7 @@ pub fn run(g: &Global, cmd: Command) -> ExitCode {
             bundle,
             ready_fd,
             console_socket,
+            host_netns: None,
         }),
     };
     r.unwrap_or_else(|e| {
@@ -301,59 +302,50 @@ fn create(g: &Global, a: &CreateArgs) -> anyhow::Result<i32> {
         }
     };
     let entry = state::create(&g.root, &a.id)?;
-    let made = spawn_supervisor(g, &entry, &bundle, console_socket.as_deref()).and_then(|pid| {
-        let saved = Saved {
-            id: a.id.clone(),
-            bundle: bundle.clone(),
-            pid,
-            pid_start: hull_shim::daemon::start_time(pid).unwrap_or(0),
-            created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-            rootfs: spec
-                .root()
-                .as_ref()
-                .map_or_else(|| bundle.join("rootfs"), |r| bundle.join(r.path())),
-            annotations: spec
-                .annotations()
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .collect(),
-        };
-        if let Err(e) = hooks::run(&create_hooks(&spec), &state_json(&saved, Status::Created)) {
-            end_supervisor(pid);
-            return Err(e);
-        }
-        entry.save(&saved)?;
-        if let Some(p) = &a.pid_file {
-            state::write_atomic(p, pid.to_string().as_bytes())
-                .with_context(|| format!("writing the pid file {}", p.display()))?;
-        }
-        Ok(pid)
+    let undo = |entry: state::Locked, e: anyhow::Error| {
+        remove_leftovers(&a.id);
+        let _ = entry.remove();
+        Err(e)
+    };
+    let pid = match spawn_supervisor(g, &entry, &bundle, console_socket.as_deref()) {
+        Ok(pid) => pid,
+        Err(e) => return undo(entry, e),
+    };
+    let saved = record(&a.id, &bundle, &spec, pid);
+    let recorded = entry.save(&saved).and_then(|()| match &a.pid_file {
+        Some(p) => state::write_atomic(p, pid.to_string().as_bytes())
+            .with_context(|| format!("writing the pid file {}", p.display())),
+        None => Ok(()),
     });
-    match made {
-        Ok(pid) => Ok(pid),
-        Err(e) => {
-            remove_leftovers(&a.id);
-            let _ = entry.remove();
-            Err(e)
-        }
+    if let Err(e) = recorded {
+        // The supervisor ends its VM on SIGTERM; it is this process's child to reap.
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::wait::waitpid(pid, None);
+        return undo(entry, e);
     }
+    Ok(pid)
 }
 
-/// The hooks that run once the container exists: `prestart` (deprecated, still run as
-/// runc runs it) and `createRuntime`.
-fn create_hooks(spec: &Spec) -> Vec<oci_spec::runtime::Hook> {
-    #[allow(deprecated)]
-    let mut all = hooks::of(spec, oci_spec::runtime::Hooks::prestart);
-    all.extend(hooks::of(spec, oci_spec::runtime::Hooks::create_runtime));
-    all
-}
-
-/// Ends a supervisor this process started (and so reaps): SIGTERM makes it end the VM.
-fn end_supervisor(pid: i32) {
-    let pid = nix::unistd::Pid::from_raw(pid);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let _ = nix::sys::wait::waitpid(pid, None);
+/// What is recorded of a container whose supervisor is `pid`.
+fn record(id: &str, bundle: &Path, spec: &Spec, pid: i32) -> Saved {
+    Saved {
+        id: id.to_string(),
+        bundle: bundle.to_path_buf(),
+        pid,
+        pid_start: hull_shim::daemon::start_time(pid).unwrap_or(0),
+        created: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        rootfs: spec
+            .root()
+            .as_ref()
+            .map_or_else(|| bundle.join("rootfs"), |r| bundle.join(r.path())),
+        annotations: spec
+            .annotations()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+    }
 }
 
 /// Starts the supervisor with the caller's stdio and waits for its word: the container

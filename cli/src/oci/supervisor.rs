@@ -39,12 +39,45 @@ pub struct Args {
     pub ready_fd: i32,
     /// Where the master of a terminal container's pty goes.
     pub console_socket: Option<PathBuf>,
+    /// Set when the supervisor made the container's network namespace (`own_netns`):
+    /// the host's, which it left.
+    pub host_netns: Option<PathBuf>,
 }
 
 /// Runs the supervisor to its end; never returns.
-pub fn run(args: Args) -> ! {
-    let ready = detach_from_caller(args.ready_fd);
+pub fn run(mut args: Args) -> ! {
+    let mut ready = detach_from_caller(args.ready_fd);
+    // Still one thread: the namespace then holds every thread and child to come.
+    if let Err(e) = own_netns(&mut args) {
+        let _ = writeln!(ready, "{e:#}");
+        std::process::exit(1);
+    }
     block_on_and_exit(supervise(args, ready))
+}
+
+/// A spec asking for a new network namespace without naming one (Docker's, runc's
+/// default) gets one here, held by the supervisor: its pid is the container's pid, so
+/// the caller's hooks configure `/proc/<pid>/ns/net` (Docker's libnetwork moves the
+/// container's veth in), and the VM's network is then taken from it as from a CNI
+/// namespace. A spec that names its namespace (Podman's) is left to that one.
+fn own_netns(args: &mut Args) -> anyhow::Result<()> {
+    let Ok(spec) = super::load_spec(&args.bundle) else {
+        return Ok(()); // reported by setup, with the rest of the spec's checks
+    };
+    if hull_shim::network::mode(&spec) != hull_shim::network::Mode::Loopback {
+        return Ok(());
+    }
+    // Kept open for the supervisor's life: the namespace the VM must not take over.
+    let host =
+        std::fs::File::open("/proc/self/ns/net").context("opening the host's network namespace")?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .context("making the container's network namespace")?;
+    use std::os::fd::IntoRawFd;
+    args.host_netns = Some(PathBuf::from(format!(
+        "/proc/self/fd/{}",
+        host.into_raw_fd()
+    )));
+    Ok(())
 }
 
 /// What every helper process (a supervisor, an exec's holder) does first: drops the
@@ -166,7 +199,7 @@ async fn supervise(args: Args, mut ready: std::fs::File) -> i32 {
 /// (output written before `start` is kept).
 async fn setup(args: &Args) -> anyhow::Result<Held> {
     let cfg = HullConfig::load()?;
-    let spec = super::load_spec(&args.bundle)?;
+    let mut spec = super::load_spec(&args.bundle)?;
     let pod_dir = hull_shim::pod_dir::pod_dir(&cfg, OCI_NAMESPACE, &args.id)?;
     hull_shim::logging::init_pod_only(
         &cfg.log_level,
@@ -177,6 +210,27 @@ async fn setup(args: &Args) -> anyhow::Result<Held> {
             max_bytes: cfg.log_max_kib.saturating_mul(1024),
         },
     );
+    // The runtime's environment exists (the supervisor, its namespace): the hooks that
+    // prepare it run now, before the VM takes its network from it.
+    let pid = i32::try_from(std::process::id()).context("pid")?;
+    let state = super::state_json(
+        &super::record(&args.id, &args.bundle, &spec, pid),
+        Status::Creating,
+    );
+    super::hooks::run(&super::hooks::create_runtime(&spec), &state)?;
+    let network = match &args.host_netns {
+        Some(host) => {
+            let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+            // The container is in that namespace now, which the VM stands for: named,
+            // so the agent puts it in the VM's network instead of a new, empty one.
+            name_network_namespace(&mut spec, &netns);
+            hull_shim::network::Mode::Made {
+                netns,
+                host: host.clone(),
+            }
+        }
+        None => hull_shim::network::mode(&spec),
+    };
     let terminal = spec
         .process()
         .as_ref()
@@ -196,7 +250,7 @@ async fn setup(args: &Args) -> anyhow::Result<Held> {
             spec.linux().as_ref().and_then(|l| l.resources().as_ref()),
             cpus,
         ),
-        network: hull_shim::network::mode(&spec),
+        network,
         dns: hull_shim::network::dns_lines(&spec)?,
     };
     let pod = Pod::boot(&cfg, OCI_NAMESPACE, &args.id, opts).await?;
@@ -223,6 +277,22 @@ async fn setup(args: &Args) -> anyhow::Result<Held> {
         bridge: tokio::sync::Mutex::new(bridge),
         tty,
     })
+}
+
+fn name_network_namespace(spec: &mut oci_spec::runtime::Spec, path: &Path) {
+    use oci_spec::runtime::LinuxNamespaceType;
+    let Some(mut linux) = spec.linux().clone() else {
+        return;
+    };
+    if let Some(mut nss) = linux.namespaces().clone() {
+        for ns in nss.iter_mut() {
+            if ns.typ() == LinuxNamespaceType::Network {
+                ns.set_path(Some(path.to_path_buf()));
+            }
+        }
+        linux.set_namespaces(Some(nss));
+    }
+    spec.set_linux(Some(linux));
 }
 
 /// The descriptors the caller gave `create` become the container's stdio; the
@@ -279,7 +349,8 @@ fn null_stdio() -> anyhow::Result<()> {
 fn listen(path: &Path) -> anyhow::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::remove_file(path);
-    let l = UnixListener::bind(path)
+    let (_dir, address) = control::short_address(path)?;
+    let l = UnixListener::bind(&address)
         .with_context(|| format!("binding the control socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(l)

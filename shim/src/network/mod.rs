@@ -73,6 +73,10 @@ pub enum Mode {
     Loopback,
     /// A namespace that CNI (or a caller) prepared, to be carried into the VM.
     Netns(PathBuf),
+    /// A namespace hull's OCI runtime made for a container and sits in, which the
+    /// caller's hooks prepared (Docker's libnetwork); `host` is the namespace it left,
+    /// which a VM must never take over.
+    Made { netns: PathBuf, host: PathBuf },
 }
 
 pub fn mode(spec: &Spec) -> Mode {
@@ -122,8 +126,30 @@ impl PodNetwork {
     /// runtime). A namespace without a usable link gives an empty network. Refuses the
     /// shim's own namespace: a VM never takes over the host's links.
     pub fn attach(pod_dir: &Path, netns_path: &Path) -> anyhow::Result<PodNetwork> {
+        Self::attach_guarded(pod_dir, netns_path, None)
+    }
+
+    /// As `attach`, for `Mode::Made`: the namespace is this process's own, and `host`
+    /// the one refused.
+    pub fn attach_made(
+        pod_dir: &Path,
+        netns_path: &Path,
+        host: &Path,
+    ) -> anyhow::Result<PodNetwork> {
+        Self::attach_guarded(pod_dir, netns_path, Some(host))
+    }
+
+    fn attach_guarded(
+        pod_dir: &Path,
+        netns_path: &Path,
+        host: Option<&Path>,
+    ) -> anyhow::Result<PodNetwork> {
         let ns = Netns::open(netns_path)?;
-        if ns.is_own()? {
+        let is_host = match host {
+            Some(h) => ns.is_same(&Netns::open(h)?)?,
+            None => ns.is_own()?,
+        };
+        if is_host {
             bail!(
                 "{} is the host's network namespace: a pod VM cannot use the host network",
                 netns_path.display()

@@ -37,6 +37,12 @@ impl Netns {
         Ok(own.dev() == this.dev() && own.ino() == this.ino())
     }
 
+    /// Whether `other` is the same namespace.
+    pub fn is_same(&self, other: &Netns) -> anyhow::Result<bool> {
+        let (a, b) = (self.file.metadata()?, other.file.metadata()?);
+        Ok(a.dev() == b.dev() && a.ino() == b.ino())
+    }
+
     /// Runs `f` on a new thread inside this namespace, with a current-thread tokio
     /// runtime for netlink, and returns its result.
     pub fn run<T: Send>(
