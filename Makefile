@@ -77,6 +77,7 @@ demo: setup guest build
 ## pod start time (vs runc) and per-pod memory, printed
 bench: setup guest release
 	benches/pod-start.sh
+	benches/podman.sh
 
 ## N (default 20) pods started at once: start-time percentiles, failures, memory per pod
 bench-load: setup guest release
