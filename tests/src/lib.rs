@@ -8,6 +8,7 @@ pub mod bundle;
 pub mod containerd;
 pub mod nested;
 pub mod netns;
+pub mod oci;
 pub mod scenarios;
 pub mod vm;
 

@@ -13,6 +13,8 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+
+use hull_tests::oci::{self, http_get, text};
 use std::time::Duration;
 
 const IMAGE: &str = "hull-test-busybox:latest";
@@ -29,17 +31,7 @@ impl Docker {
         hull_tests::require_root();
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let build = hull_tests::repo_root().join("build");
-        std::fs::write(
-            d.join("hull.toml"),
-            format!(
-                "kernel = \"{}\"\ninitrd = \"{}\"\nrun_dir = \"{}\"\n",
-                build.join("vmlinux").display(),
-                build.join("initrd.img").display(),
-                d.join("run").display()
-            ),
-        )
-        .unwrap();
+        oci::hull_config(d, "");
         // A bridge of this test's own, so that no docker0 is made or reused.
         let _ = Command::new("ip").args(["link", "del", BRIDGE]).status();
         for args in [
@@ -79,18 +71,7 @@ impl Docker {
             "dockerd did not come up: {}",
             docker.log()
         );
-        let rootfs = docker.dir.path().join("image");
-        hull_tests::bundle::busybox_rootfs(&rootfs).unwrap();
-        let tarball = docker.dir.path().join("image.tar");
-        let tar = Command::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&tarball)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(tar.success());
+        let tarball = oci::busybox_tarball(docker.dir.path());
         docker.ok(&["import", tarball.to_str().unwrap(), IMAGE]);
         docker
     }
@@ -129,32 +110,10 @@ impl Docker {
     fn assert_clean(&self) {
         let listed = self.ok(&["ps", "-aq"]);
         assert!(listed.trim().is_empty(), "containers left: {listed}");
-        let marker = self.run_dir().to_string_lossy().into_owned();
-        let procs = || -> Vec<String> {
-            std::fs::read_dir("/proc")
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|e| {
-                    e.file_name().to_str()?.parse::<u32>().ok()?;
-                    let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-                    let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-                    cmd.contains(&marker).then_some(cmd)
-                })
-                .collect()
-        };
-        assert!(
-            hull_tests::wait_until(Duration::from_secs(15), || procs().is_empty()),
-            "processes left: {:?}",
-            procs()
+        oci::assert_gone(
+            &self.run_dir().to_string_lossy(),
+            &self.run_dir().join("hull-oci"),
         );
-        let pods: Vec<_> = std::fs::read_dir(self.run_dir().join("hull-oci"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        assert!(pods.is_empty(), "pod directories left: {pods:?}");
     }
 }
 
@@ -175,25 +134,6 @@ impl Drop for Docker {
         }
         let _ = Command::new("ip").args(["link", "del", BRIDGE]).status();
     }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn http_get(port: u16) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    Ok(body)
 }
 
 #[test]

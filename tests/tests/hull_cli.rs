@@ -29,19 +29,7 @@ fn text(o: &Output) -> String {
 
 /// A config naming this tree's guest kernel and initrd and a private run directory.
 fn config(dir: &Path, extra: &str) -> std::path::PathBuf {
-    let build = hull_tests::repo_root().join("build");
-    let path = dir.join("hull.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "kernel = \"{}\"\ninitrd = \"{}\"\nrun_dir = \"{}\"\n{extra}",
-            build.join("vmlinux").display(),
-            build.join("initrd.img").display(),
-            dir.join("run").display()
-        ),
-    )
-    .unwrap();
-    path
+    hull_tests::oci::hull_config(dir, extra)
 }
 
 #[test]

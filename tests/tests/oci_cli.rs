@@ -21,6 +21,7 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use hull_tests::bundle;
+use hull_tests::oci::{self, text};
 
 /// One test's world: a hull config with a private run directory, a state root, bundles.
 struct World {
@@ -32,17 +33,7 @@ impl World {
         hull_tests::require_root();
         become_subreaper();
         let dir = tempfile::tempdir().unwrap();
-        let build = hull_tests::repo_root().join("build");
-        std::fs::write(
-            dir.path().join("hull.toml"),
-            format!(
-                "kernel = \"{}\"\ninitrd = \"{}\"\nrun_dir = \"{}\"\n",
-                build.join("vmlinux").display(),
-                build.join("initrd.img").display(),
-                dir.path().join("run").display()
-            ),
-        )
-        .unwrap();
+        oci::hull_config(dir.path(), "");
         World { dir }
     }
 
@@ -157,7 +148,6 @@ impl World {
     /// mounts, and processes whose command line names this test's directory.
     fn assert_clean(&self) {
         let marker = self.dir.path().to_string_lossy().into_owned();
-        let me = std::process::id() as i32;
         let leftovers = || {
             let entries: Vec<_> = std::fs::read_dir(self.root())
                 .into_iter()
@@ -165,31 +155,15 @@ impl World {
                 .flatten()
                 .map(|e| e.path())
                 .collect();
-            let pods: Vec<_> = std::fs::read_dir(self.run_dir().join("hull-oci"))
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.path())
-                .collect();
             let mounts = hull_tests::agent::mounts_under(&self.run_dir());
-            let procs: Vec<(i32, String)> = std::fs::read_dir("/proc")
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|e| {
-                    let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
-                    let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-                    let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-                    (pid != me && cmd.contains(&marker)).then_some((pid, cmd))
-                })
-                .collect();
-            (entries, pods, mounts, procs)
+            (entries, mounts, oci::processes_naming(&marker))
         };
         let clean = hull_tests::wait_until(Duration::from_secs(15), || {
-            let (e, p, m, r) = leftovers();
-            e.is_empty() && p.is_empty() && m.is_empty() && r.is_empty()
+            let (e, m, r) = leftovers();
+            e.is_empty() && m.is_empty() && r.is_empty()
         });
         assert!(clean, "left behind: {:?}", leftovers());
+        oci::assert_gone(&marker, &self.run_dir().join("hull-oci"));
     }
 }
 
@@ -209,15 +183,6 @@ impl Drop for World {
                 .status();
         }
     }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// The supervisor's parent (`hull create`) exits at once; as conmon does, this process
@@ -589,21 +554,7 @@ fn a_killed_supervisor_leaves_no_vm_running() {
     let pid = w.create("orphan", &w.bundle("orphan", &["sleep", "1000"]));
     w.ok(&["start", "orphan"]);
     let marker = w.run_dir().join("hull-oci").join("orphan");
-    let vm_procs = || -> Vec<i32> {
-        let marker = marker.to_string_lossy().into_owned();
-        std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| {
-                let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
-                let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-                String::from_utf8_lossy(&cmd)
-                    .contains(marker.as_str())
-                    .then_some(pid)
-            })
-            .collect()
-    };
+    let vm_procs = || oci::processes_naming(&marker.to_string_lossy());
     assert!(
         !vm_procs().is_empty(),
         "the VM's daemons name the pod directory"

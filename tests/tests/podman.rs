@@ -13,6 +13,8 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+
+use hull_tests::oci::{self, http_get, text};
 use std::time::Duration;
 
 const IMAGE: &str = "localhost/hull-test-busybox:latest";
@@ -26,18 +28,8 @@ impl Podman {
     fn new() -> Podman {
         hull_tests::require_root();
         let dir = tempfile::tempdir().unwrap();
-        let build = hull_tests::repo_root().join("build");
         let d = dir.path();
-        std::fs::write(
-            d.join("hull.toml"),
-            format!(
-                "kernel = \"{}\"\ninitrd = \"{}\"\nrun_dir = \"{}\"\nmemory_mib = 256\n",
-                build.join("vmlinux").display(),
-                build.join("initrd.img").display(),
-                d.join("run").display()
-            ),
-        )
-        .unwrap();
+        oci::hull_config(d, "memory_mib = 256\n");
         std::fs::write(
             d.join("containers.conf"),
             format!(
@@ -50,18 +42,7 @@ impl Podman {
         )
         .unwrap();
         let p = Podman { dir };
-        let rootfs = p.dir.path().join("image");
-        hull_tests::bundle::busybox_rootfs(&rootfs).unwrap();
-        let tarball = p.dir.path().join("image.tar");
-        let tar = Command::new("tar")
-            .arg("-C")
-            .arg(&rootfs)
-            .arg("-cf")
-            .arg(&tarball)
-            .arg(".")
-            .status()
-            .unwrap();
-        assert!(tar.success());
+        let tarball = oci::busybox_tarball(p.dir.path());
         let imported = p.run(&["import", tarball.to_str().unwrap(), IMAGE]);
         assert!(imported.status.success(), "{}", text(&imported));
         p
@@ -100,32 +81,10 @@ impl Podman {
     fn assert_clean(&self) {
         let listed = self.ok(&["ps", "-aq"]);
         assert!(listed.trim().is_empty(), "containers left: {listed}");
-        let marker = self.dir.path().to_string_lossy().into_owned();
-        let procs = || -> Vec<String> {
-            std::fs::read_dir("/proc")
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter_map(|e| {
-                    e.file_name().to_str()?.parse::<u32>().ok()?;
-                    let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-                    let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-                    (cmd.contains("hull") && cmd.contains(&marker)).then_some(cmd)
-                })
-                .collect()
-        };
-        assert!(
-            hull_tests::wait_until(Duration::from_secs(15), || procs().is_empty()),
-            "processes left: {:?}",
-            procs()
+        oci::assert_gone(
+            &self.run_dir().to_string_lossy(),
+            &self.run_dir().join("hull-oci"),
         );
-        let pods: Vec<_> = std::fs::read_dir(self.run_dir().join("hull-oci"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        assert!(pods.is_empty(), "pod directories left: {pods:?}");
         assert!(hull_tests::agent::mounts_under(&self.run_dir()).is_empty());
     }
 }
@@ -143,15 +102,6 @@ impl Drop for Podman {
             .stderr(Stdio::null())
             .status();
     }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn host_kernel() -> String {
@@ -281,14 +231,4 @@ fn podman_gives_a_terminal_and_a_network() {
     assert!(got, "GET through the published port: {body:?}");
     p.ok(&["rm", "-f", "-t", "0", "web"]);
     p.assert_clean();
-}
-
-fn http_get(port: u16) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    Ok(body)
 }
