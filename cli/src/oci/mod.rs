@@ -1,10 +1,12 @@
 //! hull as an OCI runtime: runc's command line (create, start, run, exec, state, kill,
-//! delete, list, pause, resume, ps, events, update, spec, features) for callers that speak only that, such as
-//! Podman's conmon and containerd-shim-runc-v2 under Docker. Each container gets a pod VM
-//! of its own, held by a supervisor process (`supervisor`) whose pid the caller waits on;
-//! the other commands reach it through its control socket (`control`) in the container's
-//! state directory under `--root` (`state`). Errors go to stderr and, with `--log`, to
-//! that file in runc's text or JSON form; the exit status is 1, as runc's.
+//! delete, list, pause, resume, ps, events, update, spec, features) for callers that
+//! speak only that, such as Podman's conmon and containerd-shim-runc-v2 under Docker.
+//! Each container gets a pod VM of its own, held by a supervisor process (`supervisor`)
+//! whose pid the caller waits on; each exec a holder (`exec`). The other commands reach
+//! the supervisor through its control socket (`control`) in the container's state
+//! directory under `--root` (`state`). Host-side hooks are `hooks`, a terminal's host pty
+//! `tty`. Errors go to stderr and, with `--log`, to that file in runc's text or JSON
+//! form; the exit status is 1, as runc's.
 
 pub mod control;
 mod events;

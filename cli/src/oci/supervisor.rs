@@ -3,7 +3,9 @@
 //! container's init: it holds the container's stdio (the descriptors the caller gave
 //! `create`), boots the container's own pod VM through the shim's code, creates the
 //! container there, answers the CLI on its control socket, and exits with the
-//! container's exit status once the container has ended and its VM is gone.
+//! container's exit status once the container has ended and its VM is gone. For a spec
+//! that asks for a new network namespace it makes one and sits in it, and runs the
+//! createRuntime hooks there before the VM boots (see `own_netns`).
 //!
 //! It runs in a session of its own (a terminal's Ctrl-C reaches the CLI, which forwards
 //! it), logs only into its pod directory (its stderr is the container's), and a SIGTERM,
