@@ -317,8 +317,12 @@ fn signals_pause_ps_and_delete_of_a_running_container() {
         "a refused delete changes nothing"
     );
 
+    // The table: the workload's processes in the guest (sh and its sleep). The JSON,
+    // which callers take for host pids: the supervisor only.
+    let table = w.ok(&["ps", "loop"]);
+    assert!(table.lines().skip(1).count() >= 1, "{table}");
     let pids: Vec<i64> = serde_json::from_str(&w.ok(&["ps", "--format", "json", "loop"])).unwrap();
-    assert!(!pids.is_empty(), "the workload's processes in the guest");
+    assert_eq!(pids, vec![i64::from(pid)], "host pids: the supervisor's");
 
     // exec, in the foreground: its output, its status, the command line's changes.
     let o = w.hull(&[

@@ -624,18 +624,21 @@ fn list(g: &Global, format: ListFormat, quiet: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `ps`: the table lists the container's processes inside its VM. The JSON form is what
+/// callers (`docker top`, `podman top`) read as *host* pids and look up in the host's
+/// process table: it names the one host process that stands for the container, its
+/// supervisor, never a guest pid that would name an unrelated host process.
 fn ps(g: &Global, id: &str, format: ListFormat) -> anyhow::Result<()> {
     let (entry, saved) = opened(g, id)?;
     if status(&entry, Some(&saved)) == Status::Stopped {
         anyhow::bail!("container not running");
     }
-    let r = control::call(&entry.control_socket(), &Request::Ps, agent_timeout())?;
-    let pids = r.pids.unwrap_or_default();
     match format {
-        ListFormat::Json => println!("{}", serde_json::to_string(&pids)?),
+        ListFormat::Json => println!("{}", serde_json::to_string(&[saved.pid])?),
         ListFormat::Table => {
+            let r = control::call(&entry.control_socket(), &Request::Ps, agent_timeout())?;
             println!("PID (in the container's VM)");
-            for p in pids {
+            for p in r.pids.unwrap_or_default() {
                 println!("{p}");
             }
         }
