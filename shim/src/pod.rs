@@ -106,15 +106,17 @@ impl Pod {
             }
         };
 
-        let net = match &opts.network {
-            network::Mode::Netns(_) | network::Mode::Made { .. } => {
-                let (d, mode) = (dir.clone(), opts.network.clone());
-                let attached = tokio::task::spawn_blocking(move || match mode {
-                    network::Mode::Made { netns, host } => {
-                        PodNetwork::attach_made(&d, &netns, &host)
-                    }
-                    network::Mode::Netns(p) => PodNetwork::attach(&d, &p),
-                    _ => Ok(PodNetwork::default()),
+        // The namespace whose links the VM takes, and the one it must not be.
+        let attach = match &opts.network {
+            network::Mode::Netns(p) => Some((p.clone(), None)),
+            network::Mode::Made { netns, host } => Some((netns.clone(), Some(host.clone()))),
+            network::Mode::Host | network::Mode::Loopback => None,
+        };
+        let net = match attach {
+            Some((netns, host)) => {
+                let d = dir.clone();
+                let attached = tokio::task::spawn_blocking(move || {
+                    PodNetwork::attach_refusing(&d, &netns, host.as_deref())
                 });
                 match attached.await? {
                     Ok(n) => n,
@@ -124,7 +126,7 @@ impl Pod {
                     }
                 }
             }
-            _ => PodNetwork::default(),
+            None => PodNetwork::default(),
         };
         let size = opts.size;
         let mut cmdline_extra = cfg.kernel_params.clone();

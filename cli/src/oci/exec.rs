@@ -83,14 +83,7 @@ pub fn exec(g: &Global, a: &ExecArgs) -> anyhow::Result<ExitCode> {
     }
     let process = process_spec(a, &saved.bundle)?;
     let terminal = process.terminal() == Some(true);
-    let console_socket = match (&a.console_socket, terminal) {
-        (Some(p), true) => Some(std::path::absolute(p)?),
-        (None, false) => None,
-        (None, true) => anyhow::bail!("a terminal needs --console-socket"),
-        (Some(_), false) => {
-            anyhow::bail!("cannot use console socket if runc will not detach or allocate tty")
-        }
-    };
+    let console_socket = super::tty::console_socket(a.console_socket.as_deref(), terminal)?;
     let exec_id = format!(
         "exec-{}-{}",
         std::process::id(),
@@ -98,14 +91,10 @@ pub fn exec(g: &Global, a: &ExecArgs) -> anyhow::Result<ExitCode> {
     );
     let spec_file = spec_path(&entry.dir, &exec_id);
     state::write_atomic(&spec_file, &serde_json::to_vec(&process)?)?;
-    let mut args: Vec<std::ffi::OsString> = vec!["--exec-id".into(), exec_id.into()];
-    if let Some(p) = &console_socket {
-        args.extend(["--console-socket".into(), p.into()]);
-    }
-    args.extend(["--".into(), a.id.clone().into()]);
+    let args = ["--exec-id".into(), exec_id.into()];
     // The container's lock is not held while the process runs: delete must not wait.
     drop(entry);
-    let pid = super::spawn_helper(g, "exec-hold", &args);
+    let pid = super::spawn_helper(g, "exec-hold", &args, console_socket.as_deref(), &a.id);
     let _ = std::fs::remove_file(&spec_file);
     let pid = pid?;
     if let Some(p) = &a.pid_file {
@@ -253,7 +242,7 @@ async fn start(args: &HoldArgs) -> anyhow::Result<(Held, Bridge)> {
             let slave = super::tty::open(socket)?;
             (supervisor::pty_stdio(&slave)?, Some(slave))
         }
-        None => (supervisor::caller_stdio(false)?, None),
+        None => (supervisor::caller_stdio()?, None),
     };
     let held = Held {
         agent,

@@ -290,19 +290,7 @@ fn create(g: &Global, a: &CreateArgs) -> anyhow::Result<i32> {
         .process()
         .as_ref()
         .is_some_and(|p| p.terminal() == Some(true));
-    let console_socket = match (&a.console_socket, terminal) {
-        (Some(p), true) => Some(
-            std::path::absolute(p)
-                .with_context(|| format!("the console socket {}", p.display()))?,
-        ),
-        (None, false) => None,
-        (None, true) => {
-            anyhow::bail!("cannot allocate tty if runc will detach without setting console socket")
-        }
-        (Some(_), false) => {
-            anyhow::bail!("cannot use console socket if runc will not detach or allocate tty")
-        }
-    };
+    let console_socket = tty::console_socket(a.console_socket.as_deref(), terminal)?;
     let entry = state::create(&g.root, &a.id)?;
     let undo = |entry: state::Locked, e: anyhow::Error| {
         remove_leftovers(&a.id);
@@ -358,21 +346,19 @@ fn spawn_supervisor(
     bundle: &Path,
     console_socket: Option<&Path>,
 ) -> anyhow::Result<i32> {
-    let mut args: Vec<std::ffi::OsString> = vec!["--bundle".into(), bundle.into()];
-    if let Some(p) = console_socket {
-        args.extend(["--console-socket".into(), p.into()]);
-    }
-    args.extend(["--".into(), entry.id.clone().into()]);
-    spawn_helper(g, "supervise", &args)
+    let args = ["--bundle".into(), bundle.into()];
+    spawn_helper(g, "supervise", &args, console_socket, &entry.id)
 }
 
-/// Starts `hull <sub> --ready-fd N <args>` (a supervisor, or an exec's holder) with this
-/// process's stdio, and waits for its first line: "ok" (its pid is returned) or why it
-/// failed (it has then exited, and is reaped here).
-pub(crate) fn spawn_helper(
+/// Starts `hull <sub> --ready-fd N <args> [--console-socket S] -- <id>` (a supervisor,
+/// or an exec's holder) with this process's stdio, and waits for its first line: "ok"
+/// (its pid is returned) or why it failed (it has then exited, and is reaped here).
+fn spawn_helper(
     g: &Global,
     sub: &str,
     args: &[std::ffi::OsString],
+    console_socket: Option<&Path>,
+    id: &str,
 ) -> anyhow::Result<i32> {
     let (rd, wr) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
     let mut cmd = std::process::Command::new(std::env::current_exe().context("hull's own path")?);
@@ -382,6 +368,10 @@ pub(crate) fn spawn_helper(
         .arg("--ready-fd")
         .arg(hull_shim::daemon::PASSED_FD_BASE.to_string())
         .args(args);
+    if let Some(p) = console_socket {
+        cmd.arg("--console-socket").arg(p);
+    }
+    cmd.arg("--").arg(id);
     use std::os::fd::AsRawFd;
     hull_shim::daemon::pass_fds(&mut cmd, &[wr.as_raw_fd()])?;
     let mut child = cmd

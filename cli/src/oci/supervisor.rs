@@ -49,12 +49,16 @@ pub struct Args {
 /// Runs the supervisor to its end; never returns.
 pub fn run(mut args: Args) -> ! {
     let mut ready = detach_from_caller(args.ready_fd);
+    // Read once; a bad spec is reported by `setup`, with the rest of its checks.
+    let spec = super::load_spec(&args.bundle);
     // Still one thread: the namespace then holds every thread and child to come.
-    if let Err(e) = own_netns(&mut args) {
+    if let Ok(spec) = &spec
+        && let Err(e) = own_netns(&mut args, spec)
+    {
         let _ = writeln!(ready, "{e:#}");
         std::process::exit(1);
     }
-    block_on_and_exit(supervise(args, ready))
+    block_on_and_exit(supervise(args, spec, ready))
 }
 
 /// A spec asking for a new network namespace without naming one (Docker's, runc's
@@ -62,11 +66,8 @@ pub fn run(mut args: Args) -> ! {
 /// the caller's hooks configure `/proc/<pid>/ns/net` (Docker's libnetwork moves the
 /// container's veth in), and the VM's network is then taken from it as from a CNI
 /// namespace. A spec that names its namespace (Podman's) is left to that one.
-fn own_netns(args: &mut Args) -> anyhow::Result<()> {
-    let Ok(spec) = super::load_spec(&args.bundle) else {
-        return Ok(()); // reported by setup, with the rest of the spec's checks
-    };
-    if hull_shim::network::mode(&spec) != hull_shim::network::Mode::Loopback {
+fn own_netns(args: &mut Args, spec: &oci_spec::runtime::Spec) -> anyhow::Result<()> {
+    if hull_shim::network::mode(spec) != hull_shim::network::Mode::Loopback {
         return Ok(());
     }
     // Kept open for the supervisor's life: the namespace the VM must not take over.
@@ -148,11 +149,15 @@ struct Held {
     tty: Option<std::os::fd::OwnedFd>,
 }
 
-async fn supervise(args: Args, mut ready: std::fs::File) -> i32 {
+async fn supervise(
+    args: Args,
+    spec: anyhow::Result<oci_spec::runtime::Spec>,
+    mut ready: std::fs::File,
+) -> i32 {
     // Before anything else: a signal that comes while the VM boots, or just after the
     // caller heard "ok" (create undoing itself), is then kept until the loop below.
     let mut signals = Signals::new();
-    let held = match setup(&args).await {
+    let held = match setup(&args, spec).await {
         Ok(h) => Arc::new(h),
         Err(e) => {
             let _ = writeln!(ready, "{}", format!("{e:#}").replace('\n', " "));
@@ -199,9 +204,9 @@ async fn supervise(args: Args, mut ready: std::fs::File) -> i32 {
 
 /// Boots the pod VM and creates the container in it; the stdio bridge starts at once
 /// (output written before `start` is kept).
-async fn setup(args: &Args) -> anyhow::Result<Held> {
+async fn setup(args: &Args, spec: anyhow::Result<oci_spec::runtime::Spec>) -> anyhow::Result<Held> {
     let cfg = HullConfig::load()?;
-    let mut spec = super::load_spec(&args.bundle)?;
+    let mut spec = spec?;
     let pod_dir = hull_shim::pod_dir::pod_dir(&cfg, OCI_NAMESPACE, &args.id)?;
     hull_shim::logging::init_pod_only(
         &cfg.log_level,
@@ -233,16 +238,13 @@ async fn setup(args: &Args) -> anyhow::Result<Held> {
         }
         None => hull_shim::network::mode(&spec),
     };
-    let terminal = spec
-        .process()
-        .as_ref()
-        .is_some_and(|p| p.terminal() == Some(true));
-    let (ends, tty) = match (&args.console_socket, terminal) {
-        (Some(socket), true) => {
+    // `create` gave a console socket exactly when the process has a terminal.
+    let (ends, tty) = match &args.console_socket {
+        Some(socket) => {
             let slave = super::tty::open(socket)?;
             (pty_stdio(&slave)?, Some(slave))
         }
-        _ => (caller_stdio(terminal)?, None),
+        None => (caller_stdio()?, None),
     };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let opts = PodOptions {
@@ -300,7 +302,7 @@ fn name_network_namespace(spec: &mut oci_spec::runtime::Spec, path: &Path) {
 /// The descriptors the caller gave `create` become the container's stdio; the
 /// supervisor's own 0, 1 and 2 then point at /dev/null, so that nothing of its own can
 /// reach the container's streams.
-pub(super) fn caller_stdio(terminal: bool) -> anyhow::Result<Endpoints> {
+pub(super) fn caller_stdio() -> anyhow::Result<Endpoints> {
     let dup = |fd: std::os::fd::BorrowedFd<'_>| -> anyhow::Result<tokio::fs::File> {
         let owned = fd
             .try_clone_to_owned()
@@ -314,8 +316,8 @@ pub(super) fn caller_stdio(terminal: bool) -> anyhow::Result<Endpoints> {
     Ok(Endpoints {
         stdin: Some(Box::new(stdin)),
         stdout: Some(Box::new(stdout)),
-        stderr: (!terminal).then(|| Box::new(stderr) as _),
-        terminal,
+        stderr: Some(Box::new(stderr)),
+        terminal: false,
     })
 }
 

@@ -8,7 +8,7 @@
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
@@ -16,6 +16,25 @@ use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
 
 nix::ioctl_write_int_bad!(tiocsctty, libc::TIOCSCTTY);
 nix::ioctl_read_bad!(tiocgwinsz, libc::TIOCGWINSZ, libc::winsize);
+
+/// The console socket a process gets, as runc rules it: one exactly when the process has
+/// a terminal (made absolute: the helper that connects to it runs elsewhere).
+pub fn console_socket(given: Option<&Path>, terminal: bool) -> anyhow::Result<Option<PathBuf>> {
+    match (given, terminal) {
+        (Some(p), true) => {
+            Ok(Some(std::path::absolute(p).with_context(|| {
+                format!("the console socket {}", p.display())
+            })?))
+        }
+        (None, false) => Ok(None),
+        (None, true) => {
+            anyhow::bail!("cannot allocate tty if runc will detach without setting console socket")
+        }
+        (Some(_), false) => {
+            anyhow::bail!("cannot use console socket if runc will not detach or allocate tty")
+        }
+    }
+}
 
 /// Makes the pty, sends its master to `console_socket` and keeps the slave; the slave
 /// becomes this process's controlling terminal (it must lead a session without one).

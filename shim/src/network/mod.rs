@@ -126,20 +126,12 @@ impl PodNetwork {
     /// runtime). A namespace without a usable link gives an empty network. Refuses the
     /// shim's own namespace: a VM never takes over the host's links.
     pub fn attach(pod_dir: &Path, netns_path: &Path) -> anyhow::Result<PodNetwork> {
-        Self::attach_guarded(pod_dir, netns_path, None)
+        Self::attach_refusing(pod_dir, netns_path, None)
     }
 
-    /// As `attach`, for `Mode::Made`: the namespace is this process's own, and `host`
-    /// the one refused.
-    pub fn attach_made(
-        pod_dir: &Path,
-        netns_path: &Path,
-        host: &Path,
-    ) -> anyhow::Result<PodNetwork> {
-        Self::attach_guarded(pod_dir, netns_path, Some(host))
-    }
-
-    fn attach_guarded(
+    /// As `attach`, refusing `host` instead of this thread's own namespace when given
+    /// (`Mode::Made`: the namespace is this process's own, `host` the one it left).
+    pub fn attach_refusing(
         pod_dir: &Path,
         netns_path: &Path,
         host: Option<&Path>,
