@@ -6,6 +6,8 @@
 #    to agent-ready: per boot, VMM start -> first KVM_RUN, -> agent ready (hull-vmm's
 #    clock), the guest clock when the kernel started /init and when the agent served, and
 #    the console lines; then min/median/max and failures (tests/nested/boot-loop.sh)
+#  - the guest kernel's boot profile: its slowest initcalls and longest silent stretches,
+#    from its ring buffer (tests/nested/boot-profile.sh)
 #  - VMM memory overhead: RSS minus the resident guest RAM (the memfd, RssShmem), and of
 #    that the private part (RssAnon; the rest is program text shared with others)
 set -euo pipefail
@@ -17,6 +19,8 @@ for v in 1 2; do
   echo "--- $v vCPU(s)"
   tests/nested/boot-loop.sh $bin '"$N"' $v
 done
+echo "--- where the guest kernel spends its boot (1 vCPU; tests/nested/boot-profile.sh)"
+tests/nested/boot-profile.sh $bin 1 12
 echo "--- memory (1 vCPU, 256 MiB)"
 HULL_LOG=info $bin/hull-vmm --kernel build/vmlinux --initrd build/initrd.img --memory 256 \
   --cmdline quiet --vsock-uds /tmp/m.sock --serial-log /tmp/m.log 2>/tmp/m.err &

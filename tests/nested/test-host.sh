@@ -64,6 +64,9 @@ mount -t tmpfs tmp /newroot/tmp
 if [ -d /keep ]; then mkdir -p "/newroot$pwd" && mount --move /keep "/newroot$pwd"; fi
 mount -t tmpfs run /newroot/run
 mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup
+# 2 MiB pages for what asks for them (hull-vmm's guest RAM), as an operator would set it.
+thp=/newroot/sys/kernel/mm/transparent_hugepage
+[ -d $thp ] && echo madvise >$thp/enabled && echo advise >$thp/shmem_enabled
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666 devpts /newroot/dev/pts
 mount -t tmpfs shm /newroot/dev/shm
