@@ -120,6 +120,9 @@ pub fn findings(config: Result<HullConfig, String>) -> Vec<Finding> {
     if cfg.template {
         out.push(templates(kind, why, &cfg.run_dir));
     }
+    if kind == HypervisorKind::Builtin {
+        out.push(guest_ram_pages(Path::new(SHMEM_THP)));
+    }
     out.push(cgroups(Path::new("/sys/fs/cgroup")));
     out.push(tun());
     out.push(tc_support());
@@ -387,6 +390,34 @@ fn templates(kind: HypervisorKind, why: &str, run_dir: &Path) -> Finding {
     }
 }
 
+const SHMEM_THP: &str = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
+
+/// hull-vmm pods: whether their guest RAM (a memfd hull-vmm advises for huge pages) can sit
+/// in 2 MiB pages. A choice, not a fault: faster boots for more resident memory, so it is
+/// reported, never warned about.
+fn guest_ram_pages(shmem_enabled: &Path) -> Finding {
+    let mode = std::fs::read_to_string(shmem_enabled)
+        .ok()
+        .and_then(|text| selected_mode(&text).map(str::to_owned));
+    let detail = match mode.as_deref() {
+        Some(m @ ("advise" | "within_size" | "always" | "force")) => format!(
+            "2 MiB pages (shmem THP `{m}`): faster boots, guest memory resident in 2 MiB steps"
+        ),
+        Some(m) => format!(
+            "4 KiB pages (shmem THP `{m}`); `advise` boots pods faster for more memory \
+             (docs/operations.md)"
+        ),
+        None => "4 KiB pages (this kernel has no transparent huge pages)".to_owned(),
+    };
+    ok("guest RAM pages", detail)
+}
+
+/// The bracketed word of a sysfs choice file ("always [advise] never" -> "advise").
+fn selected_mode(text: &str) -> Option<&str> {
+    text.split_whitespace()
+        .find_map(|w| w.strip_prefix('[')?.strip_suffix(']'))
+}
+
 fn cgroups(root: &Path) -> Finding {
     let fix = "pod VMs then run without a cgroup of their own (no memory or task bound per \
                VM): enable the memory and pids controllers (cgroup v2 preferred)";
@@ -525,6 +556,33 @@ mod tests {
         let f = tool("hull-vmm", &fake);
         assert_eq!(f.status, Status::Fail);
         assert!(f.fix.unwrap().contains("hull_vmm"));
+    }
+
+    #[test]
+    fn guest_ram_pages_follow_the_hosts_shmem_thp() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shmem_enabled");
+        std::fs::write(&file, "always within_size [advise] never deny force\n").unwrap();
+        let f = guest_ram_pages(&file);
+        assert_eq!(f.status, Status::Ok);
+        assert!(
+            f.detail.starts_with("2 MiB pages (shmem THP `advise`)"),
+            "{f:?}"
+        );
+        std::fs::write(&file, "always within_size advise [never] deny force\n").unwrap();
+        assert!(
+            guest_ram_pages(&file)
+                .detail
+                .starts_with("4 KiB pages (shmem THP `never`)")
+        );
+        let none = guest_ram_pages(&dir.path().join("absent"));
+        assert_eq!(none.status, Status::Ok);
+        assert!(
+            none.detail.contains("no transparent huge pages"),
+            "{none:?}"
+        );
+        assert_eq!(selected_mode("[deny]"), Some("deny"));
+        assert_eq!(selected_mode("always advise"), None);
     }
 
     #[test]
