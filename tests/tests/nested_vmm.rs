@@ -60,7 +60,7 @@ echo "api-exit=$apirc"
 cat /tmp/vmm2.err
 # 4. The operator's tool sees this host's real KVM (the default kernel paths are missing
 #    here, so its exit status is not the point).
-{hull} check | grep -E "accelerator:|backend:"
+{hull} check | grep -E "accelerator:|backend:|guest RAM pages:"
 # The script's own status says whether the three VMs ended as they should, so that a
 # failure (a triple fault among them) is seen as one by the nested tier's rerun.
 [ "$panicrc" = 0 ] && [ "$vmmrc" = 0 ] && [ "$apirc" = 0 ]
@@ -90,6 +90,11 @@ cat /tmp/vmm2.err
     assert!(out.contains("hull-vmm: shut down through the API"), "{out}");
     assert!(
         out.contains("✓ accelerator: hardware KVM") && out.contains("✓ backend: hull-vmm on KVM"),
+        "hull check in the test host: {out}"
+    );
+    // The test host sets shmem THP to `advise`: hull-vmm's guest RAM gets 2 MiB pages.
+    assert!(
+        out.contains("✓ guest RAM pages: 2 MiB pages (shmem THP `advise`)"),
         "hull check in the test host: {out}"
     );
 }
