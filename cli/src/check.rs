@@ -396,10 +396,9 @@ const SHMEM_THP: &str = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
 /// in 2 MiB pages. A choice, not a fault: faster boots for more resident memory, so it is
 /// reported, never warned about.
 fn guest_ram_pages(shmem_enabled: &Path) -> Finding {
-    let mode = std::fs::read_to_string(shmem_enabled)
-        .ok()
-        .and_then(|text| selected_mode(&text).map(str::to_owned));
-    let detail = match mode.as_deref() {
+    // No file (a kernel without THP) reads as no choice.
+    let text = std::fs::read_to_string(shmem_enabled).unwrap_or_default();
+    let detail = match selected_mode(&text) {
         Some(m @ ("advise" | "within_size" | "always" | "force")) => format!(
             "2 MiB pages (shmem THP `{m}`): faster boots, guest memory resident in 2 MiB steps"
         ),

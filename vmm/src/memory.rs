@@ -74,14 +74,14 @@ pub fn create(size_mib: u32) -> Result<GuestRam, Error> {
 /// further. Where it doesn't (`never`, the usual default, or no THP at all) nothing
 /// changes, so a refusal is not an error.
 fn advise_huge_pages(memory: &GuestMemoryMmap) {
-    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    use vm_memory::GuestMemoryBackend;
     for region in memory.iter() {
         // SAFETY: the range is exactly one mapping this process made and keeps; the
         // advice changes how its pages are allocated, never their contents.
         let rc = unsafe {
             libc::madvise(
                 region.as_ptr().cast::<libc::c_void>(),
-                usize::try_from(region.len()).unwrap_or(0),
+                region.size(),
                 libc::MADV_HUGEPAGE,
             )
         };
