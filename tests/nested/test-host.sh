@@ -11,6 +11,8 @@
 #
 # Prints what the command printed and exits with its status: 124 if it timed out,
 # 125 if the test host itself failed. Leaves nothing behind (a private temp dir).
+# HULL_TEST_HOST_ACCEL and HULL_TEST_HOST_CPU replace QEMU's `-accel tcg` and
+# `-cpu max,-fsgsbase` (experiments with the emulator under the nested stack).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -82,10 +84,17 @@ INIT
 chmod +x "$root/init"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initramfs.gz"
 
+# The emulated CPU is QEMU's `max` without FSGSBASE. With it, the test host's kernel and
+# the guests inside it both, at random and more often under load, ended up running kernel
+# code on the user's GS base (docs/vmm.md, "The nested triple fault"): an emulation fault
+# below hull, seen as guest triple faults and the test host's own oopses. Without the
+# instructions, both kernels switch GS with SWAPGS and MSR writes alone.
+cpu=${HULL_TEST_HOST_CPU:-max,-fsgsbase}
 # A microVM under TCG needs the TSC frequency, or it hangs calibrating it.
 khz=$(awk -F: '/^cpu MHz/ {printf "%d", $2 * 1000; exit}' /proc/cpuinfo)
 console=$work/console.log
-timeout "$timeout_s" qemu-system-x86_64 -M microvm,acpi=off,rtc=on -accel tcg -cpu max \
+timeout "$timeout_s" qemu-system-x86_64 -M microvm,acpi=off,rtc=on \
+  -accel "${HULL_TEST_HOST_ACCEL:-tcg}" -cpu "$cpu" \
   -m "$memory" -smp 2 -kernel "$kernel" -initrd "$work/initramfs.gz" \
   -append "console=ttyS0 quiet panic=-1 reboot=t kvm_amd.nested=1 tsc_early_khz=$khz" \
   -fsdev local,id=host,path=/,security_model=none,readonly=on,multidevs=remap \

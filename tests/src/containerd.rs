@@ -251,6 +251,14 @@ impl Containerd {
         lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
+    /// The last 60 log lines that name `id` (a pod's shim and VM lines carry it): what
+    /// one pod went through, when many ran at once.
+    pub fn log_of(&self, id: &str) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(id)).collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
     /// Processes (other than containerd) whose command line names this test's directory:
     /// shims, QEMU, virtiofsd, vhost-device-vsock.
     pub fn leftover_processes(&self) -> Vec<(i32, String)> {
@@ -357,8 +365,9 @@ impl Containerd {
             let out = run.wait_with_output().expect("waiting for ctr");
             assert!(
                 out.status.success(),
-                "pod {i}: {}\n{}",
+                "pod {i}: {}\n--- its log lines ---\n{}\n--- the log's tail ---\n{}",
                 String::from_utf8_lossy(&out.stderr),
+                self.log_of(&format!("{prefix}{i}")),
                 self.tail_log()
             );
             assert_eq!(

@@ -46,17 +46,15 @@ pub fn run_script_with_memory(script: &str, timeout_s: u32, memory_mib: u32) -> 
     (rc, text)
 }
 
-/// Whether a failed run shows the nested stack's own known failures rather than hull's:
-/// QEMU's emulated SVM under the test host's KVM sometimes triple-faults a guest while it
-/// unpacks its initramfs, or oopses the test host's kernel, which then hangs until the
-/// timeout (docs/vmm.md). `make test-nested-load` measures how often.
+/// Whether a failed run shows the test host itself failing rather than hull: its kernel
+/// oopsed, it hung until the timeout, or its output was cut short. A guest triple fault is
+/// not among them: its cause in the nested stack (QEMU's FSGSBASE emulation, docs/vmm.md)
+/// is kept out of the test host, so one now fails the test like any other hull failure.
 fn environment_failure(rc: i32, output: &str) -> Option<&'static str> {
     if output.contains("stack guard page was hit") || output.contains("Oops:") {
         Some("the test host's kernel oopsed")
     } else if rc == 124 || output.contains("terminating on signal 15") {
         Some("the test host hung until its timeout")
-    } else if output.contains("guest shut down (triple fault)") {
-        Some("a guest triple-faulted (the open nested boot bug)")
     } else if !output.contains(SCRIPT_END) {
         // The script's own lines stop short though the test host reported a status: seen
         // once in CI (the lines after a hull-vmm panic boot never arrived, status 1).
@@ -125,7 +123,13 @@ mod tests {
         );
         assert!(environment_failure(124, "").is_some());
         assert!(environment_failure(1, "[ 30.8] BUG: TASK stack guard page was hit at").is_some());
-        assert!(environment_failure(101, "hull-vmm: guest shut down (triple fault)").is_some());
+        assert!(
+            environment_failure(
+                101,
+                "hull-vmm: guest shut down (triple fault)\nHULL-SCRIPT-END"
+            )
+            .is_none()
+        );
         assert!(
             environment_failure(101, "assertion `left == right` failed\nHULL-SCRIPT-END").is_none()
         );
