@@ -94,6 +94,29 @@ pub fn start(reaper: Arc<Reaper>, busybox: std::path::PathBuf) -> anyhow::Result
     Ok(())
 }
 
+/// How long a refused session waits for the host to hang up.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Ends a session whose answer is written: no more writes, then whatever the host still
+/// sends is read and dropped until it hangs up (or `LINGER` passes). Closing at once
+/// would answer the host's next packet (its end of stdin) with a reset, and a reset can
+/// overtake the answer on its way out of the host's vsock backend: the host would see
+/// the console close with no exit status.
+fn linger(conn: &mut std::fs::File) {
+    use nix::sys::socket::{Shutdown, setsockopt, shutdown, sockopt::ReceiveTimeout};
+    let _ = shutdown(conn.as_raw_fd(), Shutdown::Write);
+    let _ = setsockopt(&*conn, ReceiveTimeout, &nix::sys::time::TimeVal::new(1, 0));
+    let until = std::time::Instant::now() + LINGER;
+    let mut sink = [0u8; 4096];
+    while std::time::Instant::now() < until {
+        match conn.read(&mut sink) {
+            Ok(1..) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            _ => return,
+        }
+    }
+}
+
 /// Reads the header line byte by byte, so that nothing after it is consumed.
 fn read_header(conn: &mut std::fs::File) -> anyhow::Result<Request> {
     let mut line = Vec::new();
@@ -146,6 +169,7 @@ fn session(
         let _ =
             Frame::Stderr(format!("hull debug console: {e:#}\n").into_bytes()).write_to(&mut *w);
         let _ = Frame::Exit(127).write_to(&mut *w);
+        linger(&mut w);
         e
     };
     install_tools(busybox).map_err(refuse)?;
