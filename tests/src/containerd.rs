@@ -246,17 +246,13 @@ impl Containerd {
     }
 
     pub fn tail_log(&self) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
+        last_lines(self.log().lines())
     }
 
     /// The last 60 log lines that name `id` (a pod's shim and VM lines carry it): what
     /// one pod went through, when many ran at once.
     pub fn log_of(&self, id: &str) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().filter(|l| l.contains(id)).collect();
-        lines[lines.len().saturating_sub(60)..].join("\n")
+        last_lines(self.log().lines().filter(|l| l.contains(id)))
     }
 
     /// Processes (other than containerd) whose command line names this test's directory:
@@ -488,4 +484,10 @@ fn new_netns() -> String {
         );
     }
     name
+}
+
+/// The last 60 of `lines`, joined: enough of a log to read in a failure message.
+fn last_lines<'a>(lines: impl Iterator<Item = &'a str>) -> String {
+    let lines: Vec<&str> = lines.collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
 }
