@@ -270,7 +270,10 @@ fn session(
     let code = exit.map_or(255, |e| e.code);
     let w = &mut *out.lock().expect("console writer");
     Frame::Exit(code).write_to(w)?;
-    let _ = nix::sys::socket::shutdown(w.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+    // Half-closed only, as `linger` does for a refused session: the input thread keeps
+    // reading until the host hangs up, so nothing the host still sends is answered with
+    // a reset that could overtake the exit status.
+    let _ = nix::sys::socket::shutdown(w.as_raw_fd(), nix::sys::socket::Shutdown::Write);
     Ok(())
 }
 

@@ -149,7 +149,12 @@ impl Pod {
         let span = tracing::info_span!("boot", sandbox = %id);
         let boot_started = std::time::Instant::now();
         let started = start_vm(cfg, spec, &opts.hostname);
-        let (vm, agent, restored) = match tracing::Instrument::instrument(started, span).await {
+        let StartedVm {
+            vm,
+            agent,
+            restored,
+            slot,
+        } = match tracing::Instrument::instrument(started, span).await {
             Ok(v) => v,
             Err(e) => {
                 cleanup_dir(&dir);
@@ -167,20 +172,27 @@ impl Pod {
         fs.mount_point = GUEST_SHARED.into();
         req.storages.push(fs);
         let metrics = crate::pod_metrics::PodMetrics::default();
-        let call = agent
-            .agent
-            .create_sandbox(deadline(Duration::from_secs(30)), &req);
-        if let Err(e) = metrics.rpc("CreateSandbox", call).await {
-            drop(vm);
-            cleanup_dir(&dir);
-            anyhow::bail!("CreateSandbox: {e}");
-        }
         let timeout = Duration::from_secs(cfg.agent_timeout_s);
-        if let Err(e) = configure_guest_network(&agent, &net, timeout, restored).await {
-            drop(vm);
+        let call = agent.agent.create_sandbox(deadline(timeout), &req);
+        let set_up = async {
+            metrics
+                .rpc("CreateSandbox", call)
+                .await
+                .map_err(|e| anyhow::anyhow!("CreateSandbox: {e}"))?;
+            configure_guest_network(&agent, &net, timeout, restored).await
+        };
+        if let Err(e) = set_up.await {
+            // The VM booted, so why it failed is in the guest: its console carries the
+            // agent's log lines.
+            let report = vm.diagnostics();
+            // Killing and reaping blocks: off the runtime's threads.
+            let _ = tokio::task::spawn_blocking(move || drop(vm)).await;
             cleanup_dir(&dir);
-            return Err(e);
+            anyhow::bail!("the pod VM booted but its sandbox was not set up: {e:#}\n{report}");
         }
+        // The guest's first use of its share is part of its start-up: the next VM boots
+        // only now, so that it does not slow this one's past its deadline.
+        drop(slot);
 
         metrics.set_boot(boot_started.elapsed());
         let (dead_tx, dead) = watch::channel(false);
@@ -354,24 +366,42 @@ async fn configure_guest_network(
     Ok(())
 }
 
+/// A pod VM whose agent answers.
+struct StartedVm {
+    vm: Box<dyn Vm>,
+    agent: AgentClient,
+    /// Restored from a template rather than booted.
+    restored: bool,
+    /// A booted VM's boot slot, held until its sandbox is set up.
+    slot: Option<crate::admission::BootSlot>,
+}
+
 /// Starts the pod's VM: from a template where hull.toml asks for one, else (or if that
-/// fails) by booting it. True: restored from a template.
-async fn start_vm(
-    cfg: &HullConfig,
-    spec: VmSpec,
-    hostname: &str,
-) -> anyhow::Result<(Box<dyn Vm>, AgentClient, bool)> {
+/// fails) by booting it.
+async fn start_vm(cfg: &HullConfig, spec: VmSpec, hostname: &str) -> anyhow::Result<StartedVm> {
     if cfg.template {
         match crate::template::start(cfg, spec.clone(), hostname).await {
-            Ok((vm, agent)) => return Ok((vm, agent, true)),
+            Ok((vm, agent)) => {
+                return Ok(StartedVm {
+                    vm,
+                    agent,
+                    restored: true,
+                    slot: None,
+                });
+            }
             Err(e) => tracing::warn!(
                 error = %format!("{e:#}"),
                 "the pod VM did not start from a template; booting it"
             ),
         }
     }
-    let (vm, agent) = boot_vm(cfg, spec).await?;
-    Ok((vm, agent, false))
+    let (vm, agent, slot) = boot_vm(cfg, spec).await?;
+    Ok(StartedVm {
+        vm,
+        agent,
+        restored: false,
+        slot: Some(slot),
+    })
 }
 
 /// How many times a VM whose agent stays silent is booted before the pod fails.
@@ -381,18 +411,21 @@ const BOOT_ATTEMPTS: u32 = 2;
 /// `ReadySignal`: the shim must not knock on the guest's vsock while the guest is still
 /// setting the device up).
 ///
-/// Each attempt first takes a host-wide boot slot (`admission`), held until the agent
-/// answers or the attempt is over. The deadline fits the accelerator (`boot_timeout_s`).
+/// Each attempt first takes a host-wide boot slot (`admission`), held until the attempt
+/// is over or, returned with the VM, until the caller has set the sandbox up. The deadline fits the accelerator (`boot_timeout_s`).
 /// A VMM that exits during boot fails the attempt at once; an agent that stays silent
 /// until the deadline gets its VM torn down (every process of the attempt killed and
 /// reaped) before the one retry boots a fresh one. The guest learns which attempt it is
 /// (`hull.boot_attempt=`), so that its log says so.
-async fn boot_vm(cfg: &HullConfig, spec: VmSpec) -> anyhow::Result<(Box<dyn Vm>, AgentClient)> {
+async fn boot_vm(
+    cfg: &HullConfig,
+    spec: VmSpec,
+) -> anyhow::Result<(Box<dyn Vm>, AgentClient, crate::admission::BootSlot)> {
     let tcg = hypervisor::resolve(cfg.hypervisor).1 == hypervisor::accel::Accel::Tcg;
     let deadline = cfg.boot_timeout(tcg);
     let mut attempt = 1;
     loop {
-        let _slot = crate::admission::acquire(
+        let slot = crate::admission::acquire(
             &cfg.run_dir,
             cfg.parallel_boots(tcg),
             Duration::from_secs(cfg.admission_timeout_s),
@@ -405,7 +438,7 @@ async fn boot_vm(cfg: &HullConfig, spec: VmSpec) -> anyhow::Result<(Box<dyn Vm>,
         let mut vm =
             tokio::task::spawn_blocking(move || hypervisor::boot(&boot_cfg, boot_spec)).await??;
         match connect_when_ready(&mut vm, deadline).await {
-            Ok(agent) => return Ok((vm, agent)),
+            Ok(agent) => return Ok((vm, agent, slot)),
             Err(e) => {
                 let report = vm.diagnostics();
                 // Killing and reaping blocks: off the runtime's threads.

@@ -75,6 +75,9 @@ struct Conn {
     out: Vec<u8>,
     /// The events the stream is registered for; empty: not on epoll at all.
     watched: EventSet,
+    /// SHUTDOWN flags the guest sent whose effect waits for `out` to drain: bytes it
+    /// sent before its shutdown still reach the host stream.
+    peer_shutdown: u32,
 }
 
 impl Conn {
@@ -89,6 +92,7 @@ impl Conn {
             told_fwd_cnt: 0,
             out: Vec::new(),
             watched: EventSet::empty(),
+            peer_shutdown: 0,
         }
     }
 
@@ -287,6 +291,11 @@ impl Muxer {
             }
             (OP_RW, true) if self.conns[&key].established => {
                 let c = self.conns.get_mut(&key).expect("present");
+                if c.peer_shutdown & SHUTDOWN_SEND != 0 {
+                    // Bytes after its own end of stream: the guest broke the protocol.
+                    self.reset_conn(key);
+                    return;
+                }
                 if c.out.len() + p.data.len() > CONN_BUF_ALLOC as usize {
                     // Past the credit the host gave: the guest broke the protocol.
                     tracing::debug!(port = key.local, "vsock: guest sent past its credit");
@@ -305,15 +314,28 @@ impl Muxer {
             (OP_CREDIT_UPDATE, true) => {}
             (OP_CREDIT_REQUEST, true) => self.reply(key, OP_CREDIT_UPDATE, 0),
             (OP_SHUTDOWN, true) => {
-                if p.flags & (SHUTDOWN_RCV | SHUTDOWN_SEND) == SHUTDOWN_RCV | SHUTDOWN_SEND {
-                    self.reset_conn(key);
-                } else if p.flags & SHUTDOWN_SEND != 0 {
-                    let _ = self.conns[&key].stream.shutdown(Shutdown::Write);
-                }
+                let c = self.conns.get_mut(&key).expect("present");
+                c.peer_shutdown |= p.flags & (SHUTDOWN_RCV | SHUTDOWN_SEND);
+                self.refresh_interest(key);
+                self.finish_shutdown(key);
             }
             (OP_RST, true) => self.drop_conn(key),
             (OP_RST, false) => {}
             _ => self.reply(key, OP_RST, 0),
+        }
+    }
+
+    /// Carries out the guest's shutdown once every byte it sent before is on the host
+    /// stream: no more guest bytes (the stream's write side closes); both directions shut
+    /// down: the connection goes, with the RST the guest waits for.
+    fn finish_shutdown(&mut self, key: Key) {
+        let Some(c) = self.conns.get(&key).filter(|c| c.out.is_empty()) else {
+            return;
+        };
+        if c.peer_shutdown & (SHUTDOWN_RCV | SHUTDOWN_SEND) == SHUTDOWN_RCV | SHUTDOWN_SEND {
+            self.reset_conn(key);
+        } else if c.peer_shutdown & SHUTDOWN_SEND != 0 {
+            let _ = c.stream.shutdown(Shutdown::Write);
         }
     }
 
@@ -362,8 +384,11 @@ impl Muxer {
         }
         c.fwd_cnt = c.fwd_cnt.wrapping_add(count32(written));
         let tell = c.fwd_cnt.wrapping_sub(c.told_fwd_cnt) >= CONN_BUF_ALLOC / 2;
+        let drained_after_shutdown = c.out.is_empty() && c.peer_shutdown != 0;
         self.refresh_interest(key);
-        if tell {
+        if drained_after_shutdown {
+            self.finish_shutdown(key);
+        } else if tell {
             self.reply(key, OP_CREDIT_UPDATE, 0);
         }
     }
@@ -508,7 +533,7 @@ impl Muxer {
                 continue;
             };
             let room = capacity.min(c.credit() as usize);
-            if !c.established || room == 0 {
+            if !c.established || room == 0 || c.peer_shutdown & SHUTDOWN_RCV != 0 {
                 continue;
             }
             let mut buf = vec![0u8; room];
@@ -557,7 +582,7 @@ impl Muxer {
             return;
         };
         let mut events = EventSet::empty();
-        if !self.rx_starved && c.credit() > 0 {
+        if !self.rx_starved && c.credit() > 0 && c.peer_shutdown & SHUTDOWN_RCV == 0 {
             events |= EventSet::IN | EventSet::READ_HANG_UP;
         }
         if !c.out.is_empty() {
@@ -913,6 +938,66 @@ mod tests {
             conn_events, 0,
             "a connection without credit is still polled"
         );
+    }
+
+    /// What the guest sent before it shut the connection down reaches the host stream
+    /// whole, however slowly the host reads; only then does the stream end and the guest
+    /// get its RST.
+    #[test]
+    fn guest_bytes_sent_before_a_shutdown_are_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut m, accepted) = muxer_with_host_service(dir.path());
+        m.handle_guest_packet(guest_packet(5000, 1234, OP_REQUEST, Vec::new()));
+        let mut host_end = accepted.recv().unwrap();
+        let mut sent = Vec::new();
+        for i in 0..(CONN_BUF_ALLOC / MAX_PKT_DATA) {
+            let chunk = vec![u8::try_from(i % 251).unwrap(); MAX_PKT_DATA as usize];
+            sent.extend_from_slice(&chunk);
+            m.handle_guest_packet(guest_packet(5000, 1234, OP_RW, chunk));
+        }
+        assert!(m.buffered() > 0, "the host stream's buffer took everything");
+        let mut shutdown = guest_packet(5000, 1234, OP_SHUTDOWN, Vec::new());
+        shutdown.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
+        m.handle_guest_packet(shutdown);
+        assert_eq!(m.load().0, 1, "the connection went with bytes undelivered");
+
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            host_end.read_to_end(&mut got).unwrap();
+            got
+        });
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while m.load().0 > 0 && std::time::Instant::now() < until {
+            let mut events = vec![EpollEvent::default(); 8];
+            let _ = m.epoll.wait(50, &mut events);
+            m.handle_host_events();
+        }
+        assert_eq!(
+            m.load().0,
+            0,
+            "the connection outlived its drained shutdown"
+        );
+        assert_eq!(reader.join().unwrap(), sent);
+        assert!(
+            m.control
+                .iter()
+                .any(|p| p.op == OP_RST && p.dst_port == 5000)
+        );
+    }
+
+    /// Bytes after the guest's own end of stream break the protocol: the connection is
+    /// reset.
+    #[test]
+    fn guest_bytes_after_its_shutdown_reset_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut m, _accepted) = muxer_with_host_service(dir.path());
+        m.handle_guest_packet(guest_packet(5000, 1234, OP_REQUEST, Vec::new()));
+        let mut shutdown = guest_packet(5000, 1234, OP_SHUTDOWN, Vec::new());
+        shutdown.flags = SHUTDOWN_SEND;
+        m.handle_guest_packet(shutdown);
+        assert_eq!(m.load().0, 1);
+        m.handle_guest_packet(guest_packet(5000, 1234, OP_RW, vec![1, 2, 3]));
+        assert_eq!(m.load().0, 0);
     }
 
     #[test]
