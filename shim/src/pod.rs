@@ -412,7 +412,8 @@ const BOOT_ATTEMPTS: u32 = 2;
 /// setting the device up).
 ///
 /// Each attempt first takes a host-wide boot slot (`admission`), held until the attempt
-/// is over or, returned with the VM, until the caller has set the sandbox up. The deadline fits the accelerator (`boot_timeout_s`).
+/// is over or, returned with the VM, until the caller has set the sandbox up. The
+/// deadline fits the accelerator (`boot_timeout_s`).
 /// A VMM that exits during boot fails the attempt at once; an agent that stays silent
 /// until the deadline gets its VM torn down (every process of the attempt killed and
 /// reaped) before the one retry boots a fresh one. The guest learns which attempt it is

@@ -6,7 +6,8 @@
 #   boot-loop.sh BIN_DIR N VCPUS
 #
 # The kernel command line is the shim's for hull-vmm pods ("quiet"), or $BOOT_LOOP_CMDLINE
-# (e.g. "ignore_loglevel" to see where a failing boot stopped). Per boot it prints
+# (e.g. "ignore_loglevel" to see where a failing boot stopped); $BOOT_LOOP_INITRD replaces
+# build/initrd.img. Per boot it prints
 #   boot I ok vmm_first_run_us=… vmm_ready_ms=… guest_init_ms=… guest_ready_ms=… console_lines=…
 # (vmm_*: hull-vmm's clock from its process start; guest_*: the guest's clock, when the
 # kernel started /init and when the agent served), or "boot I FAILED" with the VMM's
@@ -21,7 +22,7 @@ fails=0; triple=0
 i=1
 while [ "$i" -le "$n" ]; do
   rm -f /tmp/bl.sock /tmp/bl.sock_* /tmp/bl-console.log
-  HULL_LOG=info timeout 300 "$bin/hull-vmm" --kernel build/vmlinux --initrd build/initrd.img \
+  HULL_LOG=info timeout 300 "$bin/hull-vmm" --kernel build/vmlinux --initrd "${BOOT_LOOP_INITRD:-build/initrd.img}" \
     --memory 256 --vcpus "$vcpus" --cmdline "$cmdline" --vsock-uds /tmp/bl.sock \
     --serial-log /tmp/bl-console.log 2>/tmp/bl-vmm.err &
   pid=$!

@@ -8,7 +8,8 @@
 #
 #   boot-profile.sh BIN_DIR VCPUS [TOP]
 #
-# $BOOT_PROFILE_CMDLINE is added to the command line (to weigh a parameter's worth).
+# $BOOT_PROFILE_CMDLINE is added to the command line (to weigh a parameter's worth);
+# $BOOT_PROFILE_INITRD replaces build/initrd.img (to weigh another initrd).
 # Prints: the guest clock when /init ran, the TOP (default 15) slowest initcalls, and the
 # TOP longest stretches between two consecutive kernel log lines (what ran in them is the
 # line that ends the stretch and the one before it).
@@ -28,7 +29,7 @@ echo PROFILE-DMESG-END
 EOF
 chmod +x "$work/root/init"
 (cd "$work/root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/over.cpio.gz"
-cat build/initrd.img "$work/over.cpio.gz" >"$work/initrd.img"
+cat "${BOOT_PROFILE_INITRD:-build/initrd.img}" "$work/over.cpio.gz" >"$work/initrd.img"
 
 # dmesg goes out line by line through the emulated UART: allow for it.
 HULL_LOG=info timeout 600 "$bin/hull-vmm" --kernel build/vmlinux --initrd "$work/initrd.img" \
