@@ -23,6 +23,8 @@ pub enum Mode {
 pub enum Fault {
     /// SignalProcess never answers (a wedged agent).
     HangSignals,
+    /// CreateSandbox never answers: an agent that announces itself, then wedges.
+    HangSandbox,
     /// SignalProcess answers OK and signals nothing (a lying agent).
     IgnoreSignals,
     /// Before each CreateContainer, tries to plant symlinks and swap the rootfs in the
@@ -41,6 +43,7 @@ impl Fault {
     fn parse(s: &str) -> Option<Fault> {
         match s {
             "hang-signals" => Some(Fault::HangSignals),
+            "hang-sandbox" => Some(Fault::HangSandbox),
             "ignore-signals" => Some(Fault::IgnoreSignals),
             "plant-share" => Some(Fault::PlantShare),
             "vsock-flood" => Some(Fault::VsockFlood),

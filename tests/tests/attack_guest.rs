@@ -409,3 +409,50 @@ fn a_boot_that_hangs_is_torn_down_and_booted_again() {
     );
     c.assert_clean();
 }
+
+/// An agent that announces itself and then never answers CreateSandbox: the pod fails
+/// within the agent deadline (not the boot's), says why with the guest's console (where
+/// the agent logs), frees its boot slot for the next pod, and leaves nothing behind.
+#[test]
+fn agent_that_wedges_after_boot_fails_its_pod_within_the_deadline() {
+    let c = Containerd::start_with_hull_config(
+        "agent_timeout_s = 5\nmax_parallel_boots = 1\nkernel_params = \"hull.log=info hull.fault=hang-sandbox\"",
+    );
+    let started = Instant::now();
+    let out = c.ctr(&["run", "--rm", "--runtime", RUNTIME, IMAGE, "wedged", "true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a wedged agent's pod ran");
+    assert!(
+        err.contains("sandbox was not set up") && err.contains("CreateSandbox"),
+        "{err}"
+    );
+    assert!(
+        err.contains("fault: CreateSandbox never answers"),
+        "the error carries no console tail: {err}"
+    );
+    // The boot itself may take up to its own deadline; the wedge costs only the agent's.
+    let boot_deadline = Duration::from_secs(120);
+    assert!(
+        started.elapsed() < boot_deadline + Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    c.assert_clean();
+    // The only boot slot came free: the next pod (the same wedged agent) boots at once
+    // instead of waiting for a slot.
+    let _ = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "wedged2",
+        "true",
+    ]);
+    assert!(
+        !c.log_of("wedged2").contains("every boot slot is taken"),
+        "{}",
+        c.log_of("wedged2")
+    );
+    c.assert_clean();
+}

@@ -81,8 +81,14 @@ impl agent_ttrpc::AgentService for AgentService {
         req: CreateSandboxRequest,
     ) -> ttrpc::Result<Empty> {
         let span = tracing::info_span!("rpc", rpc = "CreateSandbox", sandbox = %req.sandbox_id);
-        self.run(span, async { self.sandbox.create(&req).map(|_| empty()) })
-            .await
+        self.run(span, async {
+            if let Some(Fault::HangSandbox) = self.fault {
+                tracing::warn!("fault: CreateSandbox never answers");
+                std::future::pending::<()>().await;
+            }
+            self.sandbox.create(&req).map(|_| empty())
+        })
+        .await
     }
 
     async fn destroy_sandbox(
