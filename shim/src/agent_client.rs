@@ -114,7 +114,7 @@ pub async fn vmm_exit(vm: &mut Box<dyn crate::hypervisor::Vm>) -> String {
             tracing::info!(
                 elapsed_s = started.elapsed().as_secs(),
                 console_lines = console.lines().count(),
-                last_line = console.lines().last().unwrap_or(""),
+                last_line = %crate::hypervisor::clip_line(console.lines().last().unwrap_or("")),
                 "pod VM still booting (VMM alive)"
             );
             next_report += PROGRESS_EVERY;

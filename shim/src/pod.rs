@@ -477,6 +477,7 @@ fn watch_vm(pod: std::sync::Weak<Pod>, dead: watch::Sender<bool>) {
                         .lines()
                         .rev()
                         .take(5)
+                        .map(crate::hypervisor::clip_line)
                         .collect::<Vec<_>>()
                         .join(" | ");
                     tracing::info!(sandbox = %pod.id, %status, console = %last, "pod VM exited");

@@ -205,7 +205,7 @@ impl Vm for BuiltinVm {
     }
 
     fn console(&self) -> String {
-        std::fs::read_to_string(self.config.serial_log()).unwrap_or_default()
+        super::read_console(&self.config.serial_log())
     }
 
     fn diagnostics(&self) -> String {

@@ -234,16 +234,47 @@ pub fn find_tool(name: &str) -> PathBuf {
 }
 
 /// A failure report: the console's last 40 lines, then each process log by name.
+/// The guest writes the console: each line is clipped (`clip_line`), so what it puts in
+/// a report, a log line or an error stays small.
 pub fn diagnostics_report(console: &str, logs: &[(&str, String)]) -> String {
-    let lines: Vec<&str> = console.lines().collect();
-    let mut out = format!(
-        "--- console ---\n{}",
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    );
+    let mut out = format!("--- console ---\n{}", last_lines(console, 40));
     for (name, log) in logs {
-        out.push_str(&format!("\n--- {name} ---\n{log}"));
+        out.push_str(&format!("\n--- {name} ---\n{}", last_lines(log, 40)));
     }
     out
+}
+
+/// A VM's console log as text: the guest writes it, so bytes that are not UTF-8 are
+/// replaced rather than making the whole log unreadable.
+pub fn read_console(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// The last `n` lines of `text`, each clipped.
+pub fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| clip_line(l))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Longest line of guest output quoted in a report or a log line.
+pub const MAX_QUOTED_LINE: usize = 240;
+
+/// `line` cut to `MAX_QUOTED_LINE` bytes (at a character boundary), marked when cut.
+pub fn clip_line(line: &str) -> std::borrow::Cow<'_, str> {
+    if line.len() <= MAX_QUOTED_LINE {
+        return line.into();
+    }
+    let mut end = MAX_QUOTED_LINE;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &line[..end]).into()
 }
 
 /// Starts virtiofsd exporting `dir` on `run_dir`/fs.vhost and waits for its socket.
@@ -273,4 +304,35 @@ pub fn spawn_virtiofsd(
     let mut d = Daemon::spawn("virtiofsd", Role::Backend, cmd, run_dir, log_max)?;
     d.wait_for_socket(&sock, DAEMON_SOCKET_TIMEOUT)?;
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the guest writes on its console reaches a report bounded: 40 lines of at
+    /// most `MAX_QUOTED_LINE` bytes each, however long its lines.
+    #[test]
+    fn a_report_quotes_the_guest_bounded() {
+        let long = "é".repeat(10_000);
+        let console = format!("{long}\n").repeat(100);
+        let report = diagnostics_report(&console, &[("vmm", long.clone())]);
+        assert!(
+            report.len() < 41 * (MAX_QUOTED_LINE + 8) + 200,
+            "{}",
+            report.len()
+        );
+        assert_eq!(report.lines().filter(|l| l.ends_with('…')).count(), 41);
+        assert_eq!(clip_line("short"), "short");
+    }
+
+    /// A console with bytes that are not UTF-8 still reads: its other lines stay.
+    #[test]
+    fn a_console_that_is_not_utf8_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("console.log");
+        std::fs::write(&path, b"booting\n\xff\xfe junk\nagent ready\n").unwrap();
+        let text = read_console(&path);
+        assert!(text.starts_with("booting\n") && text.ends_with("agent ready\n"));
+    }
 }

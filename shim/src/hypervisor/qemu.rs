@@ -274,7 +274,7 @@ impl Vm for QemuVm {
     }
 
     fn console(&self) -> String {
-        std::fs::read_to_string(self.config.serial_log()).unwrap_or_default()
+        super::read_console(&self.config.serial_log())
     }
 
     fn diagnostics(&self) -> String {
