@@ -89,9 +89,15 @@ pub fn run_own_test(name: &str, timeout_s: u32) {
 /// `run_own_test` in a test host of `memory_mib`.
 pub fn run_own_test_with_memory(name: &str, timeout_s: u32, memory_mib: u32) {
     let exe = std::env::current_exe().expect("test binary path");
+    // The test gets the test host's time less its boot and a margin: a test that runs
+    // past it is a hull failure (not the test host hanging), shown with what was running.
+    let inner_s = timeout_s.saturating_sub(90).max(60);
     let script = format!(
-        "{INSIDE_ENV}=1 RUST_BACKTRACE=1 {} --exact {name} --include-ignored --nocapture --test-threads=1",
-        exe.display()
+        "{INSIDE_ENV}=1 RUST_BACKTRACE=1 timeout -k 10 {inner_s} {} --exact {name} --include-ignored --nocapture --test-threads=1\n\
+         rc=$?\n\
+         if [ $rc = 124 ] || [ $rc = 137 ]; then\n{}\nrc={TEST_TIMED_OUT}\nfi\n(exit $rc)",
+        exe.display(),
+        dump_after_timeout(name, inner_s),
     );
     let (rc, out) = run_script_with_memory(&script, timeout_s, memory_mib);
     assert_eq!(rc, 0, "{name} failed inside the test host");
@@ -99,6 +105,20 @@ pub fn run_own_test_with_memory(name: &str, timeout_s: u32, memory_mib: u32) {
         out.contains("test result: ok. 1 passed"),
         "{name} did not run inside the test host:\n{out}"
     );
+}
+
+/// Exit status of a test that ran past its time inside the test host.
+const TEST_TIMED_OUT: i32 = 99;
+
+/// Shell lines that print, bounded, what a test left running when it timed out: the
+/// processes, and the tail of every private containerd's log and pod VM console.
+fn dump_after_timeout(name: &str, inner_s: u32) -> String {
+    format!(
+        r#"echo "nested: {name} ran past {inner_s}s inside the test host; what was running:"
+ps -eo pid,ppid,stat,etime,time,args | cut -c1-200 | head -n 100
+for f in /tmp/hull-ctrd*/containerd.log; do [ -f "$f" ] && echo "--- $f" && tail -n 80 "$f" | cut -c1-300; done
+for f in /tmp/hull-ctrd*/run/*/*/vm/console.log; do [ -f "$f" ] && echo "--- $f" && tail -n 15 "$f" | cut -c1-300; done"#
+    )
 }
 
 /// For tests meant to run only inside the test host.
