@@ -161,6 +161,9 @@ impl Pod {
                 return Err(e);
             }
         };
+        // The agent answers: the next VM may boot. (Holding the slot through
+        // CreateSandbox too serialised boots further in the nested tier: not kept.)
+        drop(slot);
         let mut req = CreateSandboxRequest::new();
         req.sandbox_id = id.to_string();
         req.hostname = opts.hostname;
@@ -190,9 +193,6 @@ impl Pod {
             cleanup_dir(&dir);
             anyhow::bail!("the pod VM booted but its sandbox was not set up: {e:#}\n{report}");
         }
-        // The guest's first use of its share is part of its start-up: the next VM boots
-        // only now, so that it does not slow this one's past its deadline.
-        drop(slot);
 
         metrics.set_boot(boot_started.elapsed());
         let (dead_tx, dead) = watch::channel(false);
@@ -372,7 +372,7 @@ struct StartedVm {
     agent: AgentClient,
     /// Restored from a template rather than booted.
     restored: bool,
-    /// A booted VM's boot slot, held until its sandbox is set up.
+    /// A booted VM's boot slot, for the caller to let go of.
     slot: Option<crate::admission::BootSlot>,
 }
 
@@ -412,8 +412,8 @@ const BOOT_ATTEMPTS: u32 = 2;
 /// setting the device up).
 ///
 /// Each attempt first takes a host-wide boot slot (`admission`), held until the attempt
-/// is over or, returned with the VM, until the caller has set the sandbox up. The
-/// deadline fits the accelerator (`boot_timeout_s`).
+/// is over or, returned with the VM, until the caller lets it go once the agent answers.
+/// The deadline fits the accelerator (`boot_timeout_s`).
 /// A VMM that exits during boot fails the attempt at once; an agent that stays silent
 /// until the deadline gets its VM torn down (every process of the attempt killed and
 /// reaped) before the one retry boots a fresh one. The guest learns which attempt it is
