@@ -396,9 +396,7 @@ impl Daemon {
     }
 
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        crate::hypervisor::last_lines(&crate::hypervisor::read_lossy(&self.log), 20)
     }
 
     /// Kills the daemon's whole process group and returns once every process of it is

@@ -149,21 +149,13 @@ impl Pod {
         let span = tracing::info_span!("boot", sandbox = %id);
         let boot_started = std::time::Instant::now();
         let started = start_vm(cfg, spec, &opts.hostname);
-        let StartedVm {
-            vm,
-            agent,
-            restored,
-            slot,
-        } = match tracing::Instrument::instrument(started, span).await {
+        let (vm, agent, restored) = match tracing::Instrument::instrument(started, span).await {
             Ok(v) => v,
             Err(e) => {
                 cleanup_dir(&dir);
                 return Err(e);
             }
         };
-        // The agent answers: the next VM may boot. (Holding the slot through
-        // CreateSandbox too serialised boots further in the nested tier: not kept.)
-        drop(slot);
         let mut req = CreateSandboxRequest::new();
         req.sandbox_id = id.to_string();
         req.hostname = opts.hostname;
@@ -187,9 +179,9 @@ impl Pod {
         if let Err(e) = set_up.await {
             // The VM booted, so why it failed is in the guest: its console carries the
             // agent's log lines.
-            let report = vm.diagnostics();
-            // Killing and reaping blocks: off the runtime's threads.
-            let _ = tokio::task::spawn_blocking(move || drop(vm)).await;
+            let report = tear_down(vm)
+                .await
+                .unwrap_or_else(|e| format!("(tearing the VM down failed: {e})"));
             cleanup_dir(&dir);
             anyhow::bail!("the pod VM booted but its sandbox was not set up: {e:#}\n{report}");
         }
@@ -366,42 +358,32 @@ async fn configure_guest_network(
     Ok(())
 }
 
-/// A pod VM whose agent answers.
-struct StartedVm {
-    vm: Box<dyn Vm>,
-    agent: AgentClient,
-    /// Restored from a template rather than booted.
-    restored: bool,
-    /// A booted VM's boot slot, for the caller to let go of.
-    slot: Option<crate::admission::BootSlot>,
+/// Kills and reaps a VM that failed (off the runtime's threads: it blocks) and returns
+/// its failure report, taken before its processes went.
+async fn tear_down(vm: Box<dyn Vm>) -> anyhow::Result<String> {
+    let report = vm.diagnostics();
+    tokio::task::spawn_blocking(move || drop(vm)).await?;
+    Ok(report)
 }
 
 /// Starts the pod's VM: from a template where hull.toml asks for one, else (or if that
-/// fails) by booting it.
-async fn start_vm(cfg: &HullConfig, spec: VmSpec, hostname: &str) -> anyhow::Result<StartedVm> {
+/// fails) by booting it. True: restored from a template.
+async fn start_vm(
+    cfg: &HullConfig,
+    spec: VmSpec,
+    hostname: &str,
+) -> anyhow::Result<(Box<dyn Vm>, AgentClient, bool)> {
     if cfg.template {
         match crate::template::start(cfg, spec.clone(), hostname).await {
-            Ok((vm, agent)) => {
-                return Ok(StartedVm {
-                    vm,
-                    agent,
-                    restored: true,
-                    slot: None,
-                });
-            }
+            Ok((vm, agent)) => return Ok((vm, agent, true)),
             Err(e) => tracing::warn!(
                 error = %format!("{e:#}"),
                 "the pod VM did not start from a template; booting it"
             ),
         }
     }
-    let (vm, agent, slot) = boot_vm(cfg, spec).await?;
-    Ok(StartedVm {
-        vm,
-        agent,
-        restored: false,
-        slot: Some(slot),
-    })
+    let (vm, agent) = boot_vm(cfg, spec).await?;
+    Ok((vm, agent, false))
 }
 
 /// How many times a VM whose agent stays silent is booted before the pod fails.
@@ -411,22 +393,18 @@ const BOOT_ATTEMPTS: u32 = 2;
 /// `ReadySignal`: the shim must not knock on the guest's vsock while the guest is still
 /// setting the device up).
 ///
-/// Each attempt first takes a host-wide boot slot (`admission`), held until the attempt
-/// is over or, returned with the VM, until the caller lets it go once the agent answers.
-/// The deadline fits the accelerator (`boot_timeout_s`).
+/// Each attempt first takes a host-wide boot slot (`admission`), held until the agent
+/// answers or the attempt is over. The deadline fits the accelerator (`boot_timeout_s`).
 /// A VMM that exits during boot fails the attempt at once; an agent that stays silent
 /// until the deadline gets its VM torn down (every process of the attempt killed and
 /// reaped) before the one retry boots a fresh one. The guest learns which attempt it is
 /// (`hull.boot_attempt=`), so that its log says so.
-async fn boot_vm(
-    cfg: &HullConfig,
-    spec: VmSpec,
-) -> anyhow::Result<(Box<dyn Vm>, AgentClient, crate::admission::BootSlot)> {
+async fn boot_vm(cfg: &HullConfig, spec: VmSpec) -> anyhow::Result<(Box<dyn Vm>, AgentClient)> {
     let tcg = hypervisor::resolve(cfg.hypervisor).1 == hypervisor::accel::Accel::Tcg;
     let deadline = cfg.boot_timeout(tcg);
     let mut attempt = 1;
     loop {
-        let slot = crate::admission::acquire(
+        let _slot = crate::admission::acquire(
             &cfg.run_dir,
             cfg.parallel_boots(tcg),
             Duration::from_secs(cfg.admission_timeout_s),
@@ -439,11 +417,9 @@ async fn boot_vm(
         let mut vm =
             tokio::task::spawn_blocking(move || hypervisor::boot(&boot_cfg, boot_spec)).await??;
         match connect_when_ready(&mut vm, deadline).await {
-            Ok(agent) => return Ok((vm, agent, slot)),
+            Ok(agent) => return Ok((vm, agent)),
             Err(e) => {
-                let report = vm.diagnostics();
-                // Killing and reaping blocks: off the runtime's threads.
-                tokio::task::spawn_blocking(move || drop(vm)).await?;
+                let report = tear_down(vm).await?;
                 if attempt >= BOOT_ATTEMPTS {
                     anyhow::bail!("the pod VM's agent did not answer: {e:#}\n{report}");
                 }

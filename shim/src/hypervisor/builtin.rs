@@ -205,7 +205,7 @@ impl Vm for BuiltinVm {
     }
 
     fn console(&self) -> String {
-        super::read_console(&self.config.serial_log())
+        super::read_lossy(&self.config.serial_log())
     }
 
     fn diagnostics(&self) -> String {

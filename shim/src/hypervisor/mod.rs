@@ -233,20 +233,20 @@ pub fn find_tool(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
-/// A failure report: the console's last 40 lines, then each process log by name.
-/// The guest writes the console: each line is clipped (`clip_line`), so what it puts in
-/// a report, a log line or an error stays small.
+/// A failure report: the console's last 40 lines, then each process log by name (already
+/// cut to its tail, `Daemon::log_tail`). The guest writes the console: each line is
+/// clipped (`clip_line`), so what it puts in a report, a log line or an error stays small.
 pub fn diagnostics_report(console: &str, logs: &[(&str, String)]) -> String {
     let mut out = format!("--- console ---\n{}", last_lines(console, 40));
     for (name, log) in logs {
-        out.push_str(&format!("\n--- {name} ---\n{}", last_lines(log, 40)));
+        out.push_str(&format!("\n--- {name} ---\n{log}"));
     }
     out
 }
 
-/// A VM's console log as text: the guest writes it, so bytes that are not UTF-8 are
-/// replaced rather than making the whole log unreadable.
-pub fn read_console(path: &Path) -> String {
+/// A log the guest can write into (its console, a daemon's output) as text: bytes that
+/// are not UTF-8 are replaced rather than making the whole log unreadable.
+pub fn read_lossy(path: &Path) -> String {
     std::fs::read(path)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default()
@@ -316,7 +316,7 @@ mod tests {
     fn a_report_quotes_the_guest_bounded() {
         let long = "é".repeat(10_000);
         let console = format!("{long}\n").repeat(100);
-        let report = diagnostics_report(&console, &[("vmm", long.clone())]);
+        let report = diagnostics_report(&console, &[("vmm", last_lines(&long, 20))]);
         assert!(
             report.len() < 41 * (MAX_QUOTED_LINE + 8) + 200,
             "{}",
@@ -332,7 +332,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("console.log");
         std::fs::write(&path, b"booting\n\xff\xfe junk\nagent ready\n").unwrap();
-        let text = read_console(&path);
+        let text = read_lossy(&path);
         assert!(text.starts_with("booting\n") && text.ends_with("agent ready\n"));
     }
 }

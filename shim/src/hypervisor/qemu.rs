@@ -274,7 +274,7 @@ impl Vm for QemuVm {
     }
 
     fn console(&self) -> String {
-        super::read_console(&self.config.serial_log())
+        super::read_lossy(&self.config.serial_log())
     }
 
     fn diagnostics(&self) -> String {
