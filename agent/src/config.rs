@@ -25,6 +25,9 @@ pub enum Fault {
     HangSignals,
     /// CreateSandbox never answers: an agent that announces itself, then wedges.
     HangSandbox,
+    /// CreateContainer never answers: a pod that is up, whose agent wedges on its
+    /// first container.
+    HangCreate,
     /// SignalProcess answers OK and signals nothing (a lying agent).
     IgnoreSignals,
     /// Before each CreateContainer, tries to plant symlinks and swap the rootfs in the
@@ -44,6 +47,7 @@ impl Fault {
         match s {
             "hang-signals" => Some(Fault::HangSignals),
             "hang-sandbox" => Some(Fault::HangSandbox),
+            "hang-create" => Some(Fault::HangCreate),
             "ignore-signals" => Some(Fault::IgnoreSignals),
             "plant-share" => Some(Fault::PlantShare),
             "vsock-flood" => Some(Fault::VsockFlood),

@@ -248,7 +248,7 @@ impl Pod {
         creq.container_id = id.to_string();
         creq.oci_spec = spec_json;
         let call = self.agent.agent.create_container(ctx, &creq);
-        if let Err(e) = self.metrics.rpc("CreateContainer", call).await {
+        if let Err(e) = self.call("CreateContainer", call).await {
             share.remove();
             return Err(e);
         }
@@ -256,6 +256,36 @@ impl Pod {
     }
 
     /// Records a lifecycle event in the pod directory (see `pod_events`).
+    /// One agent request, counted in the pod's metrics. A request that ran past its
+    /// deadline says so in words, with the end of the guest's console: that is where a
+    /// wedged or slow guest shows what it was doing.
+    pub async fn call<T>(
+        &self,
+        method: &'static str,
+        call: impl std::future::Future<Output = ttrpc::Result<T>>,
+    ) -> ttrpc::Result<T> {
+        self.metrics.rpc(method, call).await.map_err(|e| {
+            if !is_deadline(&e) {
+                return e;
+            }
+            let console = self
+                .vm
+                .lock()
+                .expect("vm lock")
+                .as_ref()
+                .map(|vm| crate::hypervisor::last_lines(&vm.console(), 15))
+                .unwrap_or_default();
+            tracing::warn!(sandbox = %self.id, rpc = method, "the guest's agent did not answer in time");
+            ttrpc::Error::RpcStatus(ttrpc::get_status(
+                ttrpc::Code::DEADLINE_EXCEEDED,
+                format!(
+                    "the pod VM's agent did not answer {method} within its deadline \
+                     (agent_timeout_s); the guest console ends:\n{console}"
+                ),
+            ))
+        })
+    }
+
     pub fn event(&self, event: Event, container: &str, detail: &str) {
         let who = pod_events::PodRef {
             dir: &self.dir,
@@ -469,5 +499,41 @@ fn watch_vm(pod: std::sync::Weak<Pod>, dead: watch::Sender<bool>) {
             let _ = dead.send(true);
             return;
         }
+    }
+}
+
+/// Whether an agent request failed on its own deadline. ttrpc reports that only as text
+/// (its client wraps tokio's `Elapsed` as `Others("Receive packet timeout …")`).
+fn is_deadline(e: &ttrpc::Error) -> bool {
+    matches!(e, ttrpc::Error::Others(m) if m.starts_with("Receive packet timeout"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real ttrpc client whose server never answers: the error it gives at the deadline
+    /// is the one `is_deadline` knows (a ttrpc upgrade that reworded it fails here).
+    #[tokio::test]
+    async fn a_request_past_its_deadline_is_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("silent.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        // Accepts and holds the connection, never answering.
+        let held = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+        let client = ttrpc::asynchronous::Client::connect(&format!("unix://{}", path.display()))
+            .await
+            .unwrap();
+        let agent = hull_protocols::agent_ttrpc::AgentServiceClient::new(client);
+        let req = hull_protocols::agent::DestroySandboxRequest::new();
+        let e = agent
+            .destroy_sandbox(deadline(Duration::from_millis(100)), &req)
+            .await
+            .unwrap_err();
+        assert!(is_deadline(&e), "{e:?}");
+        assert!(!is_deadline(&ttrpc::Error::Others(
+            "Receive packet from Receiver error".into()
+        )));
+        drop(held);
     }
 }

@@ -456,3 +456,40 @@ fn agent_that_wedges_after_boot_fails_its_pod_within_the_deadline() {
     );
     c.assert_clean();
 }
+
+/// An agent that wedges on a container's creation (`hull.fault=hang-create`), its pod
+/// already up: the create fails once `agent_timeout_s` has passed, in words that say which
+/// request the guest did not answer and with the guest's console (where the agent said
+/// what it was doing), and `ctr run --rm` leaves nothing behind.
+#[test]
+fn agent_that_wedges_on_a_create_fails_it_with_its_console() {
+    let c = Containerd::start_with_hull_config(
+        "agent_timeout_s = 5\nkernel_params = \"hull.log=info hull.fault=hang-create\"",
+    );
+    let started = Instant::now();
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "wedged-create",
+        "true",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a wedged agent's container ran");
+    assert!(
+        err.contains("did not answer CreateContainer within its deadline"),
+        "{err}"
+    );
+    assert!(
+        err.contains("fault: CreateContainer never answers"),
+        "the error carries no console tail: {err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(120 + 30),
+        "took {:?}",
+        started.elapsed()
+    );
+    c.assert_clean();
+}

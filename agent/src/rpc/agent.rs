@@ -116,6 +116,10 @@ impl agent_ttrpc::AgentService for AgentService {
                     crate::fault::plant_in_share(&self.shared_dir, &req.container_id)
                 }
                 Some(Fault::VsockFlood) => crate::fault::start_vsock_flood(),
+                Some(Fault::HangCreate) => {
+                    tracing::warn!("fault: CreateContainer never answers");
+                    std::future::pending::<()>().await;
+                }
                 _ => {}
             }
             self.containers.create(&req).await.map(|_| empty())

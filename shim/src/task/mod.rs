@@ -329,12 +329,11 @@ impl TaskService {
         let p = if req.exec_id.is_empty() {
             let mut sreq = pb::StartContainerRequest::new();
             sreq.container_id = req.id.clone();
-            pod.metrics
-                .rpc(
-                    "StartContainer",
-                    pod.agent.agent.start_container(self.actx(), &sreq),
-                )
-                .await?;
+            pod.call(
+                "StartContainer",
+                pod.agent.agent.start_container(self.actx(), &sreq),
+            )
+            .await?;
             c.init.set_running();
             c.init.clone()
         } else {
@@ -365,8 +364,7 @@ impl TaskService {
             ereq.exec_id = req.exec_id.clone();
             ereq.process = spec;
             if let Err(e) = pod
-                .metrics
-                .rpc(
+                .call(
                     "ExecProcess",
                     pod.agent.agent.exec_process(self.actx(), &ereq),
                 )
@@ -420,8 +418,7 @@ impl TaskService {
                 let mut rreq = pb::RemoveContainerRequest::new();
                 rreq.container_id = req.id.clone();
                 if let Err(e) = pod
-                    .metrics
-                    .rpc(
+                    .call(
                         "RemoveContainer",
                         pod.agent.agent.remove_container(self.actx(), &rreq),
                     )
@@ -509,8 +506,7 @@ impl TaskService {
         sreq.signal = req.signal;
         sreq.all = req.all;
         let r = pod
-            .metrics
-            .rpc(
+            .call(
                 "SignalProcess",
                 pod.agent.agent.signal_process(self.actx(), &sreq),
             )
@@ -595,8 +591,7 @@ impl Task for TaskService {
         let mut lreq = pb::ListProcessesRequest::new();
         lreq.container_id = req.id.clone();
         let list = pod
-            .metrics
-            .rpc(
+            .call(
                 "ListProcesses",
                 pod.agent.agent.list_processes(self.actx(), &lreq),
             )
@@ -619,12 +614,11 @@ impl Task for TaskService {
         let c = self.container(&req.id)?;
         let mut preq = pb::PauseContainerRequest::new();
         preq.container_id = req.id.clone();
-        pod.metrics
-            .rpc(
-                "PauseContainer",
-                pod.agent.agent.pause_container(self.actx(), &preq),
-            )
-            .await?;
+        pod.call(
+            "PauseContainer",
+            pod.agent.agent.pause_container(self.actx(), &preq),
+        )
+        .await?;
         c.init.set_paused(true);
         let mut e = TaskPaused::new();
         e.container_id = req.id.clone();
@@ -637,12 +631,11 @@ impl Task for TaskService {
         let c = self.container(&req.id)?;
         let mut rreq = pb::ResumeContainerRequest::new();
         rreq.container_id = req.id.clone();
-        pod.metrics
-            .rpc(
-                "ResumeContainer",
-                pod.agent.agent.resume_container(self.actx(), &rreq),
-            )
-            .await?;
+        pod.call(
+            "ResumeContainer",
+            pod.agent.agent.resume_container(self.actx(), &rreq),
+        )
+        .await?;
         c.init.set_paused(false);
         let mut e = TaskResumed::new();
         e.container_id = req.id.clone();
@@ -679,12 +672,11 @@ impl Task for TaskService {
         rreq.exec_id = req.exec_id.clone();
         rreq.rows = req.height;
         rreq.columns = req.width;
-        pod.metrics
-            .rpc(
-                "TtyWinResize",
-                pod.agent.agent.tty_win_resize(self.actx(), &rreq),
-            )
-            .await?;
+        pod.call(
+            "TtyWinResize",
+            pod.agent.agent.tty_win_resize(self.actx(), &rreq),
+        )
+        .await?;
         Ok(Empty::new())
     }
 
@@ -708,12 +700,11 @@ impl Task for TaskService {
         let mut ureq = pb::UpdateContainerRequest::new();
         ureq.container_id = req.id.clone();
         ureq.resources = resources;
-        pod.metrics
-            .rpc(
-                "UpdateContainer",
-                pod.agent.agent.update_container(self.actx(), &ureq),
-            )
-            .await?;
+        pod.call(
+            "UpdateContainer",
+            pod.agent.agent.update_container(self.actx(), &ureq),
+        )
+        .await?;
         Ok(Empty::new())
     }
 
@@ -732,8 +723,7 @@ impl Task for TaskService {
         let mut sreq = pb::StatsContainerRequest::new();
         sreq.container_id = req.id.clone();
         let stats = pod
-            .metrics
-            .rpc(
+            .call(
                 "StatsContainer",
                 pod.agent.agent.stats_container(self.actx(), &sreq),
             )

@@ -221,13 +221,18 @@ impl VirtioDevice for VhostUserFs {
         interrupt: Interrupt,
     ) -> Result<(), Error> {
         expect_queues("virtio-fs", QUEUE_SIZES.len(), queues.len())?;
-        self.setup_backend(&mem, &queues)
-            .map_err(|e| Error::Daemon {
+        // The forwarder first: a call the daemon makes the moment its rings are set up
+        // must find an interrupt to raise, not be read and dropped.
+        self.forwarder.activate(interrupt)?;
+        if let Err(e) = self.setup_backend(&mem, &queues) {
+            self.forwarder.reset();
+            return Err(Error::Daemon {
                 socket: self.socket.clone(),
                 source: Box::new(e),
-            })?;
+            });
+        }
         self.active = Some((mem, queues));
-        self.forwarder.activate(interrupt)
+        Ok(())
     }
 
     /// The rings as set up, if the guest never used them (see the module's doc).
