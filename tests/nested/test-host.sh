@@ -12,7 +12,8 @@
 # Prints what the command printed and exits with its status: 124 if it timed out,
 # 125 if the test host itself failed. Leaves nothing behind (a private temp dir).
 # HULL_TEST_HOST_ACCEL and HULL_TEST_HOST_CPU replace QEMU's `-accel tcg` and
-# `-cpu max,-fsgsbase` (experiments with the emulator under the nested stack).
+# `-cpu max,-fsgsbase`, HULL_TEST_HOST_SHMEM_THP the test host's shmem THP setting
+# (`advise`) (experiments with the emulator and the kernel under the nested stack).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -47,6 +48,7 @@ mkdir -p "$root"/{bin,proc,sys,dev,host,rw,newroot}
 cp /bin/busybox "$root/bin/busybox"
 { printf 'cd %q || exit 125\n' "$PWD"; printf '%s\n' "$*"; } >"$root/cmd.sh"
 printf '%s\n' "$PWD" >"$root/pwd"
+printf '%s\n' "${HULL_TEST_HOST_SHMEM_THP:-advise}" >"$root/shmem_thp"
 cat >"$root/init" <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -68,7 +70,7 @@ mount -t tmpfs run /newroot/run
 mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup
 # 2 MiB pages for what asks for them (hull-vmm's guest RAM), as an operator would set it.
 thp=/newroot/sys/kernel/mm/transparent_hugepage
-[ -d $thp ] && echo madvise >$thp/enabled && echo advise >$thp/shmem_enabled
+[ -d $thp ] && echo madvise >$thp/enabled && cat /shmem_thp >$thp/shmem_enabled
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666 devpts /newroot/dev/pts
 mount -t tmpfs shm /newroot/dev/shm

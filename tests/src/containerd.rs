@@ -357,20 +357,35 @@ impl Containerd {
                 .expect("starting ctr")
             })
             .collect();
-        for (i, run) in runs.into_iter().enumerate() {
-            let out = run.wait_with_output().expect("waiting for ctr");
-            assert!(
-                out.status.success(),
-                "pod {i}: {}\n--- its log lines ---\n{}\n--- the log's tail ---\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                self.log_of(&format!("{prefix}{i}")),
-                self.tail_log()
-            );
-            assert_eq!(
-                String::from_utf8_lossy(&out.stdout).trim(),
-                format!("pod {i} ran")
-            );
-        }
+        // Every run ends before anything is judged: a failure then reports every pod that
+        // failed, and no pod is still booting while the test unwinds.
+        let outs: Vec<_> = runs
+            .into_iter()
+            .map(|run| run.wait_with_output().expect("waiting for ctr"))
+            .collect();
+        let failed: Vec<String> = outs
+            .iter()
+            .enumerate()
+            .filter(|(i, out)| {
+                !out.status.success()
+                    || String::from_utf8_lossy(&out.stdout).trim() != format!("pod {i} ran")
+            })
+            .map(|(i, out)| {
+                format!(
+                    "pod {i}: {}{}\n--- its log lines ---\n{}",
+                    String::from_utf8_lossy(&out.stderr),
+                    String::from_utf8_lossy(&out.stdout),
+                    self.log_of(&format!("{prefix}{i}"))
+                )
+            })
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{} of {n} pods failed:\n{}\n--- the log's tail ---\n{}",
+            failed.len(),
+            failed.join("\n"),
+            self.tail_log()
+        );
     }
 
     /// Runs container `id` (`sleep 600`) detached with hull's runtime, and `extra` ctr run

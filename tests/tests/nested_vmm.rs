@@ -599,6 +599,30 @@ fn inside_eight_pods_at_once() {
     c.assert_clean_within(Duration::from_secs(120));
 }
 
+/// The same load on QEMU with the test host's KVM: the control for hull-vmm's runs. A
+/// guest failure seen under both VMMs is the nested stack's (its emulated CPU), not
+/// hull-vmm's. `make test-nested-load` runs it.
+#[test]
+#[ignore = "long nested run: `make test-nested-load`"]
+fn eight_pods_at_once_on_qemu_kvm_in_the_test_host() {
+    run_own_test_with_memory("inside_eight_pods_at_once_on_qemu_kvm", 900, 4096);
+}
+
+#[test]
+#[ignore = "runs inside the nested test host"]
+fn inside_eight_pods_at_once_on_qemu_kvm() {
+    require_inside();
+    let c =
+        Containerd::start_with_hull_config(&format!("hypervisor = \"qemu\"\n{NESTED_LOAD_CONFIG}"));
+    c.run_at_once(8, "nested-qemu");
+    assert!(
+        c.log().contains("accel=Kvm"),
+        "QEMU ran on TCG inside the test host: {}",
+        c.tail_log()
+    );
+    c.assert_clean_within(Duration::from_secs(120));
+}
+
 /// Eight pods at once from one template: the first builds it (the others wait for it on
 /// the template lock), then all eight restore at once. Restores take no boot slot, so
 /// eight guests run their first container together on the test host's two emulated
