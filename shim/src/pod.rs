@@ -279,7 +279,7 @@ impl Pod {
             ttrpc::Error::RpcStatus(ttrpc::get_status(
                 ttrpc::Code::DEADLINE_EXCEEDED,
                 format!(
-                    "the pod VM's agent did not answer {method} within its deadline \
+                    "{UNANSWERED} {method} within its deadline \
                      (agent_timeout_s); the guest console ends:\n{console}"
                 ),
             ))
@@ -502,6 +502,21 @@ fn watch_vm(pod: std::sync::Weak<Pod>, dead: watch::Sender<bool>) {
     }
 }
 
+/// How `Pod::call`'s deadline error begins.
+const UNANSWERED: &str = "the pod VM's agent did not answer";
+
+/// Whether the agent answered a request that failed: false when the request never got an
+/// answer (its deadline passed, or the connection broke), so nothing is known of what the
+/// guest did.
+pub fn agent_answered(e: &ttrpc::Error) -> bool {
+    match e {
+        ttrpc::Error::RpcStatus(s) => {
+            !(s.code() == ttrpc::Code::DEADLINE_EXCEEDED && s.message.starts_with(UNANSWERED))
+        }
+        _ => false,
+    }
+}
+
 /// Whether an agent request failed on its own deadline. ttrpc reports that only as text
 /// (its client wraps tokio's `Elapsed` as `Others("Receive packet timeout …")`).
 fn is_deadline(e: &ttrpc::Error) -> bool {
@@ -531,6 +546,18 @@ mod tests {
             .await
             .unwrap_err();
         assert!(is_deadline(&e), "{e:?}");
+        assert!(!agent_answered(&e));
+        let explained = ttrpc::Error::RpcStatus(ttrpc::get_status(
+            ttrpc::Code::DEADLINE_EXCEEDED,
+            format!("{UNANSWERED} SignalProcess within its deadline"),
+        ));
+        assert!(
+            !agent_answered(&explained),
+            "Pod::call's own deadline error"
+        );
+        let refused =
+            ttrpc::Error::RpcStatus(ttrpc::get_status(ttrpc::Code::NOT_FOUND, "no such process"));
+        assert!(agent_answered(&refused));
         assert!(!is_deadline(&ttrpc::Error::Others(
             "Receive packet from Receiver error".into()
         )));

@@ -523,7 +523,7 @@ impl TaskService {
                 }
             });
             if let Err(e) = &r
-                && !matches!(e, ttrpc::Error::RpcStatus(_))
+                && !crate::pod::agent_answered(e)
             {
                 tracing::warn!(container = %req.id, error = %e, "the agent did not answer a SIGKILL; the VM goes if the process does not");
                 return Ok(());
