@@ -255,7 +255,6 @@ impl Pod {
         Ok(share)
     }
 
-    /// Records a lifecycle event in the pod directory (see `pod_events`).
     /// One agent request, counted in the pod's metrics. A request that ran past its
     /// deadline says so in words, with the end of the guest's console: that is where a
     /// wedged or slow guest shows what it was doing.
@@ -286,6 +285,7 @@ impl Pod {
         })
     }
 
+    /// Records a lifecycle event in the pod directory (see `pod_events`).
     pub fn event(&self, event: Event, container: &str, detail: &str) {
         let who = pod_events::PodRef {
             dir: &self.dir,

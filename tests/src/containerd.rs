@@ -372,7 +372,7 @@ impl Containerd {
             })
             .map(|(i, out)| {
                 format!(
-                    "pod {i}: {}{}\n--- its log lines ---\n{}",
+                    "pod {i}: {}\nstdout: {}\n--- its log lines ---\n{}",
                     String::from_utf8_lossy(&out.stderr),
                     String::from_utf8_lossy(&out.stdout),
                     self.log_of(&format!("{prefix}{i}"))
