@@ -49,10 +49,10 @@ test: setup guest test-host-kernel build lint
 
 ## the nested tier's long runs, kept out of `make test` for their length: 50 consecutive
 ## hull-vmm boots (none may fail), 8 pods at once from one template, 16 MiB each way
-## through both net paths, 8 pods at once on hull-vmm and the same on QEMU + KVM as the
-## control (~20 min)
+## through both net paths, and 8 pods at once on QEMU + KVM, the control for the hull-vmm
+## eight that `make test` runs (~20 min)
 test-nested-load: guest test-host-kernel build
-	$(CARGO) test --locked -p hull-tests --test nested_vmm -- --ignored --exact hull_vmm_boots_fifty_times_in_a_row eight_pods_at_once_from_a_template_in_the_test_host bulk_transfers_through_hull_vmm_in_the_test_host eight_pods_at_once_on_hull_vmm_in_the_test_host eight_pods_at_once_on_qemu_kvm_in_the_test_host
+	$(CARGO) test --locked -p hull-tests --test nested_vmm -- --ignored --exact hull_vmm_boots_fifty_times_in_a_row eight_pods_at_once_from_a_template_in_the_test_host bulk_transfers_through_hull_vmm_in_the_test_host eight_pods_at_once_on_qemu_kvm_in_the_test_host
 
 ## the device fuzz targets at 10^6 rounds each, alone and with a thread racing the device
 ## on guest memory (not in CI: minutes); FUZZ_ITERS and HULL_FUZZ_SEED override

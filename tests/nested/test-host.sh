@@ -7,23 +7,28 @@
 # (the repo, containerd, virtiofsd, ...) at their usual paths, runs as root in the
 # caller's working directory, and whatever it writes vanishes with the test host.
 #
-#   tests/nested/test-host.sh [--timeout S] [--memory MIB] -- COMMAND...
+#   tests/nested/test-host.sh [--timeout S] [--memory MIB] [--cpus N] -- COMMAND...
 #
 # Prints what the command printed and exits with its status: 124 if it timed out,
 # 125 if the test host itself failed. Leaves nothing behind (a private temp dir).
-# HULL_TEST_HOST_ACCEL and HULL_TEST_HOST_CPU replace QEMU's `-accel tcg` and
-# `-cpu max,-fsgsbase`, HULL_TEST_HOST_SHMEM_THP the test host's shmem THP setting
-# (`advise`) (experiments with the emulator and the kernel under the nested stack).
+# --cpus N gives the test host N emulated CPUs (2 unless told). HULL_TEST_HOST_ACCEL and
+# HULL_TEST_HOST_CPU replace QEMU's `-accel tcg` and `-cpu max,-fsgsbase`,
+# HULL_TEST_HOST_SHMEM_THP the test host's shmem THP setting (`advise`) (experiments with
+# the emulator and the kernel under the nested stack). While it runs, QEMU's monitor
+# listens on `monitor.sock` in its work directory (/tmp/hull-testhost.*): `info registers
+# -a` there shows where a hung test host's CPUs are.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 timeout_s=300
 memory=2048
+cpus=2
 while [ $# -gt 0 ]; do
   case $1 in
     --timeout) timeout_s=$2; shift 2 ;;
     --memory) memory=$2; shift 2 ;;
+    --cpus) cpus=$2; shift 2 ;;
     --) shift; break ;;
     *) echo "test-host: unknown option $1" >&2; exit 125 ;;
   esac
@@ -97,12 +102,13 @@ khz=$(awk -F: '/^cpu MHz/ {printf "%d", $2 * 1000; exit}' /proc/cpuinfo)
 console=$work/console.log
 timeout "$timeout_s" qemu-system-x86_64 -M microvm,acpi=off,rtc=on \
   -accel "${HULL_TEST_HOST_ACCEL:-tcg}" -cpu "$cpu" \
-  -m "$memory" -smp 2 -kernel "$kernel" -initrd "$work/initramfs.gz" \
+  -m "$memory" -smp "$cpus" -kernel "$kernel" -initrd "$work/initramfs.gz" \
   -append "console=ttyS0 quiet panic=-1 reboot=t kvm_amd.nested=1 tsc_early_khz=$khz" \
   -fsdev local,id=host,path=/,security_model=none,readonly=on,multidevs=remap \
   -device virtio-9p-device,fsdev=host,mount_tag=hostroot \
   -global virtio-mmio.force-legacy=off \
-  -nodefaults -no-user-config -nographic -no-reboot -serial "file:$console" &
+  -nodefaults -no-user-config -nographic -no-reboot -serial "file:$console" \
+  -monitor "unix:$work/monitor.sock,server,nowait" &
 qemu_pid=$!
 set +e
 wait "$qemu_pid"
