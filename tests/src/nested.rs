@@ -17,9 +17,6 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// Printed after the script, with its status kept: output without it was cut short.
 const SCRIPT_END: &str = "HULL-SCRIPT-END";
 
-/// The test host's memory unless a test asks for more (test-host.sh's default).
-pub const DEFAULT_MEMORY_MIB: u32 = 2048;
-
 /// What a test host is given: memory, and how many emulated CPUs.
 #[derive(Debug, Clone, Copy)]
 pub struct TestHost {
@@ -30,7 +27,7 @@ pub struct TestHost {
 impl TestHost {
     /// test-host.sh's defaults: 2 GiB and two CPUs.
     pub const DEFAULT: TestHost = TestHost {
-        memory_mib: DEFAULT_MEMORY_MIB,
+        memory_mib: 2048,
         cpus: 2,
     };
 

@@ -59,8 +59,7 @@ const TSC_DEADLINE_TIMER: u32 = 1 << 24;
 /// KVM's in-kernel LAPIC emulates the TSC-deadline timer, but KVM_GET_SUPPORTED_CPUID
 /// leaves the bit to the VMM (it depends on the in-kernel irqchip). Without it the guest
 /// arms every timer through the LAPIC's one-shot count registers, with more exits per
-/// tick; with it, one WRMSR. QEMU and Firecracker offer it too; in the nested test host,
-/// hull-vmm guests without it failed under load where QEMU's guests did not (docs/vmm.md).
+/// tick; with it, one WRMSR. QEMU and Firecracker offer it too.
 fn offer_tsc_deadline(cpuid: &mut CpuId) {
     for e in cpuid.as_mut_slice() {
         if e.function == 1 {
